@@ -1,0 +1,143 @@
+"""Ranking metrics as torchmetrics ``Metric``s with sum states only.
+
+Every state is a running sum (hits, DCG, reciprocal rank, number of evaluated users), reduced
+with ``sum`` across processes, so memory is O(1) in the number of users and the result on N
+processes equals the single-process result (up to float64 summation order).
+
+Rank convention (all three metrics): the rank of a target is the number of OTHER candidates
+whose score is greater than or EQUAL to the target's score (0 = first place).  A tie therefore
+counts against the target (pessimistic), so a model that scores every item the same gets no
+credit.  A NaN target score gets the worst rank.
+
+* :class:`RankingMetrics` — one target per user, among all items (full ranking) or among a
+  candidate list (sampled negatives, TiMiRec's protocol: the target is candidate column 0).
+  HR@K (= Recall@K for a single target), NDCG@K = 1/log2(rank+2) if rank < K, MRR@K = 1/(rank+1).
+* :class:`MultiTargetMetrics` — several targets per user (the ComiRec protocol HPCL4SR uses):
+  Recall@K = hits/|targets|, NDCG@K = DCG / ideal DCG of min(|targets|, K) hits, HR@K = any hit.
+
+Do not replace these by torchmetrics' ``Retrieval*`` metrics: those keep every score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+
+def _ks(ks: Sequence[int]) -> list[int]:
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"top-K cut-offs must be positive integers, got {ks}")
+    return ks
+
+
+def target_rank(scores: Tensor, target_col: Tensor) -> Tensor:
+    """Pessimistic 0-based rank of each row's target column.
+
+    Args:
+        scores: ``[B, C]`` candidate scores (excluded candidates already set to ``-inf``).
+        target_col: ``[B]`` column index of the target in each row.
+    Returns:
+        ``[B]`` long ranks in ``[0, C-1]``.
+    """
+    ts = scores.gather(1, target_col[:, None])  # [B, 1]
+    rank = (scores >= ts).sum(1) - 1  # [B]  ties count against the target
+    return torch.where(torch.isnan(ts[:, 0]), scores.shape[1] - 1, rank)
+
+
+class RankingMetrics(Metric):
+    """HR/Recall, NDCG and MRR @K for one target per user (full or sampled ranking)."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, ks: Sequence[int] = (10, 20, 50), **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.ks = _ks(ks)
+        n = len(self.ks)
+        for name in ("hits", "dcg", "rr"):
+            self.add_state(name, default=torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update_ranks(self, rank: Tensor) -> None:
+        """Accumulate already computed 0-based ranks ``[B]``."""
+        k = torch.tensor(self.ks, device=rank.device)  # [nK]
+        r = rank.to(torch.float64)[:, None]  # [B, 1]
+        hit = rank[:, None] < k  # [B, nK]
+        self.hits += hit.sum(0).to(torch.float64)
+        self.dcg += torch.where(hit, 1.0 / torch.log2(r + 2.0), 0.0).sum(0)
+        self.rr += torch.where(hit, 1.0 / (r + 1.0), 0.0).sum(0)
+        self.count += rank.shape[0]
+
+    def update(self, scores: Tensor, target_col: Tensor) -> None:
+        """scores ``[B, C]``; target_col ``[B]`` (the item id under full ranking, 0 when sampled)."""
+        self.update_ranks(target_rank(scores, target_col))
+
+    def compute(self) -> dict[str, Tensor]:
+        n = self.count.clamp(min=1)
+        out: dict[str, Tensor] = {}
+        for i, k in enumerate(self.ks):
+            hr = (self.hits[i] / n).float()
+            out[f"hr@{k}"] = hr
+            out[f"recall@{k}"] = hr
+            out[f"ndcg@{k}"] = (self.dcg[i] / n).float()
+            out[f"mrr@{k}"] = (self.rr[i] / n).float()
+        return out
+
+
+class MultiTargetMetrics(Metric):
+    """Recall@K, NDCG@K (multi-target ideal DCG) and HR@K for a set of targets per user.
+
+    Targets are ``[B, T]`` item ids padded with 0; each real target is ranked against all items
+    with the pessimistic tie rule, computed in item chunks so no ``[B, T, N]`` tensor is built.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, ks: Sequence[int] = (20, 50), chunk_size: int = 4096, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.ks, self.chunk_size = _ks(ks), chunk_size
+        n = len(self.ks)
+        for name in ("recall", "dcg_ratio", "hr"):
+            self.add_state(name, default=torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, scores: Tensor, targets: Tensor) -> None:
+        """scores ``[B, N+1]`` (pad column already ``-inf``); targets ``[B, T]`` padded with 0."""
+        valid = targets > 0  # [B, T]
+        keep = valid.any(1)
+        scores, targets, valid = scores[keep], targets[keep], valid[keep]
+        if scores.shape[0] == 0:
+            return
+        ts = scores.gather(1, targets)  # [B, T]
+        rank = torch.zeros_like(targets)
+        for c0 in range(0, scores.shape[1], self.chunk_size):
+            chunk = scores[:, c0 : c0 + self.chunk_size]  # [B, C]
+            rank += (chunk[:, None, :] >= ts[:, :, None]).sum(-1)  # [B, T]
+        rank = torch.where(torch.isnan(ts), scores.shape[1], rank - 1)
+        n_t = valid.sum(1).to(torch.float64)  # [B]
+        r = rank.to(torch.float64)
+        for i, k in enumerate(self.ks):
+            hit = valid & (rank < k)  # [B, T]
+            n_hit = hit.sum(1).to(torch.float64)
+            dcg = torch.where(hit, 1.0 / torch.log2(r + 2.0), 0.0).sum(1)
+            ideal_n = n_t.clamp(max=k)
+            pos = torch.arange(k, device=scores.device, dtype=torch.float64)  # [k]
+            idcg = ((pos[None, :] < ideal_n[:, None]) / torch.log2(pos + 2.0)).sum(1)
+            self.recall[i] += (n_hit / n_t).sum()
+            self.dcg_ratio[i] += (dcg / idcg).sum()
+            self.hr[i] += (n_hit > 0).to(torch.float64).sum()
+        self.count += scores.shape[0]
+
+    def compute(self) -> dict[str, Tensor]:
+        n = self.count.clamp(min=1)
+        out: dict[str, Tensor] = {}
+        for i, k in enumerate(self.ks):
+            out[f"recall@{k}"] = (self.recall[i] / n).float()
+            out[f"ndcg@{k}"] = (self.dcg_ratio[i] / n).float()
+            out[f"hr@{k}"] = (self.hr[i] / n).float()
+        return out

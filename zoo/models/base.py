@@ -1,0 +1,268 @@
+"""The shared LightningModule every model of the zoo subclasses.
+
+A model implements three things and inherits the rest (training loop, loss logging,
+full/sampled/multi-target evaluation in item chunks, optimiser, pre-trained checkpoint
+loading with freezing, prediction):
+
+* ``training_loss(batch) -> dict[str, Tensor]``: the named loss terms, each already weighted;
+  the training loss is their sum and every term is logged as ``train/<name>``.
+* ``user_representation(batch)``: whatever ``score_all`` takes (``[B, d]``, ``[B, K, d]``, a tuple).
+* ``score_all(user_repr) -> Tensor [B, N+1]``: scores of every item (column 0 = padding).
+
+Optionally ``attach_side_info(info)`` to receive item-side tensors from the datamodule (text or
+image feature tables, item categories, popularity, category transitions) — a model never opens
+a file — and ``score_candidates`` for a cheaper sampled-negative evaluation.
+
+Batch contract (produced by ``datamodules.base.SequentialDataModule``; sequences LEFT-padded
+with item 0, the most recent item at position L-1):
+
+================ =========== ==========================================================
+user             [B]         user index
+item_seq         [B, L]      history item ids
+time_seq         [B, L]      history timestamps, int64 seconds (0 at pads)
+seq_len          [B]         number of real items in item_seq
+target           [B]         next item (leave-one-out train/valid/test, user_split train)
+target_time      [B]         its timestamp (int64 seconds)
+targets          [B, T]      user_split valid/test: every held-out item, padded with 0
+neg_items        [B, n]      sampled-negative protocol: the seeded negatives
+history_items    [B, H]      eval only: every item before the target (for history masking)
+================ =========== ==========================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from zoo.metrics import MultiTargetMetrics, RankingMetrics
+
+
+class SequentialRecommender(L.LightningModule):
+    """Base class: training/eval loop, metrics, optimiser, pre-training hand-over.
+
+    Args:
+        num_items: number of real items N (ids 1..N; 0 is padding). Linked from the data.
+        data_info: the cache's ``stats.json`` (feature dims, categories, time unit). Linked
+            from the data; models read what they need from it.
+        optimizer: ``"adam"`` or ``"adamw"``.
+        lr: learning rate.  weight_decay: L2 / decoupled weight decay.
+        param_group_lr: optional ``{module-name prefix: lr}`` for separate learning rates.
+        topk: cut-offs K of the ranking metrics.
+        eval_chunk_size: items per chunk when scoring all items for multi-interest models.
+        mask_history: exclude each user's earlier items from the ranking (off, as the papers).
+        pretrained_ckpt: a checkpoint of a pre-training run to initialise from (non-strict,
+            with a printed report of matched / missing / unexpected / shape-mismatched keys).
+        freeze: module names (attribute paths) whose parameters stay fixed after loading.
+        detect_nonfinite: stop training with a message naming the loss term and step when a
+            loss becomes NaN or infinite.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        data_info: dict[str, Any] | None = None,
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        param_group_lr: dict[str, float] | None = None,
+        topk: Sequence[int] = (10, 20, 50),
+        eval_chunk_size: int = 4096,
+        mask_history: bool = False,
+        pretrained_ckpt: str | None = None,
+        freeze: list[str] | None = None,
+        detect_nonfinite: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_items < 1:
+            raise ValueError(f"num_items must be >= 1, got {num_items}")
+        if optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
+        self.num_items = int(num_items)
+        self.data_info = dict(data_info or {})
+        self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
+        self.param_group_lr = dict(param_group_lr or {})
+        self.topk = list(topk)
+        self.eval_chunk_size = eval_chunk_size
+        self.mask_history = mask_history
+        self.pretrained_ckpt = pretrained_ckpt
+        self.freeze = list(freeze or [])
+        self.detect_nonfinite = detect_nonfinite
+        self._pretrained_loaded = False
+        self.metrics = nn.ModuleDict(
+            {
+                f"{stage}_{kind}": cls(ks=self.topk, sync_on_compute=True)
+                for stage in ("val", "test")
+                for kind, cls in (("full", RankingMetrics), ("sampled", RankingMetrics), ("multi", MultiTargetMetrics))
+            }
+        )
+        self._used_metrics: set[str] = set()
+
+    # ------------------------------------------------------------------ model API
+    def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def user_representation(self, batch: dict[str, Tensor]) -> Any:
+        raise NotImplementedError
+
+    def score_all(self, user_repr: Any) -> Tensor:
+        raise NotImplementedError
+
+    def score_candidates(self, user_repr: Any, candidates: Tensor) -> Tensor:
+        """Scores of ``candidates [B, C]``; default gathers from :meth:`score_all`."""
+        return self.score_all(user_repr).gather(1, candidates)
+
+    def attach_side_info(self, info: dict[str, Tensor]) -> None:
+        """Receive item-side tensors from the datamodule (default: nothing needed)."""
+
+    def interests_for_predict(self, user_repr: Any) -> Tensor | None:
+        """Multi-interest models return their ``[B, K, d]`` interest vectors here."""
+        return None
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "side_info"):
+            self.attach_side_info(dm.side_info())
+        if self.pretrained_ckpt and not self._pretrained_loaded:
+            self.load_pretrained(self.pretrained_ckpt)
+        self.apply_freeze()
+
+    def load_pretrained(self, path: str | Path) -> dict[str, list[str]]:
+        """Load a pre-training checkpoint non-strictly and print what matched."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"model.pretrained_ckpt: no checkpoint at '{path}' (run the matching *_pretrain recipe first)"
+            )
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # corrupt or not a checkpoint
+            raise ValueError(f"model.pretrained_ckpt: '{path}' is not a readable checkpoint ({e})") from e
+        state = ckpt.get("state_dict", ckpt)
+        own = self.state_dict()
+        loadable, mismatched = {}, []
+        for k, v in state.items():
+            if k in own and own[k].shape != v.shape:
+                mismatched.append(f"{k} {tuple(v.shape)} -> {tuple(own[k].shape)}")
+            elif k in own:
+                loadable[k] = v
+        result = self.load_state_dict(loadable, strict=False)
+        report = {
+            "matched": sorted(loadable),
+            "missing": sorted(k for k in result.missing_keys if not k.startswith("metrics.")),
+            "unexpected": sorted(k for k in state if k not in own),
+            "shape_mismatch": mismatched,
+        }
+        if not loadable:
+            raise ValueError(
+                f"model.pretrained_ckpt: '{path}' shares no parameter with {type(self).__name__} "
+                "(a checkpoint of another model?)"
+            )
+        print(
+            f"[zoo] loaded pre-trained weights from {path}: {len(report['matched'])} matched, "
+            f"{len(report['missing'])} missing, {len(report['unexpected'])} unexpected, "
+            f"{len(mismatched)} shape-mismatched"
+        )
+        for key in ("missing", "unexpected", "shape_mismatch"):
+            if report[key]:
+                shown = ", ".join(report[key][:8]) + (" ..." if len(report[key]) > 8 else "")
+                print(f"[zoo]   {key}: {shown}")
+        self._pretrained_loaded = True
+        return report
+
+    def apply_freeze(self) -> None:
+        for name in self.freeze:
+            try:
+                module = self.get_submodule(name)
+            except AttributeError:
+                params = dict(self.named_parameters())
+                if name not in params:
+                    raise ValueError(f"model.freeze: {type(self).__name__} has no module or parameter '{name}'")
+                params[name].requires_grad_(False)
+                continue
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        groups: dict[float, list[nn.Parameter]] = {}
+        for n, p in named:
+            lr = next((v for k, v in self.param_group_lr.items() if n.startswith(k)), self.lr)
+            groups.setdefault(lr, []).append(p)
+        param_groups = [{"params": ps, "lr": lr} for lr, ps in groups.items()]
+        cls = torch.optim.AdamW if self.optimizer_name == "adamw" else torch.optim.Adam
+        return cls(param_groups, lr=self.lr, weight_decay=self.weight_decay)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        terms = self.training_loss(batch)
+        loss = torch.stack(list(terms.values())).sum()
+        if self.detect_nonfinite and not torch.isfinite(loss):
+            bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+            raise FloatingPointError(
+                f"training loss became non-finite at step {self.global_step}: "
+                + ", ".join(f"{k}={terms[k].item()}" for k in bad)
+            )
+        B = batch["item_seq"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        if len(terms) > 1:
+            self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=B)
+        return loss
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: dict[str, Tensor], stage: str) -> None:
+        user = self.user_representation(batch)
+        if "neg_items" in batch:  # sampled-negative protocol: the target is candidate column 0
+            cands = torch.cat([batch["target"][:, None], batch["neg_items"]], 1)  # [B, 1+n]
+            scores = self.score_candidates(user, cands).float()
+            key = f"{stage}_sampled"
+            self.metrics[key].update(scores, torch.zeros_like(batch["target"]))
+        else:
+            scores = self.score_all(user).float()  # [B, N+1]
+            scores[:, 0] = float("-inf")
+            multi = "targets" in batch
+            targets = batch["targets"] if multi else batch["target"][:, None]  # [B, T]
+            if self.mask_history and "history_items" in batch:
+                keep = scores.gather(1, targets)
+                scores.scatter_(1, batch["history_items"], float("-inf"))
+                scores.scatter_(1, targets, keep)  # a repeated target stays rankable
+                scores[:, 0] = float("-inf")
+            key = f"{stage}_{'multi' if multi else 'full'}"
+            self.metrics[key].update(scores, targets if multi else batch["target"])
+        self._used_metrics.add(key)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        for key in sorted(k for k in self._used_metrics if k.startswith(stage + "_")):
+            values = self.metrics[key].compute()
+            self.log_dict({f"{stage}/{name}": v for name, v in values.items()}, prog_bar=False, sync_dist=False)
+            self.metrics[key].reset()
+            self._used_metrics.discard(key)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Top-K item ids (K = max(topk)) per user, and the interests of multi-interest models."""
+        user = self.user_representation(batch)
+        scores = self.score_all(user).float()
+        scores[:, 0] = float("-inf")
+        top = scores.topk(min(max(self.topk), self.num_items), dim=1)
+        out = {"user": batch["user"], "items": top.indices, "scores": top.values}
+        interests = self.interests_for_predict(user)
+        if interests is not None:
+            out["interests"] = interests
+        return out

@@ -1,0 +1,36 @@
+"""Item ID and position embeddings shared by the ID-based models."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class LearnedPositions(nn.Module):
+    """Learned absolute position embedding for LEFT-padded sequences ``[B, L]``.
+
+    ``index="slot"``: position = slot index 0..L-1, so the most recent item always has
+    position L-1 (SASRec's original left-padded convention, ReChorus' "recency" index).
+    ``index="oldest"``: position 0 = the oldest real item (RecBole's right-padded convention,
+    used by MIRACLE/HM4SR code); pads get position 0 and are masked anyway.
+    """
+
+    def __init__(self, max_len: int, d: int, index: str = "slot") -> None:
+        super().__init__()
+        if index not in ("slot", "oldest"):
+            raise ValueError(f"index must be 'slot' or 'oldest', got {index!r}")
+        self.index = index
+        self.embedding = nn.Embedding(max_len, d)
+
+    def positions(self, item_seq: Tensor) -> Tensor:
+        B, L = item_seq.shape
+        if L > self.embedding.num_embeddings:
+            raise ValueError(f"sequence length {L} exceeds max_len={self.embedding.num_embeddings}")
+        pos = torch.arange(L, device=item_seq.device).expand(B, L)  # [B, L]
+        if self.index == "oldest":
+            n_pad = (item_seq == 0).sum(1, keepdim=True)  # [B, 1]
+            pos = (pos - n_pad).clamp(min=0)
+        return pos
+
+    def forward(self, item_seq: Tensor) -> Tensor:
+        return self.embedding(self.positions(item_seq))  # [B, L, d]

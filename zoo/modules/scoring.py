@@ -1,0 +1,56 @@
+"""Scoring users against every item, shared by all models.
+
+Full ranking is a ``[B, d] x [d, N+1]`` product per batch of users (never users x items for
+all users at once).  Multi-interest models score each item with its best interest
+(``max_k <u_k, e_i>``) in chunks of items, so a ``[B, K, N]`` tensor is never materialised for
+the whole catalogue: peak extra memory is ``B x K x chunk_size``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def dot_scores(user: Tensor, item_emb: Tensor) -> Tensor:
+    """user ``[B, d]``, item_emb ``[N+1, d]`` -> scores ``[B, N+1]``."""
+    return user @ item_emb.T
+
+
+def max_interest_scores(
+    interests: Tensor,
+    item_emb: Tensor,
+    interest_mask: Tensor | None = None,
+    chunk_size: int = 4096,
+) -> Tensor:
+    """Score every item by its best-matching interest, chunked over items.
+
+    Args:
+        interests: ``[B, K, d]`` interest vectors.
+        item_emb: ``[N+1, d]`` item representations.
+        interest_mask: ``[B, K]`` bool, True for interests allowed to score (e.g. MIRACLE's
+            activated capsules); inactive interests can never win the max.
+        chunk_size: items per chunk.
+    Returns:
+        ``[B, N+1]`` scores.
+    """
+    B, K, _ = interests.shape
+    out = interests.new_empty(B, item_emb.shape[0])
+    for c0 in range(0, item_emb.shape[0], chunk_size):
+        s = torch.einsum("bkd,nd->bkn", interests, item_emb[c0 : c0 + chunk_size])  # [B, K, C]
+        if interest_mask is not None:
+            s = s.masked_fill(~interest_mask[:, :, None], float("-inf"))
+        out[:, c0 : c0 + chunk_size] = s.amax(1)
+    return out
+
+
+def best_interest(interests: Tensor, target_emb: Tensor, interest_mask: Tensor | None = None) -> Tensor:
+    """Hard readout for training (ComiRec/MIND): the interest closest to the target.
+
+    interests ``[B, K, d]``, target_emb ``[B, d]`` -> ``[B, d]`` (argmax_k <u_k, e_target>).
+    """
+    s = torch.einsum("bkd,bd->bk", interests, target_emb)  # [B, K]
+    if interest_mask is not None:
+        s = s.masked_fill(~interest_mask, float("-inf"))
+    idx = s.argmax(1)  # [B]
+    return interests[torch.arange(interests.shape[0], device=interests.device), idx]

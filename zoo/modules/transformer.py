@@ -1,0 +1,188 @@
+"""Post-LN Transformer encoder shared by SASRec, MIRACLE/HORAE, TiMiRec+ and HM4SR.
+
+RecBole-compatible block (the papers' official code builds on RecBole): multi-head
+self-attention -> dropout -> residual -> LayerNorm, then a position-wise feed-forward
+(d -> d_ff -> d, GELU) -> dropout -> residual -> LayerNorm.
+
+Options every model needs from one place:
+* ``causal``: SASRec-style left-to-right mask (True) or bidirectional (False, MIRACLE/HORAE).
+* ``rope``: rotary position embedding applied to ``"qk"`` (RoFormer; HORAE paper Eq. 9) or
+  ``"qv"`` (HORAE official code), or ``"none"``.
+* ``attn_bias``: an extra additive attention bias ``[B, h|1, L, L]`` (e.g. time-interval bias).
+
+Sequences are LEFT-padded with item id 0 (the most recent item sits at position L-1); padded
+keys are masked.  A padded query row that sees no valid key gets a finite large negative
+mask, never ``-inf``, so no NaN ever appears at pad positions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+NEG_INF = -1e9  # finite "minus infinity" for additive masks (no NaN on fully masked rows)
+
+
+def attention_mask(pad_mask: Tensor, causal: bool) -> Tensor:
+    """Additive attention mask from a padding mask.
+
+    Args:
+        pad_mask: ``[B, L]`` bool, True where the position holds a real item.
+        causal: if True, position i may only attend to positions <= i.
+
+    Returns:
+        ``[B, 1, L, L]`` float mask with 0 where attention is allowed and ``NEG_INF`` elsewhere.
+    """
+    B, L = pad_mask.shape
+    allowed = pad_mask[:, None, None, :].expand(B, 1, L, L)  # keys must be real  # [B,1,L,L]
+    if causal:
+        tril = torch.ones(L, L, dtype=torch.bool, device=pad_mask.device).tril()
+        allowed = allowed & tril
+    mask = torch.zeros(B, 1, L, L, device=pad_mask.device)
+    return mask.masked_fill(~allowed, NEG_INF)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoFormer, Su et al. 2021); HORAE Eq. 9.
+
+    Rotates consecutive channel pairs of each head by angle ``pos * theta_j`` with
+    ``theta_j = base^(-2j/d_head)``.
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rotary embedding needs an even head dimension, got {head_dim}")
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # [d_head/2]
+
+    def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
+        """x: ``[B, h, L, d_head]`` -> same shape, rotated by position."""
+        L = x.shape[-2]
+        pos = torch.arange(L, device=x.device, dtype=torch.float32) if positions is None else positions.float()
+        angles = pos[..., None] * self.inv_freq  # [L, d_head/2] or [B, L, d_head/2]
+        if angles.dim() == 3:
+            angles = angles[:, None]  # [B, 1, L, d_head/2]
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        x1, x2 = x[..., 0::2], x[..., 1::2]  # [B, h, L, d_head/2] each
+        rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        return rotated.flatten(-2)  # [B, h, L, d_head]
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Scaled dot-product self-attention with optional rotary embedding on q/k or q/v."""
+
+    def __init__(self, d: int, n_heads: int, dropout: float, rope: str = "none", ln_eps: float = 1e-12) -> None:
+        super().__init__()
+        if d % n_heads:
+            raise ValueError(f"hidden size {d} is not divisible by n_heads={n_heads}")
+        if rope not in ("none", "qk", "qv"):
+            raise ValueError(f"rope must be 'none', 'qk' or 'qv', got {rope!r}")
+        self.n_heads, self.head_dim, self.rope_mode = n_heads, d // n_heads, rope
+        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.dense = nn.Linear(d, d)
+        self.rope = RotaryEmbedding(self.head_dim) if rope != "none" else None
+        self.attn_dropout = dropout
+        self.out_dropout = nn.Dropout(dropout)
+        self.layer_norm = nn.LayerNorm(d, eps=ln_eps)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        B, L, _ = x.shape
+        return x.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # [B, h, L, d_head]
+
+    def forward(self, h: Tensor, mask: Tensor) -> Tensor:
+        """h: ``[B, L, d]``; mask: additive ``[B, 1|h, L, L]`` -> ``[B, L, d]``."""
+        q, k, v = self._heads(self.query(h)), self._heads(self.key(h)), self._heads(self.value(h))
+        if self.rope is not None:
+            q = self.rope(q)
+            if self.rope_mode == "qk":
+                k = self.rope(k)
+            else:
+                v = self.rope(v)
+        ctx = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask.to(q.dtype), dropout_p=self.attn_dropout if self.training else 0.0
+        )  # [B, h, L, d_head]
+        ctx = ctx.transpose(1, 2).reshape(h.shape)  # [B, L, d]
+        return self.layer_norm(self.out_dropout(self.dense(ctx)) + h)
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward: Linear(d, d_ff) -> GELU -> Linear(d_ff, d), residual + LN."""
+
+    def __init__(self, d: int, d_ff: int, dropout: float, ln_eps: float = 1e-12) -> None:
+        super().__init__()
+        self.dense_1, self.dense_2 = nn.Linear(d, d_ff), nn.Linear(d_ff, d)
+        self.dropout = nn.Dropout(dropout)
+        self.layer_norm = nn.LayerNorm(d, eps=ln_eps)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.layer_norm(self.dropout(self.dense_2(F.gelu(self.dense_1(h)))) + h)  # [B, L, d]
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, d: int, n_heads: int, d_ff: int, dropout: float, rope: str = "none", ln_eps: float = 1e-12) -> None:
+        super().__init__()
+        self.attention = MultiHeadSelfAttention(d, n_heads, dropout, rope, ln_eps)
+        self.feed_forward = FeedForward(d, d_ff, dropout, ln_eps)
+
+    def forward(self, h: Tensor, mask: Tensor) -> Tensor:
+        return self.feed_forward(self.attention(h, mask))  # [B, L, d]
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of post-LN Transformer layers.
+
+    Args:
+        d: hidden size.  n_layers / n_heads / d_ff: depth, heads, feed-forward size.
+        dropout: dropout on attention probabilities and sub-layer outputs.
+        causal: left-to-right (SASRec) or bidirectional (MIRACLE/HORAE) attention.
+        rope: ``"none"``, ``"qk"`` or ``"qv"`` rotary position embedding in every layer.
+    """
+
+    def __init__(
+        self,
+        d: int,
+        n_layers: int = 2,
+        n_heads: int = 2,
+        d_ff: int | None = None,
+        dropout: float = 0.2,
+        causal: bool = True,
+        rope: str = "none",
+        ln_eps: float = 1e-12,
+    ) -> None:
+        super().__init__()
+        self.causal = causal
+        self.layers = nn.ModuleList(
+            TransformerLayer(d, n_heads, d_ff or 4 * d, dropout, rope, ln_eps) for _ in range(n_layers)
+        )
+
+    def forward(self, h: Tensor, pad_mask: Tensor, attn_bias: Tensor | None = None, causal: bool | None = None) -> Tensor:
+        """h: ``[B, L, d]`` input embeddings; pad_mask: ``[B, L]`` bool (True = real item).
+
+        ``causal`` overrides the constructor's choice for one call (HORAE's refinement encoder).
+        Returns ``[B, L, d]`` hidden states (pad positions hold finite, meaningless values).
+        """
+        mask = attention_mask(pad_mask, self.causal if causal is None else causal)  # [B, 1, L, L]
+        if attn_bias is not None:
+            mask = mask + attn_bias
+        for layer in self.layers:
+            h = layer(h, mask)
+        return h
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """RecBole initialisation: normal(0, std) for Linear/Embedding, LayerNorm to (1, 0)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        module.weight.data.normal_(0.0, std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+    elif isinstance(module, nn.LayerNorm):
+        module.weight.data.fill_(1.0)
+        module.bias.data.zero_()
+
+
+def gather_last(h: Tensor) -> Tensor:
+    """Hidden state of the most recent item: sequences are left-padded, so it is position -1."""
+    return h[:, -1]  # [B, d]
+
