@@ -1,0 +1,60 @@
+"""Contrastive and distillation losses shared by several models."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def info_nce(
+    a: Tensor,
+    b: Tensor,
+    tau: float,
+    normalize: bool = True,
+    exclude: Tensor | None = None,
+    margin_deg: float = 0.0,
+) -> Tensor:
+    """InfoNCE with positives on the diagonal and in-group negatives.
+
+    Args:
+        a, b: ``[..., n, d]`` anchors and their positives (row i of ``a`` matches row i of
+            ``b``); any leading dims are independent groups (e.g. one group per user).
+        tau: temperature.
+        normalize: cosine similarity (True) or raw dot product.
+        exclude: ``[..., n, n]`` bool, True for off-diagonal pairs that must not act as
+            negatives (e.g. sequences with the same target: HM4SR's false negatives).
+        margin_deg: additive angular margin on the positive pair, ``cos(theta + m)``
+            (ArcFace; HPCL4SR Eq. 16).  Requires ``normalize=True``.
+    Returns:
+        Scalar mean loss over all anchors.
+    """
+    if normalize:
+        a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    sim = a @ b.transpose(-1, -2)  # [..., n, n]
+    n = sim.shape[-1]
+    eye = torch.eye(n, dtype=torch.bool, device=sim.device)
+    if margin_deg:
+        if not normalize:
+            raise ValueError("an angular margin needs cosine similarities (normalize=True)")
+        m = math.radians(margin_deg)
+        cos = sim.clamp(-1 + 1e-7, 1 - 1e-7)
+        sim = torch.where(eye, torch.cos(torch.acos(cos) + m), sim)
+    logits = sim / tau
+    if exclude is not None:
+        logits = logits.masked_fill(exclude & ~eye, float("-inf"))
+    labels = torch.arange(n, device=sim.device).expand(logits.shape[:-1])  # [..., n]
+    return F.cross_entropy(logits.reshape(-1, n), labels.reshape(-1))
+
+
+def distillation_kl(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
+    """Knowledge distillation ``T^2 * KL(softmax(teacher/T) || softmax(student/T))``.
+
+    The teacher is detached (it is the distillation target), so no gradient reaches it.
+    ``student_logits``/``teacher_logits``: ``[B, K]``; returns the batch mean.
+    """
+    p = F.softmax(teacher_logits.detach() / T, dim=-1)
+    log_q = F.log_softmax(student_logits / T, dim=-1)
+    return F.kl_div(log_q, p, reduction="batchmean") * T * T
