@@ -1,0 +1,71 @@
+"""Time-gap features shared by HORAE (threshold bins) and HM4SR (log buckets).
+
+Timestamps travel in every batch as int64 seconds (``time_seq [B, L]``, ``target_time [B]``,
+0 at pads).  Models turn gaps into bucket ids here and embed them themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+HORAE_THRESHOLDS: tuple[float, ...] = (1, 2, 4, 7, 14, 30, 60, 120, 180, 365, 730, 1825)
+
+
+def threshold_bins(
+    gap_seconds: Tensor,
+    pad_mask: Tensor,
+    scale_seconds: float,
+    thresholds: Sequence[float] = HORAE_THRESHOLDS,
+    overflow_to_pad: bool = False,
+) -> Tensor:
+    """HORAE's binning f_b (Eq. 5): the number of thresholds <= gap / scale.
+
+    Bins 0..len(thresholds) are real (the last one is "beyond the last threshold", e.g.
+    >= 5 years for days); bin ``len(thresholds)+1`` is padding.  ``overflow_to_pad=True``
+    reproduces the official code, which files gaps beyond the last threshold under the pad bin.
+
+    Args:
+        gap_seconds: ``[B, L]`` non-negative gaps in seconds (negative gaps are clamped to 0).
+        pad_mask: ``[B, L]`` bool, True at real positions.
+        scale_seconds: the per-dataset time unit tau (86400 for Amazon days, 60 for Online Retail).
+    Returns:
+        ``[B, L]`` long bin ids in ``[0, len(thresholds) + 1]``.
+    """
+    thr = torch.tensor(thresholds, dtype=torch.float64, device=gap_seconds.device)
+    x = gap_seconds.clamp(min=0).to(torch.float64) / scale_seconds
+    bins = torch.bucketize(x, thr, right=True)  # [B, L]  number of thresholds <= x
+    pad_bin = len(thresholds) + 1
+    if overflow_to_pad:
+        bins = bins.masked_fill(bins == len(thresholds), pad_bin)
+    return bins.masked_fill(~pad_mask, pad_bin)
+
+
+def log_buckets(gap_seconds: Tensor, mu: float = 100.0) -> Tensor:
+    """HM4SR's interval bucket (Eq. 11): ``floor(mu * log2(gap + 1))`` with gaps in seconds."""
+    return torch.floor(mu * torch.log2(gap_seconds.clamp(min=0).to(torch.float64) + 1.0)).long()
+
+
+def adjacent_gaps(time_seq: Tensor, pad_mask: Tensor, target_time: Tensor | None = None) -> Tensor:
+    """Gap from each item to the NEXT one, ``t_{i+1} - t_i`` (HORAE's d^a_i).
+
+    For the most recent item the next timestamp is ``target_time`` (so d^a_N = d^t_N) when given,
+    else 0.  time_seq ``[B, L]`` (left-padded) -> ``[B, L]`` int64; 0 at pads.
+    """
+    nxt = torch.cat([time_seq[:, 1:], (target_time if target_time is not None else time_seq[:, -1])[:, None]], 1)
+    return (nxt - time_seq).masked_fill(~pad_mask, 0)
+
+
+def previous_gaps(time_seq: Tensor, pad_mask: Tensor) -> Tensor:
+    """Gap SINCE the previous item, ``t_i - t_{i-1}``, with 0 for each sequence's first item
+    (HM4SR's a_1 = 0), also right after left padding.  ``[B, L]`` -> ``[B, L]`` int64, 0 at pads."""
+    prev = torch.cat([time_seq[:, :1], time_seq[:, :-1]], 1)
+    prev_real = torch.cat([pad_mask[:, :1], pad_mask[:, :-1]], 1) & pad_mask
+    return torch.where(prev_real, time_seq - prev, torch.zeros_like(time_seq)).masked_fill(~pad_mask, 0)
+
+
+def target_gaps(time_seq: Tensor, pad_mask: Tensor, target_time: Tensor) -> Tensor:
+    """Gap from each item to the target, ``t_{N+1} - t_i`` (HORAE's d^t_i); 0 at pads."""
+    return (target_time[:, None] - time_seq).masked_fill(~pad_mask, 0)
