@@ -1,0 +1,43 @@
+"""GRU4Rec (Hidasi et al., ICLR 2016; the RecBole variant the papers compare against).
+
+    E = dropout(ItemEmb(s))                # [B, L, d]
+    H = GRU(E);  u = Dense(h_last)         # [B, d]
+    score(i) = <u, ItemEmb(i)>;  loss = cross-entropy over all items
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zoo.models.base import SequentialRecommender
+from zoo.modules.rnn import GRUEncoder
+from zoo.modules.scoring import dot_scores
+
+
+class GRU4Rec(SequentialRecommender):
+    """Args: d (embedding size), d_hidden (GRU size), n_layers, dropout; **kwargs: base options."""
+
+    def __init__(self, d: int = 64, d_hidden: int = 128, n_layers: int = 1, dropout: float = 0.3, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters()
+        self.item_emb = nn.Embedding(self.num_items + 1, d, padding_idx=0)
+        self.emb_dropout = nn.Dropout(dropout)
+        self.gru = GRUEncoder(d, d_hidden, n_layers)
+        self.dense = nn.Linear(d_hidden, d)
+        nn.init.xavier_normal_(self.item_emb.weight)
+
+    def user_representation(self, batch: dict[str, Tensor]) -> Tensor:
+        seq = batch["item_seq"]
+        _, h = self.gru(self.emb_dropout(self.item_emb(seq)), seq > 0)  # [B, d_hidden]
+        return self.dense(h)  # [B, d]
+
+    def score_all(self, user_repr: Tensor) -> Tensor:
+        return dot_scores(user_repr, self.item_emb.weight)  # [B, N+1]
+
+    def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        logits = self.score_all(self.user_representation(batch))
+        logits[:, 0] = float("-inf")
+        return {"rec": F.cross_entropy(logits, batch["target"])}
