@@ -131,13 +131,14 @@ def run_cli(args: list[str] | None = None) -> ZooCLI:
 
 
 def main(argv: list[str] | None = None) -> int:
+    explicit = argv is not None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "data":
         from zoo.data_cli import data_main
 
         return data_main(argv[1:])
     try:
-        run_cli(argv)
+        run_cli(argv if explicit else None)
     except CLEAR_ERRORS as e:
         if os.environ.get("ZOO_DEBUG"):
             raise
