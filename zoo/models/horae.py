@@ -1,0 +1,301 @@
+"""HORAE (Hu et al., ACM TOIS 2025): temporal multi-interest pre-training — MIRACLE + time + refinement.
+
+Everything of :class:`zoo.models.miracle.MIRACLE` (text features, MoE adaptor, sparse capsules,
+balance / orthogonality losses, interest-level contrastive loss, pre-train / fine-tune stages,
+inductive / transductive settings) is inherited; this file adds only what HORAE adds
+(equation numbers of the HORAE paper; spec ``shared/specs/horae.md``):
+
+    d^a_i = t_{i+1} - t_i (d^a_N = t_{N+1} - t_N),  d^t_i = t_{N+1} - t_i      [B, L]   (Sec. 3.2.2)
+    bins f_t: thresholds 1,2,4,7,14,30,60,120,180,365,730,1825 x tau; 12 = beyond; 13 = pad  (Eq. 5)
+    t_i = D_a[f(d^a_i)] + D_t[f(d^t_i)]                                         [B, L, d] (Eq. 6)
+    H = RoTransformer(Dropout(LN(x + p + t (+ e))))      bidirectional, RoPE     [B, L, d] (Eqs. 7-13)
+    o = softmax(att(H + P~ + T~)), T~ from the capsule-side tables D~              [B, L]    (Eq. 16)
+    U = sparse capsules (MIRACLE), the PRE-refined interests                     [B, C, d] (Eqs. 14-22)
+    F0 = [u_{a_1} .. u_{a_N}]                                                    [B, L, d] (Eq. 23)
+    H_bar = RoTransformer_refine(F0)  (causal, code)                              [B, L, d] (Eq. 24)
+    H_hat = sigmoid(GRU(H) W_6 + b_6) * H_bar                                     [B, L, d] (Eqs. 25-27)
+    U_bar_j = H_hat[last i with a_i = j]  (POST-refined interests, 0 if inactive)  [B, C, d] (Eqs. 28-29)
+    score(v) = max_{j in I_u} <u_bar_j, y_v>                                              (Eq. 31)
+
+Pre-training (Eq. 46): L_rec (in-batch, post-refined) + theta_1 L_intra (Eq. 32) + theta_2 L_inter
+(= L_c + L_b, Eqs. 33-37) + theta_3 L_pre-post (anchor-based contrastive, Eqs. 38-44, with
+beta L_rec^pre) + theta_4 L_aug (MIRACLE's l_i on post-refined interests, Eq. 45).  Weights: the
+paper's best theta_1..4 = 0.05, 10, 0.05, 0.05; beta = 0.05 (code; the paper gives none).
+Fine-tuning (Eqs. 47-48): full CE + theta_5 L_inter (theta_5 = 10), with the recipe's
+``freeze: [position_embedding, encoder, refine_encoder, time_embedding, fusion_gate]`` (the
+paper's [P, FFN, RoMHA, GRU] + temporal encoder; the code also freezes W_6 inside the gate).
+
+Paper vs official code (``WHUIR/Horae``) — the paper is the default, the code a switch:
+* RoPE (Eq. 13 rotates queries and keys): ``rope="qk"``; the code rotates queries and VALUES:
+  ``rope="qv"``.  Per head, interleaved pairs, positions = slot index (relative offsets are
+  unaffected by left padding).
+* Weight of L_aug: theta_4 = 0.05 (Sec. 5.3): ``contrastive_weight=0.05``; code 0.001.
+* The target timestamp t_{N+1} is an input (Sec. 3.1, d^t): ``target_time_source="target"``
+  (paper and code); the leakage-free variant uses the last history timestamp:
+  ``"last_history"``.
+* Gaps of 5 years or more get their own bin 12 (paper): ``overflow_to_pad=False``; the code files
+  them under the pad bin 13: ``overflow_to_pad=True``.
+* L_intra (Eq. 32 compares the refined h_hat_i with the contextualised h_i):
+  ``intra_mode="paper"`` = mean over real positions of ||h_hat_i - h_i||_2 (the printed sum over
+  positions, averaged over positions and users so the weight does not scale with N);
+  ``"code"`` = ||H2_i - u_{a_i}||_2 with H2 a second encoder pass (fresh dropout) and the
+  PRE-refined capsule, averaged per (user, capsule) then over active pairs (pads excluded).
+* Anchor loss (Eqs. 38-42 max over capsules): ``anchor_capsule="maxpool"``; the code uses one
+  capsule per user, the argmax of the post-refined own-target score, for all three
+  likelihoods: ``"target_argmax"``.  The paper masks only F0 entries with [MASK_1]:
+  ``anchor_mask_items=False``; the code also masks the same items in the GRU gate's input:
+  ``True``.
+* L_inter weight (Eq. 46 one theta_2 = 10 on L_c + L_b; Eq. 48 theta_5 = 10): 
+  ``balance_weight=10, orthogonality_weight=10``; the code puts 0.01 on L_c.
+Where the paper is silent, the code: the refinement Transformer is causal
+(``refine_causal=True``) with no input LN / dropout / position embedding; mask ratio 0.2 for the
+anchor and L_aug; [MASK_1]/[MASK_2] used detached (``train_mask_token``).  [R] the GRU of the
+gate sees zeros at pad positions (``gru_zero_pads=True``; the code runs it over the encoder's pad
+outputs: ``False``).
+
+Ablations (Table 8), one init arg each: ``interest_intra=False`` (w/o L_intra),
+``interest_inter=False`` (w/o L_inter), ``anchor_contrastive=False`` (w/o L_pre-post),
+``refiner=False`` (w/o Refiner: H_bar = F0), ``fusion_gate=False`` (w/o Gate: H_hat = H_bar),
+``rope="none"`` (w/o RoPE), ``adjacent_interval=False`` (w/o d^a), ``target_interval=False``
+(w/o d^t); plus MIRACLE's ``interest_contrastive=False`` (no L_aug).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zoo.models.miracle import MIRACLE, InterestState
+from zoo.modules.sparse_capsules import gather_activated, last_position_per_capsule, random_item_mask, read_out_interests
+from zoo.modules.temporal import HORAE_THRESHOLDS, adjacent_gaps, target_gaps, threshold_bins
+from zoo.modules.transformer import TransformerEncoder, init_weights
+
+
+@dataclass
+class Refinement:
+    """Sequential interest refinement of one pass (Eqs. 23-29)."""
+
+    f0: Tensor  # [B, L, d] reordered interests F0
+    h_bar: Tensor  # [B, L, d] refine-encoder output H_bar
+    h_hat: Tensor  # [B, L, d] gated H_hat
+    last_pos: Tensor  # [B, C] j_max (-1 if never activated)
+    interests: Tensor  # [B, C, d] post-refined U_bar
+
+
+@dataclass
+class RefinedState(InterestState):
+    """MIRACLE's state (``interests`` = post-refined U_bar) plus the refinement."""
+
+    pre_interests: Tensor | None = None  # [B, C, d] U (pre-refined)
+    refinement: Refinement | None = None
+
+
+class FusionGate(nn.Module):
+    """Eqs. 25-27: ``H_hat = sigmoid(GRU(H) W_6 + b_6) * H_bar``."""
+
+    def __init__(self, d: int, zero_pads: bool = True) -> None:
+        super().__init__()
+        self.zero_pads = zero_pads
+        self.gru = nn.GRU(d, d, batch_first=True)  # PyTorch default init (code)
+        self.gate = nn.Linear(d, d)  # W_6, b_6
+
+    def forward(self, h: Tensor, h_bar: Tensor, pad_mask: Tensor) -> Tensor:
+        """h, h_bar ``[B, L, d]``, pad_mask ``[B, L]`` -> ``[B, L, d]``."""
+        if self.zero_pads:
+            h = h * pad_mask[..., None].to(h.dtype)
+        h_prime, _ = self.gru(h)  # [B, L, d]
+        return torch.sigmoid(self.gate(h_prime)) * h_bar
+
+
+class IntervalEmbedding(nn.Module):
+    """Eq. 6: ``t_i = D_a[bin(d^a_i)] + D_t[bin(d^t_i)]`` (two 14-row tables = one 28-row D)."""
+
+    def __init__(self, n_bins: int, d: int) -> None:
+        super().__init__()
+        self.adjacent = nn.Embedding(n_bins, d)  # rows 0..N_a-1 of D
+        self.target = nn.Embedding(n_bins, d)  # rows N_a..N_a+N_t-1 of D
+
+    def forward(self, adj_bins: Tensor | None, tgt_bins: Tensor | None) -> Tensor | None:
+        out = None
+        for table, bins in ((self.adjacent, adj_bins), (self.target, tgt_bins)):
+            if bins is not None:
+                out = table(bins) if out is None else out + table(bins)
+        return out
+
+
+class HORAE(MIRACLE):
+    """HORAE: MIRACLE with time-interval embeddings, RoPE, interest refinement and its losses.
+
+    Args (beyond :class:`MIRACLE`'s, whose defaults HORAE keeps except where listed):
+        time_scale: tau in seconds (86400 Amazon days; 60 Online Retail minutes).
+        rope: ``"qk"`` (paper), ``"qv"`` (code) or ``"none"`` (w/o RoPE), encoder and refiner.
+        adjacent_interval / target_interval: use d^a / d^t (w/o d^a, w/o d^t).
+        refiner / fusion_gate: Interest Refine Encoder / Fusion Gate (w/o Refiner, w/o Gate).
+        interest_intra / interest_inter / anchor_contrastive: L_intra / L_inter / L_pre-post.
+        intra_mode: ``"paper"`` or ``"code"`` (see module docstring).
+        overflow_to_pad: file gaps >= the last threshold under the pad bin (code).
+        target_time_source: ``"target"`` (paper) or ``"last_history"`` (no target timestamp).
+        refine_causal: causal refinement Transformer (code; the paper does not say).
+        gru_zero_pads: zero the gate GRU's input at pads ([R]; code False).
+        anchor_capsule: ``"maxpool"`` (paper Eqs. 40/42) or ``"target_argmax"`` (code).
+        anchor_mask_items: also mask the anchor's items in the gate's input (code).
+        intra_weight: theta_1 (0.05).  pre_post_weight: theta_3 (0.05).  pre_post_beta: beta (0.05).
+        orthogonality_weight: the paper's theta_2 = theta_5 = 10 on L_c too (code 0.01).
+        contrastive_weight: theta_4 on L_aug (paper 0.05; code 0.001).
+    """
+
+    PAPER_FREEZE: tuple[str, ...] = ("position_embedding", "encoder", "refine_encoder", "time_embedding", "fusion_gate")
+
+    def __init__(
+        self,
+        time_scale: float = 86400.0,
+        rope: str = "qk",
+        adjacent_interval: bool = True,
+        target_interval: bool = True,
+        refiner: bool = True,
+        fusion_gate: bool = True,
+        interest_intra: bool = True,
+        interest_inter: bool = True,
+        anchor_contrastive: bool = True,
+        intra_mode: str = "paper",
+        overflow_to_pad: bool = False,
+        target_time_source: str = "target",
+        refine_causal: bool = True,
+        gru_zero_pads: bool = True,
+        anchor_capsule: str = "maxpool",
+        anchor_mask_items: bool = False,
+        intra_weight: float = 0.05,
+        pre_post_weight: float = 0.05,
+        pre_post_beta: float = 0.05,
+        orthogonality_weight: float = 10.0,
+        contrastive_weight: float = 0.05,
+        **kwargs: Any,
+    ) -> None:
+        for name, value, allowed in (
+            ("intra_mode", intra_mode, ("paper", "code")),
+            ("target_time_source", target_time_source, ("target", "last_history")),
+            ("anchor_capsule", anchor_capsule, ("maxpool", "target_argmax")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if time_scale <= 0:
+            raise ValueError(f"time_scale must be > 0 seconds, got {time_scale}")
+        super().__init__(rope=rope, orthogonality_weight=orthogonality_weight, contrastive_weight=contrastive_weight, **kwargs)
+        hp = self.hparams
+        d = hp["d"]
+        self.time_scale, self.overflow_to_pad, self.target_time_source = time_scale, overflow_to_pad, target_time_source
+        self.adjacent_interval, self.target_interval = adjacent_interval, target_interval
+        self.use_refiner, self.use_fusion_gate = refiner, fusion_gate
+        self.interest_intra, self.anchor_contrastive = interest_intra, anchor_contrastive
+        self.inter_losses = interest_inter
+        self.intra_mode, self.anchor_capsule, self.anchor_mask_items = intra_mode, anchor_capsule, anchor_mask_items
+        self.intra_weight, self.pre_post_weight, self.pre_post_beta = intra_weight, pre_post_weight, pre_post_beta
+
+        n_bins = len(HORAE_THRESHOLDS) + 2  # 12 thresholds -> bins 0..12 real, 13 = pad
+        self.time_embedding = IntervalEmbedding(n_bins, d)  # D (encoder side), frozen in fine-tuning
+        self.capsule_time_embedding = IntervalEmbedding(n_bins, d)  # D~ (capsule side), trainable
+        self.refine_encoder = TransformerEncoder(
+            d, hp["n_layers"], hp["n_heads"], hp["d_ff"], hp["dropout"], causal=refine_causal, rope=rope
+        )
+        self.fusion_gate = FusionGate(d, zero_pads=gru_zero_pads)
+        self.interest_mask_token = nn.Parameter(torch.randn(d) * 0.02)  # [MASK_1]; mask_token is [MASK_2]
+        for module in (self.time_embedding, self.capsule_time_embedding, self.refine_encoder, self.fusion_gate.gate):
+            module.apply(init_weights)
+
+    # ------------------------------------------------------------------ time features
+    def time_bins(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Eq. 5: adjacent and target interval bins ``[B, L]`` each (pad bin 13 at pads)."""
+        time_seq, pad_mask = batch["time_seq"], batch["item_seq"] > 0
+        t_next = batch["target_time"] if self.target_time_source == "target" else time_seq[:, -1]  # [B]
+        bins = [
+            threshold_bins(gap, pad_mask, self.time_scale, HORAE_THRESHOLDS, self.overflow_to_pad)
+            for gap in (adjacent_gaps(time_seq, pad_mask, t_next), target_gaps(time_seq, pad_mask, t_next))
+        ]
+        return bins[0], bins[1]
+
+    def _temporal_inputs(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
+        adj, tgt = self.time_bins(batch)
+        adj = adj if self.adjacent_interval else None
+        tgt = tgt if self.target_interval else None
+        return self.time_embedding(adj, tgt), self.capsule_time_embedding(adj, tgt)  # t_i (Eq. 6), t~_i (Eq. 16)
+
+    # ------------------------------------------------------------------ refinement
+    def refine(
+        self, h_gate: Tensor, interests: Tensor, assign: Tensor, pad_mask: Tensor, interest_mask: Tensor | None = None
+    ) -> Refinement:
+        """Eqs. 23-29 from pre-refined ``interests [B, C, d]`` and the activation ``assign [B, L]``.
+
+        ``h_gate [B, L, d]`` feeds the fusion gate's GRU; ``interest_mask [B, L]`` replaces those
+        entries of F0 by [MASK_1] (the anchor of Eqs. 41-42).
+        """
+        f0 = gather_activated(interests, assign)  # [B, L, d]
+        if interest_mask is not None:
+            f0 = torch.where(interest_mask[..., None], self._mask_vector(self.interest_mask_token), f0)
+        h_bar = self.refine_encoder(f0, pad_mask) if self.use_refiner else f0  # [B, L, d]
+        h_hat = self.fusion_gate(h_gate, h_bar, pad_mask) if self.use_fusion_gate else h_bar  # [B, L, d]
+        last_pos = last_position_per_capsule(assign, pad_mask, interests.shape[1])  # [B, C]
+        return Refinement(f0=f0, h_bar=h_bar, h_hat=h_hat, last_pos=last_pos, interests=read_out_interests(h_hat, last_pos))
+
+    def forward_interests(
+        self, batch: dict[str, Tensor], item_mask: Tensor | None = None, forced: InterestState | None = None
+    ) -> RefinedState:
+        x, h, caps = self.capsule_stage(batch, item_mask, forced)
+        ref = self.refine(h, caps.interests, caps.assign, batch["item_seq"] > 0)
+        return RefinedState(
+            x=x, h=h, caps=caps, interests=ref.interests, active=caps.active, pre_interests=caps.interests, refinement=ref
+        )
+
+    # ------------------------------------------------------------------ pre-training losses
+    def extra_pretrain_losses(self, batch: dict[str, Tensor], state: InterestState, y: Tensor) -> dict[str, Tensor]:
+        assert isinstance(state, RefinedState)
+        terms: dict[str, Tensor] = {}
+        if self.interest_intra and self.intra_weight:
+            terms["intra"] = self.intra_weight * self.intra_loss(batch, state)
+        if self.anchor_contrastive and self.pre_post_weight:
+            terms["pre_post"] = self.pre_post_weight * self.pre_post_loss(batch, state, y)
+        return terms
+
+    def intra_loss(self, batch: dict[str, Tensor], state: RefinedState) -> Tensor:
+        """Eq. 32, L_intra (``intra_mode``: paper or code, see the module docstring)."""
+        pad_mask = batch["item_seq"] > 0
+        if self.intra_mode == "paper":
+            dist = _l2(state.refinement.h_hat - state.h)  # [B, L]
+            return dist[pad_mask].mean()
+        _, h2 = self.encode(batch)  # second encoder pass, fresh dropout
+        dist = _l2(h2 - gather_activated(state.pre_interests, state.caps.assign))  # [B, L]
+        C = state.pre_interests.shape[1]
+        hits = F.one_hot(state.caps.assign, C).to(dist.dtype) * pad_mask[..., None]  # [B, L, C]
+        count = hits.sum(1)  # [B, C]
+        per_capsule = torch.einsum("blc,bl->bc", hits, dist) / count.clamp(min=1)  # [B, C]
+        return per_capsule[count > 0].mean()
+
+    def pre_post_loss(self, batch: dict[str, Tensor], state: RefinedState, y: Tensor) -> Tensor:
+        """Eqs. 38-44: ``-log s(S_post - S_a) - log s(S_a - S_pre) + beta L_rec^pre``."""
+        pad_mask = batch["item_seq"] > 0
+        item_mask = random_item_mask(batch["item_seq"], self.mask_ratio, self.mask_min_len)  # [B, L]
+        h_gate = self.encode(batch, item_mask)[1] if self.anchor_mask_items else state.h
+        anchor = self.refine(h_gate, state.pre_interests, state.caps.assign, pad_mask, interest_mask=item_mask)
+        B = y.shape[0]
+        labels = torch.arange(B, device=y.device)
+        logits_pre = self.in_batch_logits(state.pre_interests, state.active, y)  # [B, B], Eq. 40
+        if self.anchor_capsule == "maxpool":
+            logits_post = self.in_batch_logits(state.interests, state.active, y)  # Eq. 31
+            logits_anchor = self.in_batch_logits(anchor.interests, state.active, y)  # Eq. 42
+            logits_pre_s = logits_pre
+        else:  # code: one capsule per user, argmax of the post-refined own-target score
+            own = torch.einsum("bkd,bd->bk", state.interests, y).masked_fill(~state.active, float("-inf"))  # [B, C]
+            j = own.argmax(1)  # [B]
+            pick = lambda u: u[labels, j]  # noqa: E731  [B, d]
+            logits_post, logits_anchor, logits_pre_s = (pick(u) @ y.T for u in (state.interests, anchor.interests, state.pre_interests))
+        s_post, s_anchor, s_pre = (torch.softmax(lg, 1).diagonal() for lg in (logits_post, logits_anchor, logits_pre_s))
+        loss = -F.logsigmoid(s_post - s_anchor).mean() - F.logsigmoid(s_anchor - s_pre).mean()
+        return loss + self.pre_post_beta * F.cross_entropy(logits_pre, labels)  # Eq. 44
+
+
+def _l2(diff: Tensor) -> Tensor:
+    """Euclidean norm over the last dim with a finite gradient at 0."""
+    return (diff.pow(2).sum(-1) + 1e-12).sqrt()

@@ -1,0 +1,297 @@
+"""MIRACLE (Tang et al., SIGIR 2023): multi-interest pre-training with a sparse capsule network.
+
+Top to bottom (equation numbers of the paper; spec ``shared/specs/miracle.md``):
+
+    T = text[item_seq]                                   frozen text features [B, L, d_b]  (Eq. 1)
+    X = MoE(T) (+ E_id[item_seq] transductive)           [B, L, d]          (Eqs. 2-4; Sec. 3.4.4)
+    H = BiTransformer(Dropout(LN(X + P)))                [B, L, d]          (Eqs. 5-6)
+    s = H A^T (1 + eps); a = argmax s; I_u               [B, L, C], [B, L], [B, C]   (Eqs. 7-8)
+    o = softmax(att(H + P~)); q = LN(tanh(H W5 + b5) + H)       [B, L], [B, L, d]    (Eqs. 9-10)
+    U = routing(b0 = s, q, o, I_u)                       [B, C, d]          (Eqs. 11-14)
+    score(v) = max_{j in I_u} <u_j, y_v>                 (Eq. 17; chunked over items)
+
+Losses: pre-training (``stage="pretrain"``) ``l_rec`` in-batch softmax CE (Eq. 16) + theta_1 l_b
+(balance, Eqs. 19-21) + theta_2 l_c (orthogonality, Eq. 18) + theta_3 l_i (interest-level
+contrastive with 20% item masking and forced activation, Eq. 15) = Eq. 22.  Fine-tuning
+(``stage="finetune"``) full-softmax CE over all items (Eq. 23) + theta_4 l_b + theta_5 l_c (Eq. 24),
+with the sequence encoder frozen (Sec. 3.4.4: the recipe's ``freeze: [position_embedding,
+encoder]`` — the code's ``downstream_freeze_parameter``; adaptor, input LN, capsules and ID table
+train) after ``pretrained_ckpt`` is loaded.  Settings: ``setting="transductive"`` (text + new ID
+table, Table 2) or ``"inductive"`` (text only, Fig. 3).  Zero-shot (Fig. 4) = validate the
+pre-trained checkpoint with ``stage=finetune, setting=inductive`` and no training.
+
+Paper vs official code (``WHUIR/Miracle``) — paper is the default, the code a switch:
+* Candidate vector (Eq. 17 says ``x_v`` = text only): ``score_with_id=False``; the code adds the
+  ID embedding to candidates in the transductive setting: ``score_with_id=True``.
+* Attention form (Eq. 9, tanh): ``attention_activation="tanh"``; code ``"leaky_relu"``.
+* Where the paper gives no computable form or no value, the code's: Switch-style balance loss
+  (Eqs. 19-21 as printed do not compute), InfoNCE orthogonality with tau = 0.1 (Eq. 18 has no
+  exp), loss weights theta_1..5 = 10, 0.01, 1e-3, 10, 0.01, noise ``s + z (0.2 s + 0.01)``,
+  agreement with q_i (Eq. 14 prints h_i; HORAE Eq. 22 and the code use q_i), a per-sequence
+  activation mask, input LayerNorm + dropout before the Transformer, [MASK] vector used
+  detached (never trained; ``train_mask_token=True`` trains it), masking never the last item nor
+  sequences shorter than 5, raw dot products in l_i.
+* The zoo masks the pad item (row 0) out of the full softmax and the ranking (code ranks it).
+
+Ablations (Fig. 5), one init arg each: ``position_attention=False`` (w/o PW),
+``interest_contrastive=False`` (w/o IC), ``sparse_activation=False`` with ``num_capsules=4``
+(w/o SS).  Hyper-parameters (Tables 3-4): ``n_layers`` (L), ``num_capsules`` (C).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zoo.models.base import SequentialRecommender
+from zoo.modules.embeddings import LearnedPositions
+from zoo.modules.scoring import max_interest_scores
+from zoo.modules.sparse_capsules import (
+    CapsuleOutput,
+    SparseInterestCapsules,
+    capsule_balance_loss,
+    capsule_orthogonality_loss,
+    interest_contrastive_loss,
+    random_item_mask,
+)
+from zoo.modules.text_items import TextItemEmbedding
+from zoo.modules.transformer import TransformerEncoder, init_weights
+
+
+@dataclass
+class InterestState:
+    """One forward pass: every intermediate the spec names (B users, L positions, C capsules)."""
+
+    x: Tensor  # [B, L, d] item inputs MoE(t) (+ e)
+    h: Tensor  # [B, L, d] contextualised items H
+    caps: CapsuleOutput  # s, a, I_u, o, q, U
+    interests: Tensor  # [B, C, d] the interests that score items (MIRACLE: U)
+    active: Tensor  # [B, C] bool, I_u
+
+
+class MIRACLE(SequentialRecommender):
+    """MIRACLE: text-aware item embedding + sparse interest capsule network.
+
+    Args:
+        d: hidden size d_n (300).  n_layers / n_heads / d_ff: encoder (2 / 2 / 256).
+        dropout: hidden, attention, capsule dropouts (0.3).  max_len: N (20).
+        text_dim: d_b (default ``data_info["text_dim"]``).  n_experts: G (8).
+        adaptor_dropout: dropout inside the whitening experts (0.3).
+        num_capsules: C (32).  routing_iters: tau, routing iterations (3).
+        noise_scale: activation noise scale (0.2).
+        stage: ``"pretrain"`` (in-batch CE + l_b + l_c + l_i) or ``"finetune"`` (full CE + l_b + l_c).
+        setting: ``"transductive"`` (text + ID, fine-tuning only) or ``"inductive"`` (text only).
+        score_with_id: add the ID embedding to candidate items too (code; paper Eq. 17: no).
+        rope: rotary embedding in the encoder (``"none"`` for MIRACLE; HORAE's RoMHA).
+        sparse_activation / position_attention / interest_contrastive: ablation switches
+            (w/o SS / w/o PW / w/o IC).
+        attention_activation: ``"tanh"`` (Eq. 9) or ``"leaky_relu"`` (code).
+        balance_weight: theta_1 (pre-training) / theta_4 (fine-tuning) = 10.
+        orthogonality_weight: theta_2 / theta_5 = 0.01.  orthogonality_tau: 0.1.
+        contrastive_weight: theta_3 = 1e-3.  contrastive_tau: 1 (raw dot products).
+        mask_ratio: item mask probability in l_i (0.2).  mask_min_len: sequences shorter are
+            never masked (5).  train_mask_token: learn the [MASK] vector (code: never trained).
+        **kwargs: :class:`SequentialRecommender` options (num_items, data_info, lr, freeze,
+            pretrained_ckpt, ...).  With ``stage="finetune"``, a ``pretrained_ckpt`` and no
+            ``freeze`` given, the paper's frozen modules (``PAPER_FREEZE``) are used.
+    """
+
+    PAPER_FREEZE: tuple[str, ...] = ("position_embedding", "encoder")
+
+    def __init__(
+        self,
+        d: int = 300,
+        n_layers: int = 2,
+        n_heads: int = 2,
+        d_ff: int = 256,
+        dropout: float = 0.3,
+        max_len: int = 20,
+        text_dim: int | None = None,
+        n_experts: int = 8,
+        adaptor_dropout: float = 0.3,
+        num_capsules: int = 32,
+        routing_iters: int = 3,
+        noise_scale: float = 0.2,
+        stage: str = "pretrain",
+        setting: str = "transductive",
+        score_with_id: bool = False,
+        rope: str = "none",
+        sparse_activation: bool = True,
+        position_attention: bool = True,
+        interest_contrastive: bool = True,
+        attention_activation: str = "tanh",
+        balance_weight: float = 10.0,
+        orthogonality_weight: float = 0.01,
+        orthogonality_tau: float = 0.1,
+        contrastive_weight: float = 1e-3,
+        contrastive_tau: float = 1.0,
+        mask_ratio: float = 0.2,
+        mask_min_len: int = 5,
+        train_mask_token: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if stage not in ("pretrain", "finetune"):
+            raise ValueError(f"stage must be 'pretrain' or 'finetune', got {stage!r}")
+        if setting not in ("transductive", "inductive"):
+            raise ValueError(f"setting must be 'transductive' or 'inductive', got {setting!r}")
+        if stage == "finetune" and kwargs.get("pretrained_ckpt") and kwargs.get("freeze") is None:
+            kwargs["freeze"] = list(self.PAPER_FREEZE)
+        super().__init__(**kwargs)
+        self.save_hyperparameters()
+        text_dim = text_dim if text_dim is not None else self.data_info.get("text_dim")
+        if not text_dim:
+            raise ValueError(
+                f"{type(self).__name__} embeds items by their text: give model.init_args.text_dim or "
+                "data with text features (data_info['text_dim']; set data.init_args.text_encoder)"
+            )
+        self.stage, self.setting = stage, setting
+        self.use_id = stage == "finetune" and setting == "transductive"
+        self.score_with_id = score_with_id
+        self.interest_contrastive = interest_contrastive
+        self.inter_losses = True  # l_b + l_c (HORAE's "w/o L_inter" turns them off)
+        self.balance_weight, self.orthogonality_weight = balance_weight, orthogonality_weight
+        self.orthogonality_tau = orthogonality_tau
+        self.contrastive_weight, self.contrastive_tau = contrastive_weight, contrastive_tau
+        self.mask_ratio, self.mask_min_len, self.train_mask_token = mask_ratio, mask_min_len, train_mask_token
+
+        self.item_encoder = TextItemEmbedding(self.num_items, int(text_dim), d, n_experts, adaptor_dropout, self.use_id)
+        self.position_embedding = LearnedPositions(max_len, d)  # P, slot index (code)
+        self.input_norm = nn.LayerNorm(d, eps=1e-12)
+        self.input_dropout = nn.Dropout(dropout)
+        self.encoder = TransformerEncoder(d, n_layers, n_heads, d_ff, dropout, causal=False, rope=rope)
+        self.capsules = SparseInterestCapsules(
+            d,
+            num_capsules,
+            max_len,
+            routing_iters,
+            noise_scale,
+            dropout=dropout,
+            sparse_activation=sparse_activation,
+            position_attention=position_attention,
+            attention_activation=attention_activation,
+        )
+        self.mask_token = nn.Parameter(torch.randn(d) * 0.02)  # [MASK] item vector
+        self.apply(init_weights)
+
+    # ------------------------------------------------------------------ side info
+    def attach_side_info(self, info: dict[str, Tensor]) -> None:
+        if "text" not in info:
+            raise KeyError(
+                f"{type(self).__name__} needs item text features (side info 'text'): set "
+                "data.init_args.text_encoder (e.g. minilm) and require_text: true"
+            )
+        self._side_info = info
+        self.item_encoder.set_text(info["text"].to(self.device))
+
+    # ------------------------------------------------------------------ embeddings
+    def candidate_embeddings(self, ids: Tensor | None = None) -> Tensor:
+        """y_v for ``ids [...]`` -> ``[..., d]``, or every item ``[N+1, d]`` when ids is None."""
+        with_id = self.use_id and self.score_with_id
+        return self.item_encoder.all_items(with_id) if ids is None else self.item_encoder(ids, with_id)
+
+    def _mask_vector(self, token: Tensor) -> Tensor:
+        return token if self.train_mask_token else token.detach()
+
+    def _temporal_inputs(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
+        """Extra encoder input and capsule-attention input ``[B, L, d]`` (none in MIRACLE; HORAE's time)."""
+        return None, None
+
+    def encode(self, batch: dict[str, Tensor], item_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Eqs. 2-6: ``(X, H)``, both ``[B, L, d]``; items under ``item_mask [B, L]`` become [MASK]."""
+        item_seq = batch["item_seq"]
+        x = self.item_encoder(item_seq)  # [B, L, d]
+        if item_mask is not None:
+            x = torch.where(item_mask[..., None], self._mask_vector(self.mask_token), x)
+        extra, _ = self._temporal_inputs(batch)
+        z = x + self.position_embedding(item_seq)
+        if extra is not None:
+            z = z + extra
+        h = self.encoder(self.input_dropout(self.input_norm(z)), item_seq > 0)  # [B, L, d]
+        return x, h
+
+    def capsule_stage(
+        self, batch: dict[str, Tensor], item_mask: Tensor | None = None, forced: InterestState | None = None
+    ) -> tuple[Tensor, Tensor, CapsuleOutput]:
+        """Encoder + sparse capsule network; ``forced`` imposes another pass's activation."""
+        x, h = self.encode(batch, item_mask)
+        _, caps_extra = self._temporal_inputs(batch)
+        caps = self.capsules(
+            h,
+            batch["item_seq"] > 0,
+            extra_attn=caps_extra,
+            forced_active=None if forced is None else forced.active,
+            forced_assign=None if forced is None else forced.caps.assign,
+        )
+        return x, h, caps
+
+    def forward_interests(
+        self, batch: dict[str, Tensor], item_mask: Tensor | None = None, forced: InterestState | None = None
+    ) -> InterestState:
+        x, h, caps = self.capsule_stage(batch, item_mask, forced)
+        return InterestState(x=x, h=h, caps=caps, interests=caps.interests, active=caps.active)
+
+    # ------------------------------------------------------------------ scoring
+    def user_representation(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        state = self.forward_interests(batch)
+        return state.interests, state.active  # [B, C, d], [B, C]
+
+    def score_all(self, user_repr: tuple[Tensor, Tensor]) -> Tensor:
+        interests, active = user_repr
+        return max_interest_scores(interests, self.candidate_embeddings(), active, self.eval_chunk_size)  # [B, N+1]
+
+    def score_candidates(self, user_repr: tuple[Tensor, Tensor], candidates: Tensor) -> Tensor:
+        interests, active = user_repr
+        s = torch.einsum("bkd,bnd->bkn", interests, self.candidate_embeddings(candidates))  # [B, C, n]
+        return s.masked_fill(~active[:, :, None], float("-inf")).amax(1)  # [B, n]
+
+    def interests_for_predict(self, user_repr: tuple[Tensor, Tensor]) -> Tensor:
+        interests, active = user_repr
+        return interests * active[..., None].to(interests.dtype)  # inactive capsules zeroed
+
+    def in_batch_logits(self, interests: Tensor, active: Tensor, targets_emb: Tensor) -> Tensor:
+        """Eq. 17 against the batch's targets: ``[B, C, d] x [B, d]`` -> ``[B, B]``."""
+        return max_interest_scores(interests, targets_emb, active, self.eval_chunk_size)
+
+    # ------------------------------------------------------------------ losses
+    def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        state = self.forward_interests(batch)
+        pad_mask = batch["item_seq"] > 0
+        terms: dict[str, Tensor] = {}
+        if self.stage == "pretrain":
+            y = self.candidate_embeddings(batch["target"])  # [B, d]
+            logits = self.in_batch_logits(state.interests, state.active, y)  # [B, B]
+            terms["rec"] = F.cross_entropy(logits, torch.arange(len(y), device=y.device))  # Eq. 16
+            candidates = y
+        else:
+            y_all = self.candidate_embeddings()  # [N+1, d]
+            logits = max_interest_scores(state.interests, y_all[1:], state.active, self.eval_chunk_size)  # [B, N]
+            terms["rec"] = F.cross_entropy(logits, batch["target"] - 1)  # Eq. 23, pad row excluded
+            candidates = y_all[1:]
+        if self.inter_losses and self.balance_weight:
+            s_cand = self.capsules.similarity(candidates)  # [B or N, C]
+            terms["balance"] = self.balance_weight * (
+                capsule_balance_loss(state.caps.s, pad_mask) + capsule_balance_loss(s_cand)
+            )
+        if self.inter_losses and self.orthogonality_weight:
+            terms["orthogonality"] = self.orthogonality_weight * capsule_orthogonality_loss(
+                self.capsules.base_vectors, self.orthogonality_tau
+            )
+        if self.stage == "pretrain" and self.interest_contrastive and self.contrastive_weight:
+            terms["interest_cl"] = self.contrastive_weight * self.interest_cl_loss(batch, state)
+        if self.stage == "pretrain":
+            terms.update(self.extra_pretrain_losses(batch, state, y))
+        return terms
+
+    def interest_cl_loss(self, batch: dict[str, Tensor], state: InterestState) -> Tensor:
+        """Eq. 15: mask 20% of the items, force the original activation, contrast the interests."""
+        item_mask = random_item_mask(batch["item_seq"], self.mask_ratio, self.mask_min_len)  # [B, L]
+        aug = self.forward_interests(batch, item_mask=item_mask, forced=state)
+        return interest_contrastive_loss(state.interests, aug.interests, state.caps.assign, item_mask, self.contrastive_tau)
+
+    def extra_pretrain_losses(self, batch: dict[str, Tensor], state: InterestState, y: Tensor) -> dict[str, Tensor]:
+        """Hook for HORAE's additional pre-training objectives (none in MIRACLE)."""
+        return {}
