@@ -1,0 +1,156 @@
+"""ComiRec (Cen et al., KDD 2020): controllable multi-interest recommendation.
+
+Two extractors over the user's history, K interests each, trained with the hard readout (the
+interest closest to the target, ComiRec Eq. 8 / TiMiRec Eq. 2) and scored at inference by the
+best interest per item (``max_k <v_k, e_i>``, the merge of K Faiss retrievals):
+
+* ComiRec-SA (``extractor="sa"``): ``H = E[s] + P`` (learned positions from the oldest item, as
+  the THUDM code), ``A = softmax_L(W2 tanh(W1 H))`` (d_a = 4d), ``V = A E[s]`` — the official code
+  pools the RAW item embeddings (``pool="raw"``); ``pool="input"`` pools H.
+* ComiRec-DR (``extractor="dr"``): dynamic routing with a per-position bilinear map
+  ``u_hat_{k,i} = W_{i,k} e_i`` (N(0, 1) init), zero initial logits, 3 iterations, softmax over
+  interests, stop-gradient on the first r-1 iterations, no position embedding.
+* ComiRec+ (``transformer=True``; TiMiRec's comparator): one bidirectional Transformer layer
+  (1 head, d_ff = d, no dropout) on ``E[s] + P`` before the SA pooling, pooling its outputs.
+  Differs from ReChorus' layer in the shared encoder's output projection and GELU (ReChorus:
+  no projection, ReLU).
+
+Training objective (``loss``): ``"sampled_softmax"`` (ComiRec: 10·B shared negatives with logQ
+correction and accidental-hit removal; see :mod:`zoo.modules.sampled_softmax`),
+``"full_softmax"`` (CE over all items) or ``"bpr"`` (ReChorus/TiMiRec Eq. 10, one negative).
+ComiRec's controllable diversity aggregation only re-ranks at serving time (lambda = 0 in every
+paper table here) and is not implemented.
+
+:class:`MultiInterestRecommender` holds what ComiRec, MIND and HPCL4SR share: the hard-readout
+loss, max-over-interests scoring (chunked, with an interest mask), candidate scoring, and the
+popularity hand-over for the popularity negative sampler.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from zoo.models.base import SequentialRecommender
+from zoo.modules.multi_interest import CapsuleInterestExtractor, SelfAttentiveExtractor
+from zoo.modules.sampled_softmax import NextItemLoss
+from zoo.modules.scoring import best_interest, max_interest_scores
+from zoo.modules.transformer import init_weights
+
+Interests = tuple[Tensor, Tensor | None]  # (V [B, K, d], active-interest mask [B, K] or None)
+
+
+class MultiInterestRecommender(SequentialRecommender):
+    """Shared part of the K-interest models: a subclass sets ``self.item_emb`` and
+    ``self.rec_loss`` (a :class:`NextItemLoss`) and implements :meth:`interests`."""
+
+    item_emb: nn.Embedding
+    rec_loss: NextItemLoss
+
+    def interests(self, batch: dict[str, Tensor]) -> Interests:
+        raise NotImplementedError
+
+    def output_items(self) -> Tensor:
+        """Item table scored against the interests ``[N+1, d]`` (tied with the input table)."""
+        return self.item_emb.weight
+
+    def user_representation(self, batch: dict[str, Tensor]) -> Interests:
+        return self.interests(batch)
+
+    def score_all(self, user_repr: Interests) -> Tensor:
+        V, mask = user_repr
+        return max_interest_scores(V, self.output_items(), mask, self.eval_chunk_size)  # [B, N+1]
+
+    def score_candidates(self, user_repr: Interests, candidates: Tensor) -> Tensor:
+        V, mask = user_repr
+        s = torch.einsum("bkd,bcd->bkc", V, self.output_items()[candidates])  # [B, K, C]
+        if mask is not None:
+            s = s.masked_fill(~mask[:, :, None], float("-inf"))
+        return s.amax(1)  # [B, C]
+
+    def interests_for_predict(self, user_repr: Interests) -> Tensor:
+        return user_repr[0]
+
+    def readout_loss(self, V: Tensor, mask: Tensor | None, batch: dict[str, Tensor]) -> Tensor:
+        """L_rec on the best-matching interest (ComiRec Eq. 8, HPCL4SR Eq. 18-19)."""
+        items = self.output_items()
+        target = batch["target"]
+        v = best_interest(V, items[target], mask)  # [B, d]
+        return self.rec_loss(v, target, items, batch["item_seq"])
+
+    def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        V, mask = self.interests(batch)
+        return {"rec": self.readout_loss(V, mask, batch)}
+
+    def attach_side_info(self, info: dict[str, Tensor]) -> None:
+        self._side_info = info
+        if self.rec_loss.sampler == "popularity":
+            if "popularity" not in info:
+                raise ValueError("neg_sampler='popularity' needs the datamodule's 'popularity' side info")
+            self.rec_loss.set_popularity(info["popularity"].to(self.device))
+
+
+class ComiRec(MultiInterestRecommender):
+    """ComiRec-SA / ComiRec-DR / ComiRec+ (see the module docstring).
+
+    Args:
+        extractor: ``"sa"`` (self-attentive) or ``"dr"`` (dynamic routing).
+        d: embedding size.  K: number of interests.
+        d_a: SA attention size (None = 4d as the THUDM code; TiMiRec's ReChorus code uses 8).
+        max_len: longest history (position table, per-position capsule maps).
+        transformer: ComiRec+ (SA only): one Transformer layer before the pooling.
+        pool: SA values, ``"raw"`` item embeddings (official codes) or ``"input"`` (pos-added /
+            Transformer outputs; forced by nothing, the + recipe sets it).
+        routing_iters / routing_softmax: DR iterations and softmax axis (``"interest"`` as
+            ComiRec-TF, ``"position"`` as the PyTorch ports).
+        loss / n_neg / neg_sampler / logq_correction: the training objective
+            (:class:`zoo.modules.sampled_softmax.NextItemLoss`).
+        **kwargs: :class:`SequentialRecommender` options (num_items, lr, topk, ...).
+    """
+
+    def __init__(
+        self,
+        extractor: str = "sa",
+        d: int = 64,
+        K: int = 4,
+        d_a: int | None = None,
+        max_len: int = 50,
+        transformer: bool = False,
+        pool: str = "raw",
+        routing_iters: int = 3,
+        routing_softmax: str = "interest",
+        loss: str = "sampled_softmax",
+        n_neg: int = 1280,
+        neg_sampler: str = "uniform",
+        logq_correction: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters()
+        if extractor not in ("sa", "dr"):
+            raise ValueError(f"extractor must be 'sa' or 'dr', got {extractor!r}")
+        if transformer and extractor != "sa":
+            raise ValueError("transformer=True (ComiRec+) is defined for the self-attentive extractor only")
+        self.extractor_type = extractor
+        self.item_emb = nn.Embedding(self.num_items + 1, d, padding_idx=0)
+        if extractor == "sa":
+            self.extractor: nn.Module = SelfAttentiveExtractor(
+                d, K, d_a or 4 * d, max_len, position_index="oldest", transformer=transformer, pool=pool
+            )
+        else:
+            self.extractor = CapsuleInterestExtractor(
+                d, K, max_len, bilinear="per_position", iters=routing_iters, softmax_over=routing_softmax
+            )
+        self.rec_loss = NextItemLoss(self.num_items, loss, n_neg, neg_sampler, logq_correction)
+        init_weights(self.item_emb)
+        self.extractor.apply(init_weights)  # Linear/Embedding N(0, 0.02); the capsule map keeps N(0, 1)
+
+    def interests(self, batch: dict[str, Tensor]) -> Interests:
+        item_seq = batch["item_seq"]  # [B, L]
+        pad_mask = item_seq > 0
+        e = self.item_emb(item_seq) * pad_mask[..., None]  # [B, L, d]
+        if self.extractor_type == "sa":
+            return self.extractor(item_seq, e), None  # [B, K, d]
+        return self.extractor(e, pad_mask), None  # [B, K, d]

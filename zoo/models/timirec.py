@@ -1,0 +1,184 @@
+"""TiMiRec (Wang et al., CIKM 2022): target interest distillation for multi-interest recommendation.
+
+Multi-interest extractor F_E (Sec. 3.5.1, ComiRec-SA as in the official TiMiRec.py):
+
+    H = E_ext[s] + P[pos]                        # [B, L, d]  learned positions (recency index)
+    H = Transformer(H) * valid                   # TiMiRec+ only (ComiRec+ extractor)
+    A = softmax_L(W2 tanh(W1 H))                 # [B, K, L]  Eq. 12 (D_a = 8, with biases)
+    V = A H                                      # [B, K, d]  Eq. 13 (pools the pos-added H)
+
+Target-interest predictor G_P (Sec. 3.5.2): s = GRU(E_pred[s]) (Eq. 14), z^q = MLP(s) (Eq. 15).
+
+Two stages (Algorithm 1), chosen by ``stage``:
+
+* ``"pretrain"``: the extractor alone; training reads out the greedy interest
+  ``v = V[argmax_k <V_k, i>]`` (Eq. 2) and minimises L_rec (BPR, Eq. 10); inference scores
+  ``max_k <V_k, e_i>``.  This stage IS ComiRec (ComiRec+ with ``transformer=True``).
+* ``"finetune"``: extractor + predictor; ``v = V softmax(z^q)`` (Eq. 4) in training AND
+  inference; the distillation soft label is ``z^p = cos(V_k, i)`` (Eq. 5) and the loss
+  ``L = L_rec + T^2 L_distill`` (Eq. 11) with ``L_distill = KL(softmax(sg(z^p)/T) || softmax(z^q/T))``
+  (the code's KL, whose gradient equals Eq. 9's cross-entropy), via
+  :func:`zoo.modules.losses.distillation_kl`.  The pre-trained extractor (keys ``item_emb.*``,
+  ``extractor.*``) is loaded through the base class's ``pretrained_ckpt``; nothing is frozen.
+  Without a ``pretrained_ckpt`` this stage is the paper's "joint train" variant (Table 4).
+
+Ablation switches (Tables 3-4):
+* ``aggregation``: ``"predicted"`` (TiMiRec), ``"mean"`` (mean pooling: uniform weights, no
+  predictor), ``"max"`` (max pooling = ComiRec's greedy inference).
+* ``distill``: False = "attn pooling (w/o distill)" (predicted aggregation, L_rec only).
+* ``stop_grad``: False = "w/o stopgrad": Eq. 8, the cross-entropy ``-p^T log q`` with p NOT
+  detached (scaled by T^2 as Eq. 11), so the extractor also learns from the distillation.
+
+Paper vs official code (the paper is the default, the code a switch):
+* Predictor head: Eq. 15 has two layers (``head_layers=2``); ReChorus' Beauty run uses one
+  (``head_layers=1``).  The two-layer head has Dropout(0.5) before the ReLU (code).
+* W1/W2 with biases and D_a = 8, as the code (the paper writes them bias-free, D_a unstated).
+* Reductions are batch means (code) instead of the paper's sums over u, t.
+* Position index counts from the most recent item (code); for left-padded windows that is the
+  zoo's ``"slot"`` index.
+* Init: N(0, 0.01^2) on every Linear and Embedding (ReChorus ``init_weights``), GRU defaults.
+* The "+" Transformer layer is the zoo's shared post-LN layer (1 head, d_ff = d, no dropout,
+  eps 1e-5), which adds an output projection and uses GELU where ReChorus has none and ReLU.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zoo.models.comirec import MultiInterestRecommender
+from zoo.modules.losses import distillation_kl
+from zoo.modules.multi_interest import SelfAttentiveExtractor, TargetInterestPredictor, interest_cosine
+from zoo.modules.sampled_softmax import NextItemLoss
+from zoo.modules.scoring import best_interest, dot_scores, max_interest_scores
+from zoo.modules.transformer import init_weights
+
+UserRepr = tuple[Tensor, Tensor | None]  # (V [B, K, d], aggregation weights [B, K] or None = max)
+
+
+class TiMiRec(MultiInterestRecommender):
+    """TiMiRec / TiMiRec+ (see the module docstring).
+
+    Args:
+        stage: ``"pretrain"`` (extractor only, greedy) or ``"finetune"`` (with the predictor).
+        d: embedding size (64).  K: interests (Beauty 4, ML-1M 2).  d_a: attention size (8).
+        max_len: longest history (20).  transformer: TiMiRec+ (ComiRec+ extractor).
+        T: distillation temperature (Beauty 0.1, ML-1M 0.5).
+        head_layers / head_dropout: predictor head (Eq. 15).
+        aggregation / distill / stop_grad: ablations (module docstring).
+        loss: L_rec, ``"bpr"`` (paper Eq. 10), ``"sampled_softmax"`` or ``"full_softmax"``.
+        n_neg / neg_sampler / logq_correction: sampled-softmax options.
+        **kwargs: :class:`SequentialRecommender` options (``pretrained_ckpt`` for the fine-tune).
+    """
+
+    def __init__(
+        self,
+        stage: str = "finetune",
+        d: int = 64,
+        K: int = 4,
+        d_a: int = 8,
+        max_len: int = 20,
+        transformer: bool = False,
+        T: float = 0.1,
+        head_layers: int = 2,
+        head_dropout: float = 0.5,
+        aggregation: str = "predicted",
+        distill: bool = True,
+        stop_grad: bool = True,
+        loss: str = "bpr",
+        n_neg: int = 1280,
+        neg_sampler: str = "uniform",
+        logq_correction: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters()
+        if stage not in ("pretrain", "finetune"):
+            raise ValueError(f"stage must be 'pretrain' or 'finetune', got {stage!r}")
+        if aggregation not in ("predicted", "mean", "max"):
+            raise ValueError(f"aggregation must be 'predicted', 'mean' or 'max', got {aggregation!r}")
+        if T <= 0:
+            raise ValueError(f"T (distillation temperature) must be > 0, got {T}")
+        self.stage, self.T, self.distill, self.stop_grad = stage, T, distill, stop_grad
+        self.aggregation = "max" if stage == "pretrain" else aggregation
+        self.item_emb = nn.Embedding(self.num_items + 1, d)  # E_ext (ReChorus: no padding_idx)
+        self.extractor = SelfAttentiveExtractor(
+            d, K, d_a, max_len, position_index="slot", transformer=transformer, pool="input"
+        )
+        self.predictor = (
+            TargetInterestPredictor(self.num_items, d, K, head_layers, head_dropout)
+            if self.aggregation == "predicted"
+            else None
+        )
+        self.rec_loss = NextItemLoss(self.num_items, loss, n_neg, neg_sampler, logq_correction)
+        self.apply(partial(init_weights, std=0.01))
+
+    # ------------------------------------------------------------------ modules
+    def interests(self, batch: dict[str, Tensor]) -> tuple[Tensor, None]:
+        item_seq = batch["item_seq"]  # [B, L]
+        return self.extractor(item_seq, self.item_emb(item_seq)), None  # V [B, K, d]
+
+    def interest_logits(self, item_seq: Tensor) -> Tensor:
+        """z^q ``[B, K]`` (Eq. 3); needs ``aggregation="predicted"``."""
+        if self.predictor is None:
+            raise RuntimeError(f"TiMiRec(stage={self.stage!r}, aggregation={self.aggregation!r}) has no predictor")
+        return self.predictor(item_seq)
+
+    def interest_distribution(self, item_seq: Tensor) -> Tensor:
+        """softmax(z^q) ``[B, K]``: the predicted target-interest distribution (Eq. 4)."""
+        return torch.softmax(self.interest_logits(item_seq), dim=-1)
+
+    def aggregate(self, V: Tensor, w: Tensor) -> Tensor:
+        """v = V w: ``[B, K, d]`` x ``[B, K]`` -> ``[B, d]`` (Eq. 4)."""
+        return torch.einsum("bkd,bk->bd", V, w)
+
+    # ------------------------------------------------------------------ scoring
+    def user_representation(self, batch: dict[str, Tensor]) -> UserRepr:
+        V, _ = self.interests(batch)
+        if self.aggregation == "max":
+            return V, None
+        if self.aggregation == "mean":
+            return V, V.new_full(V.shape[:2], 1.0 / V.shape[1])
+        return V, self.interest_distribution(batch["item_seq"])
+
+    def score_all(self, user_repr: UserRepr) -> Tensor:
+        V, w = user_repr
+        if w is None:
+            return max_interest_scores(V, self.item_emb.weight, None, self.eval_chunk_size)  # [B, N+1]
+        return dot_scores(self.aggregate(V, w), self.item_emb.weight)  # [B, N+1]
+
+    def score_candidates(self, user_repr: UserRepr, candidates: Tensor) -> Tensor:
+        V, w = user_repr
+        if w is None:
+            return super().score_candidates((V, None), candidates)
+        return torch.einsum("bd,bcd->bc", self.aggregate(V, w), self.item_emb(candidates))  # [B, C]
+
+    # ------------------------------------------------------------------ training
+    def distillation_loss(self, z_q: Tensor, V: Tensor, target_emb: Tensor) -> Tensor:
+        """T^2 L_distill (Eqs. 5-9, 11): soft label z^p = cos(V, i), stop-gradient unless ablated."""
+        z_p = interest_cosine(V, target_emb)  # [B, K]
+        if self.stop_grad:
+            return distillation_kl(z_q, z_p, self.T)  # Eq. 9 (KL form), teacher detached
+        p = F.softmax(z_p / self.T, dim=-1)  # Eq. 8: the soft label keeps its gradient
+        return -(p * F.log_softmax(z_q / self.T, dim=-1)).sum(-1).mean() * self.T**2
+
+    def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        item_seq, target = batch["item_seq"], batch["target"]
+        V, _ = self.interests(batch)  # [B, K, d]
+        target_emb = self.item_emb(target)  # [B, d]
+        terms: dict[str, Tensor] = {}
+        if self.aggregation == "max":
+            v = best_interest(V, target_emb)  # Eq. 2
+        elif self.aggregation == "mean":
+            v = V.mean(1)
+        else:
+            z_q = self.interest_logits(item_seq)  # [B, K]
+            v = self.aggregate(V, torch.softmax(z_q, dim=-1))  # Eq. 4
+            if self.distill:
+                terms["distill"] = self.distillation_loss(z_q, V, target_emb)
+        terms["rec"] = self.rec_loss(v, target, self.item_emb.weight, item_seq)
+        return terms
