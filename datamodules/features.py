@@ -505,7 +505,7 @@ def _preprocess(path: Path, image_size: int, resize_size: int, mean: np.ndarray,
         w, h = im.size
         scale = resize_size / min(w, h)
         nw, nh = max(resize_size, round(w * scale)), max(resize_size, round(h * scale))
-        im = im.resize((nw, nh), Image.BILINEAR)
+        im = im.resize((nw, nh), Image.Resampling.BILINEAR)  # torchvision Resize default
         left, top = (nw - image_size) // 2, (nh - image_size) // 2
         im = im.crop((left, top, left + image_size, top + image_size))
         arr = np.asarray(im, dtype=np.float32) / 255.0  # [S, S, 3]
