@@ -26,7 +26,8 @@ def category_adjacency(transitions: Tensor) -> Tensor:
     """Directed counts ``[C+1, C+1]`` (cat(s_t) -> cat(s_{t+1})) -> symmetric A_1, zero diagonal."""
     if transitions.dim() != 2 or transitions.shape[0] != transitions.shape[1]:
         raise ValueError(f"category_transitions must be a square [C+1, C+1] matrix, got {tuple(transitions.shape)}")
-    a = transitions.float() + transitions.float().T
+    t = transitions if transitions.is_floating_point() else transitions.float()
+    a = t + t.T
     a.fill_diagonal_(0.0)
     a[0, :] = 0.0
     a[:, 0] = 0.0

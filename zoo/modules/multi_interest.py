@@ -122,7 +122,8 @@ class CapsuleInterestExtractor(nn.Module):
         d: item vector size.  K: interest capsules.  max_len: longest history (per-position maps).
         bilinear: ``"per_position"`` (ComiRec-DR: ``W in R^{L x K x d x d}``, N(0, 1) init as the
             official code; positions counted from the oldest item) or ``"shared"`` (MIND:
-            ``S in R^{d x d}`` shared by all capsules).
+            ``S in R^{d x d}`` shared by all capsules; also N(0, 1), so that prediction vectors
+            have ComiRec-DR's scale: with a small init the squashed capsules vanish).
         iters: routing iterations r (3 in both codes).
         softmax_over: ``"interest"`` (Sabour / ComiRec-TF / MIND) or ``"position"`` (PyTorch ports).
         random_init: initial routing logits ~ N(0, 1) (MIND; needed with a shared map, otherwise
@@ -143,30 +144,34 @@ class CapsuleInterestExtractor(nn.Module):
         super().__init__()
         if bilinear not in ("per_position", "shared"):
             raise ValueError(f"bilinear must be 'per_position' or 'shared', got {bilinear!r}")
-        self.bilinear, self.K, self.iters, self.softmax_over = bilinear, K, iters, softmax_over
+        self.bilinear, self.K, self.max_len, self.iters, self.softmax_over = bilinear, K, max_len, iters, softmax_over
         self.random_init = (bilinear == "shared") if random_init is None else random_init
         if bilinear == "per_position":
             self.W = nn.Parameter(torch.randn(max_len, K, d, d))  # [L, K, d_out, d_in]
         else:
-            self.S = nn.Linear(d, d, bias=False)
+            self.S = nn.Parameter(torch.randn(d, d))  # [d_out, d_in], same N(0, 1) scale as W
 
     def prediction_vectors(self, x: Tensor, pad_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """x ``[B, L, d]`` -> (u_hat ``[B, K, L, d]`` or ``[B, L, d]``, its pad mask ``[B, L]``)."""
-        if self.bilinear == "shared":
-            return self.S(x), pad_mask  # [B, L, d]
+        """x ``[B, L, d]`` -> (u_hat ``[B, K, L, d]`` or ``[B, L, d]``, its pad mask ``[B, L]``).
+
+        Rows are rotated oldest-first, so slot i is the i-th oldest item (ComiRec's W_i)."""
         L = x.shape[1]
-        if L > self.W.shape[0]:
-            raise ValueError(f"sequence length {L} exceeds the capsule network's max_len={self.W.shape[0]}")
+        if L > self.max_len:
+            raise ValueError(f"sequence length {L} exceeds the capsule network's max_len={self.max_len}")
         x, pad_mask = oldest_first(x, pad_mask), oldest_first(pad_mask, pad_mask)
+        if self.bilinear == "shared":
+            return x @ self.S.T, pad_mask  # [B, L, d]
         return torch.einsum("lked,bld->bkle", self.W[:L], x), pad_mask  # [B, K, L, d]
 
     def initial_logits(self, B: int, L: int, ref: Tensor) -> Tensor | None:
+        """b^(0): zeros (None) or N(0, 1) ``[B, K, L]``; in eval drawn from a fixed seed for the
+        full ``max_len`` window, so extra padding does not change a user's logits."""
         if not self.random_init:
             return None
         if self.training:
             return torch.randn(B, self.K, L, device=ref.device, dtype=ref.dtype)
-        g = torch.Generator().manual_seed(0)  # deterministic inference
-        return torch.randn(B, self.K, L, generator=g).to(device=ref.device, dtype=ref.dtype)
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(B, self.K, self.max_len, generator=g)[:, :, :L].to(device=ref.device, dtype=ref.dtype)
 
     def forward(self, x: Tensor, pad_mask: Tensor, capsule_mask: Tensor | None = None) -> Tensor:
         """x ``[B, L, d]`` (pads zeroed), pad_mask ``[B, L]`` -> interest capsules ``[B, K, d]``."""
