@@ -60,3 +60,31 @@ def make_batch(
 @pytest.fixture
 def batch():
     return make_batch()
+
+
+def write_movielens_latest(folder: Path, n_users: int = 40, n_items: int = 60, per_user: int = 15, seed: int = 0) -> Path:
+    """Write a small MovieLens ``ratings.csv``/``movies.csv`` pair in GroupLens' exact format."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    genres = ["Action", "Comedy", "Drama", "Romance", "Sci-Fi", "Thriller"]
+    lines = ["movieId,title,genres"]
+    for i in range(1, n_items + 1):
+        g = "|".join(sorted(rng.choice(genres, size=rng.integers(1, 3), replace=False)))
+        lines.append(f'{i},"Movie {i}, The ({1980 + i % 30})",{g}')
+    (folder / "movies.csv").write_text("\n".join(lines) + "\n")
+    pop = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    rows = ["userId,movieId,rating,timestamp"]
+    for u in range(1, n_users + 1):
+        items = rng.choice(np.arange(1, n_items + 1), size=per_user, replace=False, p=pop / pop.sum())
+        t0 = 1_000_000_000 + int(rng.integers(0, 10**7))
+        for j, it in enumerate(items):
+            rows.append(f"{u},{it},{rng.integers(1, 6)}.0,{t0 + 3600 * j}")
+    (folder / "ratings.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ml_folder(tmp_path_factory) -> Path:
+    return write_movielens_latest(tmp_path_factory.mktemp("ml-latest-tiny"))

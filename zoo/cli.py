@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
@@ -92,6 +93,17 @@ class ZooCLI(LightningCLI):
     def _plain_config(self) -> dict[str, Any]:
         return json.loads(json.dumps(self._cfg().as_dict(), default=str))
 
+    def _write_metrics(self, stage: str, results: list[dict[str, float]]) -> None:
+        if self.trainer.is_global_zero and results:
+            out = {stage: {k: float(v) for k, v in results[0].items()}, "config": self._plain_config()}
+            atomic_write_text(self.run_dir() / f"{stage}_metrics.json", json.dumps(out, indent=2))
+
+    def after_validate(self) -> None:
+        self._write_metrics("validate", self.trainer.callback_metrics and [dict(self.trainer.callback_metrics)])
+
+    def after_test(self) -> None:
+        self._write_metrics("test", [dict(self.trainer.callback_metrics)])
+
     def after_fit(self) -> None:
         cfg = self._cfg()
         if not cfg.get("test_after_fit", True) or self.trainer.interrupted:
@@ -127,7 +139,21 @@ def run_cli(args: list[str] | None = None) -> ZooCLI:
         trainer_defaults={"use_distributed_sampler": False},
         args=args,
         auto_configure_optimizers=False,
+        parser_kwargs={"exit_on_error": False},
     )
+
+
+def clear_message(e: BaseException) -> str:
+    """One readable message from jsonargparse's nested union errors (drop the noise, keep causes)."""
+    msg = str(e)
+    noise = ("Given value", "Subtypes:", "Errors:", "Expected a <class 'NoneType'>",
+             "Does not validate against any of the Union subtypes", "Problem with given class_path")
+    keep = []
+    for line in msg.splitlines():
+        t = line.strip().removeprefix("- ").strip()
+        if t and not any(t.startswith(n) or n in t for n in noise):
+            keep.append(t)
+    return "; ".join(dict.fromkeys(keep)).replace(":; ", ": ") or msg.splitlines()[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,11 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         return data_main(argv[1:])
     try:
         run_cli(argv if explicit else None)
-    except CLEAR_ERRORS as e:
+    except (ArgumentError, *CLEAR_ERRORS) as e:
         if os.environ.get("ZOO_DEBUG"):
             raise
-        print(f"zoo: error: {type(e).__name__}: {e}\n(set ZOO_DEBUG=1 for the full traceback)", file=sys.stderr)
-        return 1
+        kind = "recipe" if isinstance(e, ArgumentError) else type(e).__name__
+        print(f"zoo: error ({kind}): {clear_message(e)}\n(set ZOO_DEBUG=1 for the full traceback)", file=sys.stderr)
+        return 2 if isinstance(e, ArgumentError) else 1
     return 0
 
 

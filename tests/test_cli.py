@@ -1,0 +1,113 @@
+"""The `zoo` entry point end to end: fit + test, --print_config for every recipe, DDP equality."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = str(Path(sys.executable).parent / "zoo")
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+def zoo(*args: str, cwd: Path = ROOT, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    e = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run([ZOO, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=e)
+
+
+def tiny_data_args(folder: Path, cache: Path) -> list[str]:
+    return [
+        "--data.init_args.format", "movielens",
+        "--data.init_args.paths", json.dumps({"path": str(folder)}),
+        "--data.init_args.cache_dir", str(cache),
+        "--data.init_args.max_len", "10",
+        "--data.init_args.batch_size", "32",
+        "--data.init_args.eval_batch_size", "16",
+    ]
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_print_config_every_recipe(recipe, capsys):
+    """Every recipe parses (model and data class paths, every key typed) and prints its config."""
+    from zoo.cli import run_cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", "--config", str(recipe), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "class_path: zoo.models." in out and "class_path: datamodules." in out
+
+
+@pytest.fixture(scope="module")
+def sasrec_run(ml_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    r = zoo(
+        "fit", "--config", "recipes/sasrec.yaml", *tiny_data_args(ml_folder, out / "cache"),
+        "--model.init_args.d", "16", "--model.init_args.max_len", "10",
+        "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "4",
+        "--run_dir", str(out / "sasrec"),
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return out, r
+
+
+def test_fit_then_test_writes_metrics(sasrec_run):
+    out, r = sasrec_run
+    metrics = json.loads((out / "sasrec" / "test_metrics.json").read_text())
+    test = metrics["test"]
+    for k in ("test/recall@10", "test/ndcg@10", "test/mrr@10", "test/hr@50"):
+        assert 0.0 <= test[k] <= 1.0
+    assert test["test/ndcg@10"] <= test["test/recall@10"]
+    assert (out / "sasrec" / "best.ckpt").is_file() and (out / "sasrec" / "last.ckpt").is_file()
+    assert metrics["best_checkpoint"].endswith("best.ckpt")
+    assert "[zoo] test metrics" in r.stdout
+
+
+def test_second_run_loads_the_cache(sasrec_run, ml_folder):
+    out, _ = sasrec_run
+    r = zoo("test", "--config", "recipes/sasrec.yaml", *tiny_data_args(ml_folder, out / "cache"),
+            "--model.init_args.d", "16", "--model.init_args.max_len", "10",
+            "--ckpt_path", str(out / "sasrec" / "best.ckpt"), "--run_dir", str(out / "sasrec_test"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "loaded processed cache" in r.stdout
+    again = json.loads((out / "sasrec_test" / "test_metrics.json").read_text())["test"]
+    first = json.loads((out / "sasrec" / "test_metrics.json").read_text())["test"]
+    assert again["test/ndcg@10"] == pytest.approx(first["test/ndcg@10"], abs=1e-6)
+
+
+def test_ddp_two_processes_equal_one(sasrec_run, ml_folder):
+    """2 CPU processes (gloo) give exactly the single-process validation metrics."""
+    out, _ = sasrec_run
+    common = ["validate", "--config", "recipes/sasrec.yaml", *tiny_data_args(ml_folder, out / "cache"),
+              "--model.init_args.d", "16", "--model.init_args.max_len", "10",
+              "--ckpt_path", str(out / "sasrec" / "best.ckpt"), "--trainer.accelerator", "cpu"]
+    one = zoo(*common, "--run_dir", str(out / "v1"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = zoo(*common, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--run_dir", str(out / "v2"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    m1 = json.loads((out / "v1" / "validate_metrics.json").read_text())["validate"]
+    m2 = json.loads((out / "v2" / "validate_metrics.json").read_text())["validate"]
+    assert m1.keys() == m2.keys() and len(m1) >= 8
+    for k in m1:
+        assert m2[k] == pytest.approx(m1[k], abs=1e-6), k
+
+
+def test_bad_recipe_key_gives_one_clear_message(ml_folder, tmp_path):
+    r = zoo("fit", "--config", "recipes/sasrec.yaml", "--model.init_args.no_such_arg", "3", timeout=120)
+    assert r.returncode != 0
+    assert "no_such_arg" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_data_path_gives_one_clear_message(tmp_path):
+    r = zoo("fit", "--config", "recipes/sasrec.yaml", "--data.init_args.format", "movielens",
+            "--data.init_args.paths", json.dumps({"path": str(tmp_path / "nowhere")}),
+            "--data.init_args.cache_dir", str(tmp_path / "cache"), timeout=120)
+    assert r.returncode != 0
+    assert "nowhere" in r.stderr
+    assert "Traceback" not in r.stderr
