@@ -227,8 +227,11 @@ class SequentialDataModule(L.LightningDataModule):
         text_encoder: ``"minilm"`` (offline default), a local transformers path, or None (no text).
         text_pooling: ``cls`` / ``mean`` (default depends on the encoder).
         text_features: a precomputed ``[N(+1), D]`` feature file instead of an encoder.
+        text_dim: row width of a raw (headerless float32) ``.feat1CLS`` file; default 768.
         image_features: a precomputed image feature file.  image_encoder/image_backend/
-            images_dir: compute image features from local images (HM4SR).
+            images_dir/image_checkpoint/image_mean/image_std: compute image features from local
+            images (HM4SR; its code normalised with mean = std = 0.5).  Items are matched to
+            files through the raw ``imUrl``-style field, else ``<item_id>.jpg|png|...``.
         seed: training shuffle seed (per epoch: seed + epoch).
     """
 
@@ -260,6 +263,10 @@ class SequentialDataModule(L.LightningDataModule):
         image_encoder: str | None = None,
         image_backend: str = "transformers",
         images_dir: str | None = None,
+        image_checkpoint: str | None = None,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        text_dim: int | None = None,
         seed: int = 42,
     ) -> None:
         super().__init__()
@@ -289,16 +296,18 @@ class SequentialDataModule(L.LightningDataModule):
         self.data = self.domains[0] if len(self.domains) == 1 else merge_domains(self.domains)
         self._text: torch.Tensor | None = None
         self._image: torch.Tensor | None = None
-        self._load_features(text_encoder, text_pooling, text_features, image_features, image_encoder, image_backend, images_dir)
+        self._load_features(text_encoder, text_pooling, text_features, image_features, image_encoder, image_backend,
+                            images_dir, image_checkpoint, image_mean, image_std, text_dim)
         self.info = self._info()
 
     # ------------------------------------------------------------------ features
-    def _load_features(self, text_encoder, text_pooling, text_features, image_features, image_encoder, image_backend, images_dir) -> None:
+    def _load_features(self, text_encoder, text_pooling, text_features, image_features, image_encoder, image_backend,
+                       images_dir, image_checkpoint, image_mean, image_std, text_dim) -> None:
         n_rows = self.data.num_items + 1
         if text_features or image_features or text_encoder or image_encoder:
             from datamodules import features as F
         if text_features:
-            self._text = F.load_feature_file(_expand(text_features), expected_rows=n_rows)
+            self._text = F.load_feature_file(_expand(text_features), expected_rows=n_rows, expected_dim=text_dim)
         elif text_encoder:
             parts = []
             for dom in self.domains:
@@ -313,8 +322,15 @@ class SequentialDataModule(L.LightningDataModule):
         if image_features:
             self._image = F.load_feature_file(_expand(image_features), expected_rows=n_rows)
         elif image_encoder:
-            imgs = F.resolve_item_images(self.data.item_ids, folder=Path(_expand(images_dir)) if images_dir else None)
-            path = F.ensure_image_features(self.data.path, imgs, encoder=image_encoder, backend=image_backend)
+            mapping = None
+            if len(self.domains) == 1 and (self.data.path / "images.json").is_file():
+                urls = json.loads((self.data.path / "images.json").read_text(encoding="utf-8"))
+                mapping = {i: u for i, u in zip(self.data.item_ids, urls) if u}
+            imgs = F.resolve_item_images(self.data.item_ids, folder=Path(_expand(images_dir)) if images_dir else None,
+                                         mapping=mapping)
+            kw = {k: v for k, v in (("mean", image_mean), ("std", image_std)) if v is not None}
+            path = F.ensure_image_features(self.data.path, imgs, encoder=image_encoder, backend=image_backend,
+                                           checkpoint=_expand(image_checkpoint), **kw)
             self._image = F.load_feature_file(path, expected_rows=n_rows)
 
     def _info(self) -> dict[str, Any]:
