@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from datamodules.raw import RawDataset
@@ -106,7 +107,7 @@ def read_amazon2014_meta(path: str | Path) -> pd.DataFrame:
     )
     meta = first_per_item(meta, key="asin")
     categories = clean_labels(meta["categories"])
-    return _items(meta, categories, image=meta["imUrl"].astype(object).where(meta["imUrl"].notna(), None))
+    return _items(meta, categories, image=meta["imUrl"])
 
 
 def _items(meta: pd.DataFrame, categories: pd.Series, image: pd.Series) -> pd.DataFrame:
@@ -117,7 +118,9 @@ def _items(meta: pd.DataFrame, categories: pd.Series, image: pd.Series) -> pd.Da
             "item": meta["asin"].to_numpy(),
             "text": text.to_numpy(),
             "categories": categories.to_numpy(),
-            "image": image.to_numpy(),
+            # object dtype keeps None (pandas 3 would infer "str" and turn None into NaN)
+            "image": pd.Series(np.where(image.notna().to_numpy(), image.to_numpy(dtype=object),
+                                        None), dtype=object),
         }
     )
 

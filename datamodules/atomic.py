@@ -139,7 +139,11 @@ def read_atomic(
     folder, name = _find(Path(path), name)
     split_files = [folder / f"{name}.{split}.inter" for split in SPLITS]
     plain = folder / f"{name}.inter"
-    if all(p.is_file() for p in split_files):
+    given = Path(path)
+    if given.is_file() and given.name == plain.name:  # the plain file named explicitly
+        user, item, seconds, notes, synthetic = _read_plain(plain)
+        sources = [plain]
+    elif all(p.is_file() for p in split_files):
         user, item, seconds, notes, synthetic = _reconstruct(split_files, strict)
         sources = split_files
     elif any(p.is_file() for p in split_files):

@@ -33,12 +33,14 @@ class FormatSpec:
         needs: path arguments of which at least one must be given (empty: none needed).
         accepts: every path argument the format uses (others are an error).
         help: one line naming the files, for error messages and ``zoo data --help``.
+        rename: path argument → the reader's parameter name, where they differ.
     """
 
     reader: Callable[..., RawDataset]
     needs: tuple[str, ...]
     accepts: tuple[str, ...]
     help: str
+    rename: tuple[tuple[str, str], ...] = ()
 
 
 SPECS: dict[str, FormatSpec] = {
@@ -74,6 +76,7 @@ SPECS: dict[str, FormatSpec] = {
     "recbole_ml100k": FormatSpec(
         read_recbole_ml100k, ("path",), ("path",),
         "path=a folder with RecBole's ml-100k.inter and ml-100k.item",
+        rename=(("path", "folder"),),
     ),
     "atomic": FormatSpec(
         read_atomic, ("path",), ("path",),
@@ -116,7 +119,8 @@ def read_raw(
     extra = sorted(set(given) - set(spec.accepts))
     if extra:
         raise ValueError(f"format {format!r} does not take {', '.join(extra)}: {spec.help}")
-    kwargs: dict[str, Any] = dict(given)
+    renamed = dict(spec.rename)
+    kwargs: dict[str, Any] = {renamed.get(k, k): v for k, v in given.items()}
     kwargs.update(options)
     if name is not None:
         kwargs["name"] = name

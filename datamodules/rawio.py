@@ -159,8 +159,7 @@ def read_csv_checked(
     def _read(types: dict[str, str]) -> pd.DataFrame:
         kwargs: dict[str, Any] = dict(
             sep=sep,
-            dtype=types,
-            usecols=list(dtypes),
+            dtype=types,  # no usecols: with it pandas silently drops a line's extra fields
             skip_blank_lines=False,
             keep_default_na=False,
             na_values=[""],
@@ -170,9 +169,9 @@ def read_csv_checked(
             kwargs.update(header=None, names=list(names))
         if source is not None:
             source.seek(0)
-            return pd.read_csv(source, **kwargs)
+            return pd.read_csv(source, **kwargs)[list(dtypes)]
         with guard_gzip(path), open_binary(path) as fh:
-            return pd.read_csv(fh, encoding=encoding or "utf-8", **kwargs)
+            return pd.read_csv(fh, encoding=encoding or "utf-8", **kwargs)[list(dtypes)]
 
     if source is None:
         check_nonempty(path)
