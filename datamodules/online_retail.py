@@ -95,7 +95,9 @@ def read_online_retail(
     quantity = frame["Quantity"].to_numpy(dtype=np.int64)
     cancelled = frame["InvoiceNo"].str.strip().str.upper().str.startswith("C").to_numpy()
     nonpositive = (quantity <= 0) & ~cancelled
-    notes.append(f"Online Retail: dropped {int(cancelled.sum()):,} lines of cancelled (C...) invoices")
+    notes.append(
+        f"Online Retail: dropped {int(cancelled.sum()):,} lines of cancelled (C...) invoices"
+    )
     notes.append(f"Online Retail: dropped {int(nonpositive.sum()):,} lines with Quantity <= 0")
     keep = ~cancelled & ~nonpositive
     if user_field == "invoice":
@@ -138,7 +140,9 @@ def _item_texts(item: np.ndarray, description: np.ndarray) -> pd.DataFrame:
     counts = lines.groupby(["item", "desc"], sort=False).agg(
         n=("order", "size"), first=("order", "min")
     ).reset_index()
-    counts = counts.sort_values(["item", "n", "first"], ascending=[True, False, True], kind="stable")
+    counts = counts.sort_values(
+        ["item", "n", "first"], ascending=[True, False, True], kind="stable"
+    )
     best = counts.drop_duplicates("item", keep="first").set_index("item")["desc"]
     description_of = best.reindex(codes)
     return pd.DataFrame(

@@ -335,7 +335,8 @@ def write_online_retail(
     quantity[odd] = -rng.integers(0, 5, size=int(odd.sum()))
     stock = pd.Series(10000 + rng.choice(max(90000, items), size=items, replace=False)).astype(str)
     lettered = rng.random(items) < 0.2
-    stock[lettered] = stock[lettered] + np.array(list("ABCDEFGHJK"))[rng.integers(0, 10, int(lettered.sum()))]
+    letters = np.array(list("ABCDEFGHJK"))[rng.integers(0, 10, int(lettered.sum()))]
+    stock[lettered] = stock[lettered] + letters
     words = _item_words(rng, items)
     description = pd.Series(words["title"], dtype=object).str.upper()
     customer = (12346 + rng.choice(max(users * 2, 10000), size=users, replace=False)).astype(str)

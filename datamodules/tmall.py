@@ -70,8 +70,10 @@ def read_tmall(
     counts = np.bincount(action, minlength=4)
     kept_names = "+".join(ACTION_NAMES[a] for a in wanted)
     notes = [
-        "Tmall: action counts " + ", ".join(f"{ACTION_NAMES[a]} {counts[a]:,}" for a in ACTION_NAMES),
-        f"Tmall: kept action_type {wanted} ({kept_names}): {int(keep.sum()):,} of {len(keep):,} lines",
+        "Tmall: action counts "
+        + ", ".join(f"{ACTION_NAMES[a]} {counts[a]:,}" for a in ACTION_NAMES),
+        f"Tmall: kept action_type {wanted} ({kept_names}): "
+        f"{int(keep.sum()):,} of {len(keep):,} lines",
         f"Tmall: time_stamp MMDD read as dates of {year} (00:00 UTC)",
     ]
     if not keep.any():

