@@ -97,9 +97,12 @@ def read_raw(
     reviews: str | Path | None = None,
     meta: str | Path | None = None,
     name: str | None = None,
+    folder: str | Path | None = None,
     **options: Any,
 ) -> RawDataset:
     """Parse raw files of ``format`` into a :class:`~datamodules.raw.RawDataset`.
+
+    ``folder`` is accepted as another spelling of ``path`` (``zoo data --folder``).
 
     Raises:
         ValueError: unknown format, a missing required path or a path the format does not
@@ -110,6 +113,10 @@ def read_raw(
             f"unknown data format {format!r}; known formats: {', '.join(sorted(SPECS))}"
         )
     spec = SPECS[format]
+    if folder is not None:
+        if path is not None:
+            raise ValueError("give path= or folder= (the same thing), not both")
+        path = folder
     given = {k: v for k, v in
              {"path": path, "ratings": ratings, "reviews": reviews, "meta": meta}.items()
              if v is not None}

@@ -334,7 +334,7 @@ def test_recbole_ml100k_atomic(tmp_path: Path) -> None:
           "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
           "242\tKolya\t1996\tComedy\n302\tL.A. Confidential\t1997\tCrime Film-Noir Mystery Thriller\n"
           "1\tToy Story\t1995\tAnimation Children's Comedy\n")
-    data = read_raw("recbole_ml100k", path=tmp_path)
+    data = read_raw("recbole_ml100k", folder=tmp_path)  # folder= spells path=
     assert data.interactions.values.tolist() == [["196", "242", 881250949],
                                                  ["186", "302", 891717742]]
     items = data.items.set_index("item")
