@@ -273,12 +273,16 @@ class HORAE(MIRACLE):
         per_capsule = torch.einsum("blc,bl->bc", hits, dist) / count.clamp(min=1)  # [B, C]
         return per_capsule[count > 0].mean()
 
+    def anchor_refinement(self, batch: dict[str, Tensor], state: RefinedState, item_mask: Tensor) -> Refinement:
+        """Eqs. 41-42: the post-refined interests when the F0 entries under ``item_mask [B, L]`` are
+        [MASK_1] (and, with ``anchor_mask_items``, the same items are [MASK_2] in the gate's input)."""
+        h_gate = self.encode(batch, item_mask)[1] if self.anchor_mask_items else state.h
+        return self.refine(h_gate, state.pre_interests, state.caps.assign, batch["item_seq"] > 0, interest_mask=item_mask)
+
     def pre_post_loss(self, batch: dict[str, Tensor], state: RefinedState, y: Tensor) -> Tensor:
         """Eqs. 38-44: ``-log s(S_post - S_a) - log s(S_a - S_pre) + beta L_rec^pre``."""
-        pad_mask = batch["item_seq"] > 0
         item_mask = random_item_mask(batch["item_seq"], self.mask_ratio, self.mask_min_len)  # [B, L]
-        h_gate = self.encode(batch, item_mask)[1] if self.anchor_mask_items else state.h
-        anchor = self.refine(h_gate, state.pre_interests, state.caps.assign, pad_mask, interest_mask=item_mask)
+        anchor = self.anchor_refinement(batch, state, item_mask)
         B = y.shape[0]
         labels = torch.arange(B, device=y.device)
         logits_pre = self.in_batch_logits(state.pre_interests, state.active, y)  # [B, B], Eq. 40
