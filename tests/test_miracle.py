@@ -263,3 +263,22 @@ def test_paper_freeze_is_the_default_with_a_checkpoint(tmp_path):
     path, _ = _pretrained_checkpoint(tmp_path)
     assert make_model(stage="finetune", pretrained_ckpt=str(path)).freeze == list(MIRACLE.PAPER_FREEZE)
     assert make_model(stage="finetune").freeze == []  # from scratch: nothing frozen
+
+
+def test_full_ranking_over_30k_items_never_builds_interests_x_batch_x_items(monkeypatch):
+    n_items, B, C, chunk = 30_000, 8, 4, 4096
+    model = make_model(num_items=n_items, num_capsules=C, eval_chunk_size=chunk).eval()
+    batch = make_batch(B=B, L=L, num_items=n_items)
+    largest = []
+    einsum = torch.einsum
+
+    def recording_einsum(eq, *ops):
+        out = einsum(eq, *ops)
+        largest.append(out.numel())
+        return out
+
+    monkeypatch.setattr(torch, "einsum", recording_einsum)
+    with torch.no_grad():
+        scores = model.score_all(model.user_representation(batch))
+    assert scores.shape == (B, n_items + 1)
+    assert max(largest) <= B * C * chunk < B * C * (n_items + 1)  # chunked over items

@@ -45,7 +45,7 @@ Paper vs official code (``WHUIR/Horae``) — the paper is the default, the code 
   likelihoods: ``"target_argmax"``.  The paper masks only F0 entries with [MASK_1]:
   ``anchor_mask_items=False``; the code also masks the same items in the GRU gate's input:
   ``True``.
-* L_inter weight (Eq. 46 one theta_2 = 10 on L_c + L_b; Eq. 48 theta_5 = 10): 
+* L_inter weight (Eq. 46 one theta_2 = 10 on L_c + L_b; Eq. 48 theta_5 = 10):
   ``balance_weight=10, orthogonality_weight=10``; the code puts 0.01 on L_c.
 Where the paper is silent, the code: the refinement Transformer is causal
 (``refine_causal=True``) with no input LN / dropout / position embedding; mask ratio 0.2 for the
@@ -293,8 +293,9 @@ class HORAE(MIRACLE):
         else:  # code: one capsule per user, argmax of the post-refined own-target score
             own = torch.einsum("bkd,bd->bk", state.interests, y).masked_fill(~state.active, float("-inf"))  # [B, C]
             j = own.argmax(1)  # [B]
-            pick = lambda u: u[labels, j]  # noqa: E731  [B, d]
-            logits_post, logits_anchor, logits_pre_s = (pick(u) @ y.T for u in (state.interests, anchor.interests, state.pre_interests))
+            logits_post, logits_anchor, logits_pre_s = (
+                u[labels, j] @ y.T for u in (state.interests, anchor.interests, state.pre_interests)
+            )  # [B, B] each
         s_post, s_anchor, s_pre = (torch.softmax(lg, 1).diagonal() for lg in (logits_post, logits_anchor, logits_pre_s))
         loss = -F.logsigmoid(s_post - s_anchor).mean() - F.logsigmoid(s_anchor - s_pre).mean()
         return loss + self.pre_post_beta * F.cross_entropy(logits_pre, labels)  # Eq. 44

@@ -31,7 +31,8 @@ Paper vs official code (``WHUIR/Miracle``) — paper is the default, the code a 
   activation mask, input LayerNorm + dropout before the Transformer, [MASK] vector used
   detached (never trained; ``train_mask_token=True`` trains it), masking never the last item nor
   sequences shorter than 5, raw dot products in l_i.
-* The zoo masks the pad item (row 0) out of the full softmax and the ranking (code ranks it).
+* The zoo masks the pad item (row 0) out of the full softmax, the catalogue balance term and the
+  ranking (the code keeps it in all three).
 
 Ablations (Fig. 5), one init arg each: ``position_attention=False`` (w/o PW),
 ``interest_contrastive=False`` (w/o IC), ``sparse_activation=False`` with ``num_capsules=4``
