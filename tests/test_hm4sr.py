@@ -290,3 +290,21 @@ def test_bad_side_info_is_a_clear_error():
         model.user_representation(make_batch(num_items=N))
     with pytest.raises(ValueError, match="time_embeddings"):
         HM4SR(num_items=N, time_embeddings="day")
+
+
+def test_absolute_time_encoding_formula_and_autocast():
+    """r2_k = cos((l_k t + z_k) freq^(-k/d)), t in days by default (raw seconds with unit 1);
+    computed in float32 even under bf16 autocast (a bf16 t would move in 128-day steps)."""
+    model = make_model()
+    enc = model.time_embeddings
+    time_seq = torch.tensor([[0, 1_400_000_000, 1_400_086_400]])
+    pad = time_seq > 0
+    t = time_seq.double() / 86400
+    l, z = enc.absolute.weight[:, 0].double(), enc.absolute.bias.double()
+    k = torch.arange(D, dtype=torch.float64)
+    expected = torch.cos((t[..., None] * l + z) * 10000.0 ** (-k / D))
+    torch.testing.assert_close(enc(time_seq, pad)["absolute"].double(), expected, atol=1e-4, rtol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        r2 = enc(time_seq, pad)["absolute"]
+    assert r2.dtype == torch.float32
+    torch.testing.assert_close(r2.double(), expected, atol=1e-4, rtol=0)

@@ -202,7 +202,10 @@ class ExplicitTimeEmbeddings(nn.Module):
             r["interval"] = self.interval(self.interval_positions(time_seq, pad_mask))
         if "absolute" in self.embeddings:
             t = time_seq.float() / self.abs_time_unit  # [B, L]
-            r["absolute"] = torch.cos(self.absolute(t[..., None]) * self.inv_freq)
+            # l t + z written out (= self.absolute(t[..., None])) so that it stays float32 under
+            # autocast: a bf16 matmul would round t ~ 2e4 days to multiples of 128
+            u = t[..., None] * self.absolute.weight[:, 0] + self.absolute.bias  # [B, L, d]
+            r["absolute"] = torch.cos(u * self.inv_freq)
         return r
 
 
