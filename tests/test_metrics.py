@@ -103,3 +103,17 @@ def test_metric_state_is_constant_size():
     for _ in range(5):
         m.update(torch.randn(64, 100), torch.randint(1, 100, (64,)))
     assert {k: v.numel() for k, v in m.metric_state.items()} == sizes
+
+
+def test_multi_target_duplicates_and_comirec_ndcg():
+    """ComiRec: a repeated target counts twice in |T| but its item hits once; NDCG_comirec
+    divides by the ideal DCG of the hits themselves."""
+    scores = torch.tensor([[INF, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0]])
+    m = MultiTargetMetrics(ks=[3])
+    m.update(scores, torch.tensor([[2, 2, 6]]))  # item 2 bought twice (rank 1), item 6 at rank 5
+    r = m.compute()
+    assert r["recall@3"].item() == pytest.approx(1 / 3)  # H = 1 distinct hit, |T| = 3
+    assert r["hr@3"].item() == 1.0
+    assert r["ndcg_comirec@3"].item() == pytest.approx(1 / math.log2(3))  # hit at rank 1, ideal = one hit at rank 0
+    # standard: ideal over min(2 distinct targets, 3) = 2 positions
+    assert r["ndcg@3"].item() == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))

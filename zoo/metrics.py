@@ -13,7 +13,8 @@ credit.  A NaN target score gets the worst rank.
   candidate list (sampled negatives, TiMiRec's protocol: the target is candidate column 0).
   HR@K (= Recall@K for a single target), NDCG@K = 1/log2(rank+2) if rank < K, MRR@K = 1/(rank+1).
 * :class:`MultiTargetMetrics` — several targets per user (the ComiRec protocol HPCL4SR uses):
-  Recall@K = hits/|targets|, NDCG@K = DCG / ideal DCG of min(|targets|, K) hits, HR@K = any hit.
+  Recall@K = distinct hits/|targets|, NDCG@K (standard) and NDCG_comirec@K (ideal DCG over the
+  hits, as ComiRec/HPCL4SR report), HR@K = any hit.
 
 Do not replace these by torchmetrics' ``Retrieval*`` metrics: those keep every score.
 """
@@ -89,10 +90,15 @@ class RankingMetrics(Metric):
 
 
 class MultiTargetMetrics(Metric):
-    """Recall@K, NDCG@K (multi-target ideal DCG) and HR@K for a set of targets per user.
+    """Recall@K, NDCG@K and HR@K for a set of targets per user (the ComiRec protocol).
 
-    Targets are ``[B, T]`` item ids padded with 0; each real target is ranked against all items
-    with the pessimistic tie rule, computed in item chunks so no ``[B, T, N]`` tensor is built.
+    Targets are ``[B, T]`` item ids padded with 0 and may repeat (repeat purchases).  Following
+    ComiRec: H = the number of DISTINCT target items ranked in the top K, Recall@K = H / |T|
+    (|T| counts duplicates), HR@K = [H > 0].  Two NDCGs share DCG = sum over the distinct hits of
+    1/log2(rank+2): ``ndcg`` divides by the ideal DCG of min(#distinct targets, K) hits (the
+    standard one), ``ndcg_comirec`` by the ideal DCG of the H hits themselves (ComiRec/HPCL4SR's
+    tables; 0 when H = 0).  Each target is ranked against all items with the pessimistic tie
+    rule, in item chunks, so no ``[B, T, N]`` tensor is built.
     """
 
     full_state_update = False
@@ -102,7 +108,7 @@ class MultiTargetMetrics(Metric):
         super().__init__(**kwargs)
         self.ks, self.chunk_size = _ks(ks), chunk_size
         n = len(self.ks)
-        for name in ("recall", "dcg_ratio", "hr"):
+        for name in ("recall", "dcg_ratio", "dcg_ratio_comirec", "hr"):
             self.add_state(name, default=torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
@@ -113,23 +119,31 @@ class MultiTargetMetrics(Metric):
         scores, targets, valid = scores[keep], targets[keep], valid[keep]
         if scores.shape[0] == 0:
             return
+        T = targets.shape[1]
+        same = targets[:, :, None] == targets[:, None, :]  # [B, T, T]
+        earlier = torch.ones(T, T, dtype=torch.bool, device=targets.device).tril(-1)
+        first = valid & ~(same & earlier).any(-1)  # first occurrence of each distinct target
         ts = scores.gather(1, targets)  # [B, T]
         rank = torch.zeros_like(targets)
         for c0 in range(0, scores.shape[1], self.chunk_size):
             chunk = scores[:, c0 : c0 + self.chunk_size]  # [B, C]
             rank += (chunk[:, None, :] >= ts[:, :, None]).sum(-1)  # [B, T]
         rank = torch.where(torch.isnan(ts), scores.shape[1], rank - 1)
-        n_t = valid.sum(1).to(torch.float64)  # [B]
+        n_t = valid.sum(1).to(torch.float64)  # |T| with duplicates
+        n_distinct = first.sum(1).to(torch.float64)
         r = rank.to(torch.float64)
+
+        def ideal(n_hits: Tensor, k: int) -> Tensor:
+            pos = torch.arange(k, device=scores.device, dtype=torch.float64)  # [k]
+            return ((pos[None, :] < n_hits[:, None]) / torch.log2(pos + 2.0)).sum(1)
+
         for i, k in enumerate(self.ks):
-            hit = valid & (rank < k)  # [B, T]
+            hit = first & (rank < k)  # [B, T]
             n_hit = hit.sum(1).to(torch.float64)
             dcg = torch.where(hit, 1.0 / torch.log2(r + 2.0), 0.0).sum(1)
-            ideal_n = n_t.clamp(max=k)
-            pos = torch.arange(k, device=scores.device, dtype=torch.float64)  # [k]
-            idcg = ((pos[None, :] < ideal_n[:, None]) / torch.log2(pos + 2.0)).sum(1)
             self.recall[i] += (n_hit / n_t).sum()
-            self.dcg_ratio[i] += (dcg / idcg).sum()
+            self.dcg_ratio[i] += (dcg / ideal(n_distinct.clamp(max=k), k)).sum()
+            self.dcg_ratio_comirec[i] += torch.where(n_hit > 0, dcg / ideal(n_hit, k).clamp(min=1e-12), 0.0).sum()
             self.hr[i] += (n_hit > 0).to(torch.float64).sum()
         self.count += scores.shape[0]
 
@@ -139,5 +153,6 @@ class MultiTargetMetrics(Metric):
         for i, k in enumerate(self.ks):
             out[f"recall@{k}"] = (self.recall[i] / n).float()
             out[f"ndcg@{k}"] = (self.dcg_ratio[i] / n).float()
+            out[f"ndcg_comirec@{k}"] = (self.dcg_ratio_comirec[i] / n).float()
             out[f"hr@{k}"] = (self.hr[i] / n).float()
         return out
