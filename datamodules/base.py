@@ -97,8 +97,9 @@ class EpochBatchSampler(Sampler[np.ndarray]):
     contiguous unpadded shards, so every example is evaluated exactly once.
     """
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, epoch_in_index: bool = False) -> None:
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.epoch_in_index = epoch_in_index  # yield idx + epoch * n (datasets that resample per epoch)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -114,7 +115,7 @@ class EpochBatchSampler(Sampler[np.ndarray]):
         return np.arange(bounds[rank], bounds[rank + 1])
 
     def __iter__(self):
-        idx = self._indices()
+        idx = self._indices() + (self.epoch * self.n if self.epoch_in_index else 0)
         for s in range(0, len(idx), self.batch_size):
             yield idx[s : s + self.batch_size]
 
@@ -185,6 +186,35 @@ class SequenceExamples(Dataset):
         return out
 
 
+class RandomTargetExamples(SequenceExamples):
+    """ComiRec's training sampler: per epoch, ONE random target per training user.
+
+    For user u with training items ``items[start:end]``, each epoch draws a target index
+    k in [k_min, end-start-1] (seeded by ``seed`` and the epoch) and the history is the up to
+    ``max_len`` items before it.  The sampler passes the epoch inside the index
+    (``idx + epoch * n``), so worker processes need no shared state.
+    """
+
+    def __init__(self, data: Processed, user: np.ndarray, start: np.ndarray, end: np.ndarray, max_len: int,
+                 k_min: int, seed: int) -> None:
+        keep = (end - start) > k_min
+        super().__init__(data, user[keep], start[keep], end[keep], max_len)
+        self.k_min, self.seed, self.span_end = k_min, seed, end[keep]
+        self._epoch, self._targets = -1, np.zeros(0, dtype=np.int64)
+
+    def __getitem__(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        idx = np.asarray(idx)
+        n = len(self.user)
+        epoch = int(idx[0] // n) if len(idx) else 0
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._targets = self.start + rng.integers(self.k_min, self.span_end - self.start)  # [n] flat target positions
+            self._epoch = epoch
+        local = idx % n
+        view = SequenceExamples(self.d, self.user[local], self.start[local], self._targets[local], self.max_len)
+        return view[np.arange(len(local))]
+
+
 def sample_negatives(data: Processed, users: np.ndarray, n_neg: int, seed: int) -> np.ndarray:
     """``n_neg`` items per user that the user never interacted with, seeded (TiMiRec protocol)."""
     N = data.num_items
@@ -228,6 +258,11 @@ class SequentialDataModule(L.LightningDataModule):
         protocol: ``leave_one_out`` or ``user_split`` (8:1:1 users, ``target_ratio`` held out).
         split_seed: seed of the user split.  target_ratio: held-out tail of valid/test users.
         max_len: history length.
+        train_sampling: ``all_prefixes`` (every prefix of every training sequence is an example,
+            the LOO papers) or ``random_target`` (ComiRec/HPCL4SR: per epoch one random target
+            index >= ``min_target_index`` per training user).
+        min_target_index: first (0-based) target position a training example may use
+            (``random_target``; ComiRec 4, MDMI/HPCL4SR 10).
         eval_negatives: 0 = full ranking over all items; n = n seeded negatives per user.
         negatives_seed: seed of those negatives.
         batch_size / eval_batch_size / num_workers: loaders.
@@ -258,6 +293,8 @@ class SequentialDataModule(L.LightningDataModule):
         split_seed: int = 42,
         target_ratio: float = 0.2,
         max_len: int = 50,
+        train_sampling: str = "all_prefixes",
+        min_target_index: int = 1,
         eval_negatives: int = 0,
         negatives_seed: int = 2023,
         batch_size: int = 256,
@@ -286,6 +323,11 @@ class SequentialDataModule(L.LightningDataModule):
             k_core=k_core, min_seq_len=min_seq_len, require_text=require_text, protocol=protocol,
             split_seed=split_seed, category_level=category_level,
         )
+        if train_sampling not in ("all_prefixes", "random_target"):
+            raise ValueError(f"data.train_sampling must be 'all_prefixes' or 'random_target', got {train_sampling!r}")
+        if min_target_index < 1:
+            raise ValueError(f"data.min_target_index must be >= 1, got {min_target_index}")
+        self.train_sampling, self.min_target_index = train_sampling, min_target_index
         self.max_len, self.protocol, self.target_ratio = max_len, protocol, target_ratio
         self.eval_negatives, self.negatives_seed = eval_negatives, negatives_seed
         self.batch_size, self.eval_batch_size, self.num_workers, self.seed = batch_size, eval_batch_size, num_workers, seed
@@ -398,7 +440,13 @@ class SequentialDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         b = self._split_bounds()
-        self.train_set = SequenceExamples(self.data, b["train"]["user"], b["train"]["start"], b["train"]["end"], self.max_len)
+        if self.train_sampling == "random_target":
+            start, end = self._train_spans()
+            users = np.flatnonzero(end > start)
+            self.train_set = RandomTargetExamples(self.data, users, start[users], end[users], self.max_len,
+                                                  self.min_target_index, self.seed)
+        else:
+            self.train_set = SequenceExamples(self.data, b["train"]["user"], b["train"]["start"], b["train"]["end"], self.max_len)
         self.eval_sets = {}
         for st in ("val", "test"):
             x = b[st]
@@ -411,8 +459,17 @@ class SequentialDataModule(L.LightningDataModule):
         if len(self.train_set) == 0:
             raise ValueError(f"dataset '{self.data.stats['name']}' yields no training example under {self.protocol}")
 
+    def _train_spans(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per user, the flat [start, end) of the items training may use (LOO: all but the last
+        two; user_split: whole sequences of training users, empty for the others)."""
+        d = self.data
+        start, end = d.user_ptr[:-1], d.user_ptr[1:]
+        if self.protocol == "leave_one_out":
+            return start, np.maximum(end - 2, start)
+        return start, np.where(d.user_group == 0, end, start)
+
     def _loader(self, ds: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        sampler = EpochBatchSampler(len(ds), batch_size, shuffle, self.seed)
+        sampler = EpochBatchSampler(len(ds), batch_size, shuffle, self.seed, epoch_in_index=isinstance(ds, RandomTargetExamples))
         return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
@@ -439,11 +496,7 @@ class SequentialDataModule(L.LightningDataModule):
         if self._image is not None:
             info["image"] = self._image
         # training portion per user: LOO = all but the last two items; user_split = train users
-        if self.protocol == "leave_one_out":
-            tr_start, tr_end = d.user_ptr[:-1], np.maximum(d.user_ptr[1:] - 2, d.user_ptr[:-1])
-        else:
-            m = d.user_group == 0
-            tr_start, tr_end = d.user_ptr[:-1][m], d.user_ptr[1:][m]
+        tr_start, tr_end = self._train_spans()
         cover = np.zeros(len(d.items) + 1, dtype=np.int64)
         np.add.at(cover, tr_start, 1)
         np.add.at(cover, tr_end, -1)

@@ -414,3 +414,34 @@ def test_embedded_default_statistics(tmp_path):
     assert d.stats["log"][0] == "raw: 100,004 interactions, 671 users, 9,066 items"
     assert 0 not in d.items and d.items.max() == 3496
     assert np.all(np.diff(d.user_ptr) >= 5)
+
+
+def test_random_target_sampler_comirec_protocol(ml_folder, tmp_path):
+    """train_sampling=random_target: one example per training user per epoch, target index >= k_min,
+    history = the max_len items before it, seeded per epoch (ComiRec / HPCL4SR sampler)."""
+    from datamodules.base import SequentialDataModule
+
+    dm = SequentialDataModule(format="movielens", paths={"path": str(ml_folder)}, cache_dir=str(tmp_path / "c"),
+                              protocol="user_split", max_len=5, train_sampling="random_target",
+                              min_target_index=10, batch_size=8)
+    dm.setup("fit")
+    d = dm.data
+    loader = dm.train_dataloader()
+    epochs = []
+    for epoch in (0, 1, 0):
+        loader.sampler.set_epoch(epoch)
+        epochs.append([b for b in loader])
+    users = np.concatenate([b["user"].numpy() for b in epochs[0]])
+    assert sorted(users.tolist()) == sorted(np.flatnonzero(d.user_group == 0).tolist())  # each train user once
+    for b in epochs[0]:
+        for u, seq, tgt in zip(b["user"].tolist(), b["item_seq"].tolist(), b["target"].tolist()):
+            full = d.items[d.user_ptr[u] : d.user_ptr[u + 1]].tolist()
+            k = next(k for k in range(10, len(full)) if full[k] == tgt and full[k - 5 : k] == seq)
+            assert k >= 10
+    t0 = np.concatenate([b["target"].numpy() for b in epochs[0]])
+    t1 = np.concatenate([b["target"].numpy() for b in epochs[1]])
+    t0_again = np.concatenate([b["target"].numpy() for b in epochs[2]])
+    assert np.array_equal(t0, t0_again) and not np.array_equal(t0, t1)
+    with pytest.raises(ValueError, match="train_sampling"):
+        SequentialDataModule(format="movielens", paths={"path": str(ml_folder)}, cache_dir=str(tmp_path / "c"),
+                             train_sampling="sometimes")
