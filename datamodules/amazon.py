@@ -92,12 +92,15 @@ def read_amazon2018_meta(path: str | Path) -> pd.DataFrame:
     return _items(meta, categories, image=meta["imageURLHighRes"].map(_first_or_none))
 
 
-def read_amazon2014_meta(path: str | Path) -> pd.DataFrame:
+def read_amazon2014_meta(path: str | Path, category_paths: str = "all") -> pd.DataFrame:
     """``meta_<Category>.json.gz`` of 2014 (dict literals) → ``item, text, categories, image``.
 
     ``categories`` is a list of paths; the item's category list is their flattening, path by
     path, duplicates dropped (so its first element is the first path's first level).
+    ``category_paths="first"`` keeps only the first path (HM4SR's category labels and text).
     """
+    if category_paths not in ("all", "first"):
+        raise ValueError(f"amazon2014: category_paths must be 'all' or 'first', got {category_paths!r}")
     meta = read_records(
         path,
         fields={"asin": "str", "title": "str", "brand": "str", "categories": "any",
@@ -106,7 +109,10 @@ def read_amazon2014_meta(path: str | Path) -> pd.DataFrame:
         expected=META2014_EXPECTED,
     )
     meta = first_per_item(meta, key="asin")
-    categories = clean_labels(meta["categories"])
+    cats = meta["categories"]
+    if category_paths == "first":
+        cats = cats.map(lambda v: v[0] if isinstance(v, list) and v and isinstance(v[0], list) else v)
+    categories = clean_labels(cats)
     return _items(meta, categories, image=meta["imUrl"])
 
 
@@ -155,10 +161,15 @@ def read_amazon2014(
     reviews: str | Path,
     meta: str | Path | None = None,
     name: str | None = None,
+    category_paths: str = "all",
 ) -> RawDataset:
-    """Amazon 2014: ``reviews_<Category>_5.json.gz`` plus optional ``meta_<Category>.json.gz``."""
+    """Amazon 2014: ``reviews_<Category>_5.json.gz`` plus optional ``meta_<Category>.json.gz``.
+
+    ``category_paths``: ``"all"`` flattens every category path; ``"first"`` keeps the first path
+    only (HM4SR: 192 categories on Games).
+    """
     frame = read_amazon_reviews(reviews)
-    items = read_amazon2014_meta(meta) if meta is not None else None
+    items = read_amazon2014_meta(meta, category_paths) if meta is not None else None
     return _dataset(frame, items, Path(reviews), meta, name, "Amazon 2014")
 
 

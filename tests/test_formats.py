@@ -504,3 +504,22 @@ def test_header_only_file(tmp_path: Path) -> None:
     path = write(tmp_path / "t.csv", TMALL.splitlines()[0] + "\n")
     with pytest.raises(DataFormatError, match="at least one data line"):
         read_tmall(path)
+
+
+def test_amazon2014_first_category_path_only(tmp_path):
+    """category_paths='first' keeps only the first category path (HM4SR's labels and text)."""
+    import gzip
+
+    from datamodules.formats import read_raw
+
+    reviews = tmp_path / "reviews_X_5.json.gz"
+    with gzip.open(reviews, "wt") as f:
+        f.write('{"reviewerID": "u1", "asin": "a1", "unixReviewTime": 1400000000}\n')
+    meta = tmp_path / "meta_X.json.gz"
+    with gzip.open(meta, "wt") as f:
+        f.write("{'asin': 'a1', 'title': 'Zelda', 'categories': [['Video Games', 'Nintendo'], ['Toys', 'Puzzles']]}\n")
+    both = read_raw("amazon2014", reviews=str(reviews), meta=str(meta)).items
+    first = read_raw("amazon2014", reviews=str(reviews), meta=str(meta), category_paths="first").items
+    assert list(both["categories"][0]) == ["Video Games", "Nintendo", "Toys", "Puzzles"]
+    assert list(first["categories"][0]) == ["Video Games", "Nintendo"]
+    assert "Puzzles" not in first["text"][0] and "Puzzles" in both["text"][0]
