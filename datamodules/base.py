@@ -395,7 +395,17 @@ class SequentialDataModule(L.LightningDataModule):
             "time_unit": s["time_unit"],
             "max_len": self.max_len,
             "protocol": self.protocol,
+            "max_gap_seconds": self._max_gap_seconds(),
         }
+
+    def _max_gap_seconds(self) -> int:
+        """Largest gap between consecutive interactions of one user (HM4SR's interval table size)."""
+        d = self.data
+        if len(d.times) < 2:
+            return 0
+        same_user = np.repeat(np.arange(d.num_users), np.diff(d.user_ptr))
+        gaps = np.diff(d.times)[same_user[1:] == same_user[:-1]]
+        return int(gaps.max()) if len(gaps) else 0
 
     @property
     def num_items(self) -> int:
@@ -555,6 +565,9 @@ def merge_domains(domains: list[Processed]) -> Processed:
         num_interactions=int(len(all_items)),
         avg_len=float(lengths.mean()),
         max_seq_len=int(lengths.max()),
+        min_seq_len=int(lengths.min()),
+        time_span=[min(d.stats["time_span"][0] for d in domains), max(d.stats["time_span"][1] for d in domains)],
+        items_with_image=sum(d.stats.get("items_with_image", 0) for d in domains),
         num_categories=int(cat_names_total),
         domains=[{"name": n, "item_offset": int(o)} for n, o in zip(names, offsets[:-1])],
         items_with_text=sum(d.stats["items_with_text"] for d in domains),
