@@ -1,0 +1,97 @@
+"""Run a paper's ablation rows (one model init-arg switch each) for N seeds, beside the paper's numbers.
+
+    zoo ablate --paper horae --dataset default --seeds 2            # Table 8 rows on the embedded default
+    zoo ablate --paper hpcl4sr --dataset Clothing --data-root ~/data --seeds 5
+    zoo ablate --paper timirec --dataset Beauty --table "Table 4" --data-root ~/data --seeds 5
+
+Each row of ``ablations[*].rows`` in ``benchmarks/paper_numbers.yaml`` is either ``{args: {...}}``
+(the paper's model with these ``model.init_args``, applied to pre-training too, so a switch on a
+pre-training loss really removes it there) or ``{model: M}`` (a main-table model, e.g. MIRACLE in
+HORAE's Table 8).  Every run goes through the same machinery as ``zoo reproduce``
+(``benchmarks/reproduce.py``: subprocess ``zoo fit``, resume, missing-data skips); all runs of one
+(paper, dataset) share the W&B group ``ablate-<paper>-<dataset>`` and each run is named after its
+row (``wo_L_intra-s0``).  Output: ``<out>/<paper>/ablation-<table>-<dataset>.{csv,json,md}``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from benchmarks.reproduce import (
+    PAPERS, common_parser, load_numbers, log_wandb_summary, machine_line, markdown_table, no_recipe_record,
+    options_from, plan_cell, run_cell, slug, write_results, Options,
+)
+
+
+def ablate(paper: str, dataset: str, numbers: dict[str, Any], opts: Options, tables: list[str] | None = None,
+           rows: list[str] | None = None) -> list[dict[str, Any]]:
+    info = numbers[paper]
+    main = info["main"]
+    specs = {**main["models"], **(main.get("reference") or {})}
+    chosen = [t for t in info.get("ablations") or [] if not tables or t["table"] in tables]
+    if not chosen:
+        have = [t["table"] for t in info.get("ablations") or []]
+        raise KeyError(f"{paper}: no ablation table {tables} (have {have})")
+    all_records: list[dict[str, Any]] = []
+    for table in chosen:
+        if dataset not in table["datasets"]:
+            raise KeyError(f"--dataset {dataset!r}: {paper} {table['table']} has {list(table['datasets'])}")
+        dspec = table["datasets"][dataset]
+        names = list(table["rows"])
+        if rows:
+            unknown = [r for r in rows if r not in names]
+            if unknown:
+                raise KeyError(f"--rows {unknown}: {paper} {table['table']} has {names}")
+            names = [r for r in names if r in rows]
+        group = f"ablate-{paper}-{dataset}"
+        records = []
+        for row in names:
+            rspec = table["rows"][row] or {}
+            model = rspec.get("model", table["base"])
+            for seed in opts.seeds:
+                run_dir = opts.out / paper / "ablation" / slug(table["table"]) / slug(dataset) / f"{slug(row)}-s{seed}"
+                if dspec.get("data_from") is None:
+                    records.append(no_recipe_record(paper, table["table"], dataset, row, seed, dspec, run_dir))
+                    continue
+                run = plan_cell(specs, model, dspec, dict(rspec.get("args") or {}), run_dir, seed, group, opts)
+                records.append(run_cell(paper, table["table"], dataset, row, run, opts))
+        sig = table.get("significance") or {}
+        blocks = {table["base"]: [r for r in names if r != table["base"]]} if sig.get("claimed") else None
+        row_text = ", ".join(f"{r} = {table['rows'][r]}" for r in names)
+        header = (f"# {info['title']}\n\n{table['table']}: {table['caption']}.\n\n"
+                  f"Rows: {row_text}.\n\n"
+                  f"Command: `{opts.command}`\n\nMachine: {machine_line()}\n\n"
+                  f"Paper numbers: {'chart only (none printed)' if not table.get('results') else 'as printed'}.\n")
+        md = markdown_table(paper, table, names, records, header, table["base"] if blocks else None, blocks)
+        if not opts.dry_run:
+            stem = f"ablation-{slug(table['table'])}-{slug(dataset)}"
+            write_results(opts.out / paper, stem, records, md, {"paper": paper, "table": table["table"],
+                                                                "dataset": dataset, "seeds": opts.seeds})
+            log_wandb_summary(group, f"{stem}-summary", records, md, opts)
+            opts.log(f"wrote {opts.out / paper / (stem + '.md')}")
+        all_records += records
+    return all_records
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = common_parser("zoo ablate", "Run a paper's ablation rows through `zoo fit` (see benchmarks/README.md).")
+    ap.add_argument("--paper", required=True, choices=PAPERS)
+    ap.add_argument("--dataset", default="default", help="dataset name of the ablation table ('default' = embedded)")
+    ap.add_argument("--table", dest="tables", action="append", default=None,
+                    help="only this ablation table (e.g. 'Table 4'); default: every one of the paper")
+    ap.add_argument("--rows", nargs="+", default=None, help="only these rows")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ns = ap.parse_args(argv)
+    try:
+        opts = options_from(ns)
+        opts.command = "zoo ablate " + " ".join(argv)
+        recs = ablate(ns.paper, ns.dataset, load_numbers(ns.numbers), opts, ns.tables, ns.rows)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        print(f"zoo ablate: error: {e}", file=sys.stderr)
+        return 2
+    return 1 if any(r["status"] == "failed" for r in recs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,670 @@
+"""Reproduce a paper's main table: every (model, dataset) cell through the real ``zoo fit``, N seeds.
+
+    zoo reproduce --paper horae --seeds 2                      # embedded default, fresh clone
+    zoo reproduce --paper all --data-root ~/data --seeds 5     # the papers' datasets
+    zoo reproduce --paper timirec --datasets Beauty --models TiMiRec ComiRec-SA --seeds 5 --data-root ~/data
+
+What one cell is (``benchmarks/paper_numbers.yaml`` says it per paper):
+
+* the model's recipe (the dataset's own per-dataset recipe when it has one, e.g.
+  ``recipes/horae_office.yaml``; otherwise the model's generic recipe with the ``data`` block,
+  ``monitor`` and ``topk`` of the dataset's ``data_from`` recipe, so every column of a table shares
+  data, split and metrics), materialised to ``<run_dir>/recipe.yaml`` and run as
+  ``zoo fit --config <run_dir>/recipe.yaml --seed_everything S --run_dir <run_dir>`` in its own
+  process;
+* pre-training first when the recipe's ``model.init_args.pretrained_ckpt`` is
+  ``runs/<recipe>/best.ckpt`` of a recipe in ``recipes/``: that recipe runs (same seed, same
+  overrides) into ``<out>/pretrain/<recipe>-<hash>-s<seed>/`` and its ``best.ckpt`` is passed as
+  ``model.init_args.pretrained_ckpt``; identical pre-training runs are shared between cells.
+
+Resume: a run whose ``test_metrics.json`` exists is not run again (a run killed half-way restarts
+from its ``last.ckpt``).  A run whose stored config hash differs from the current one is reported
+as stale and kept unless ``--force``.  A cell whose raw files are missing under ``--data-root`` is
+reported as skipped with the expected paths.
+
+Outputs under ``--out`` (default ``benchmarks/results``), per paper: ``<paper>/results.csv`` and
+``results.json`` (one row per run: every test metric, seed, config hash, checkpoint, wall time) and
+``<paper>/table.md`` (ours mean ± std over seeds beside the paper's number and the relative
+difference; a paired t-test of the paper's model against our best baseline where the paper claims
+significance).  Runs log to W&B offline by default (``--wandb off`` disables it), all runs of a
+(paper, dataset) in one group, plus one summary run holding the results table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
+PAPERS = ("horae", "miracle", "timirec", "hpcl4sr", "hm4sr")
+DEFAULT_OUT = ROOT / "benchmarks" / "results"
+# the real `zoo` console entry point, run with this interpreter (each run in its own process)
+ENTRY = "import sys; from zoo.entry import main; sys.exit(main())"
+PATH_KEYS = {"image_features", "text_features", "images_dir"}
+
+
+# ----------------------------------------------------------------------------- files
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_numbers(path: Path = NUMBERS) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        numbers = yaml.safe_load(f)
+    for p in PAPERS:
+        if p not in numbers or "main" not in numbers[p]:
+            raise KeyError(f"{path}: paper '{p}' or its 'main' table is missing")
+    return numbers
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    path = RECIPES / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {path} does not exist (named in {NUMBERS.name})")
+    with open(path, encoding="utf-8") as f:
+        cfg = yaml.safe_load(f)
+    if not isinstance(cfg, dict) or "model" not in cfg or "data" not in cfg:
+        raise ValueError(f"{path}: expected a recipe with 'model' and 'data' sections")
+    return cfg
+
+
+def config_hash(cfg: dict[str, Any], seed: int) -> str:
+    blob = json.dumps({"cfg": cfg, "seed": seed}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def slug(name: str) -> str:
+    """A folder/W&B-safe name: 'w/o L_intra' -> 'wo_L_intra', 'TiMiRec+' -> 'TiMiRec+'."""
+    s = name.replace("w/o", "wo").replace("'+'", "plus").replace("'*'", "mul")
+    return re.sub(r"[^A-Za-z0-9+.-]+", "_", s).strip("_") or "run"
+
+
+# ----------------------------------------------------------------------------- options
+@dataclass
+class Options:
+    """What every run of one invocation shares (CLI flags)."""
+
+    out: Path = DEFAULT_OUT
+    data_root: Path | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    max_epochs: int | None = None
+    limit_train_batches: float | None = None
+    sets: list[tuple[str, Any]] = field(default_factory=list)  # --set KEY=VALUE (dotted recipe keys)
+    wandb: str = "offline"
+    force: bool = False
+    dry_run: bool = False
+    quiet: bool = False
+    command: str = "zoo reproduce"
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[reproduce] {msg}", flush=True)
+
+
+def parse_set(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ValueError(f"--set expects KEY=VALUE (a dotted recipe key), got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def set_dotted(cfg: dict[str, Any], key: str, value: Any) -> None:
+    node = cfg
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {key}: '{p}' is not a section of the recipe")
+    node[parts[-1]] = value
+
+
+# ----------------------------------------------------------------------------- config assembly
+def _spec(entry: Any) -> tuple[str, dict[str, Any]]:
+    if isinstance(entry, str):
+        return entry, {}
+    return entry["recipe"], dict(entry.get("args") or {})
+
+
+def _data_paths(node: Any, in_paths: bool = False) -> Iterable[tuple[Any, Any]]:
+    """(container, key) of every raw-file path inside a ``data.init_args`` block."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if isinstance(v, str) and (in_paths or k in PATH_KEYS):
+                yield node, k
+            elif isinstance(v, (dict, list)):
+                yield from _data_paths(v, in_paths or k == "paths")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            if isinstance(v, str) and in_paths:
+                yield node, i
+            elif isinstance(v, (dict, list)):
+                yield from _data_paths(v, in_paths)
+
+
+def resolve_path(raw: str, data_root: Path | None) -> Path:
+    """``data/amazon2018/X.csv`` or ``~/data/amazon2018/X.csv`` -> ``<data_root>/amazon2018/X.csv``.
+
+    Paths without a ``data`` folder (e.g. ``~/.cache/zoo/raw/ml-100k``) and every path when no data
+    root is given stay as the recipe says (``~`` expanded, relative to the working directory).
+    """
+    p = Path(raw).expanduser()
+    parts = Path(raw).parts
+    if data_root is not None and "data" in parts:
+        rest = parts[parts.index("data") + 1:]
+        return (Path(data_root).expanduser() / Path(*rest)).absolute() if rest else Path(data_root).absolute()
+    return p.absolute()
+
+
+def materialise(recipe: str, args: dict[str, Any], data_cfg: dict[str, Any] | None, opts: Options,
+                strict_args: bool = True) -> tuple[dict[str, Any], list[str]]:
+    """A recipe with ``args`` on ``model.init_args``, optionally another ``data`` block, the run
+    options, absolute data paths and ``model.max_len == data.max_len``.  Returns (cfg, missing files)."""
+    cfg = load_recipe(recipe)
+    if data_cfg is not None:
+        cfg["data"] = copy.deepcopy(data_cfg["data"])
+        for k in ("monitor", "monitor_mode"):
+            if k in data_cfg:
+                cfg[k] = data_cfg[k]
+        src_topk = data_cfg["model"].get("init_args", {}).get("topk")
+        if src_topk is not None and "topk" in cfg["model"].get("init_args", {}):
+            cfg["model"]["init_args"]["topk"] = src_topk
+    init = cfg["model"].setdefault("init_args", {})
+    for k, v in args.items():
+        if k in init:
+            init[k] = v
+        elif strict_args:
+            raise KeyError(f"recipes/{recipe}.yaml: model.init_args has no '{k}' (asked for by {NUMBERS.name})")
+    for key, value in opts.sets:
+        if key.startswith("model.init_args.") and key.split(".", 2)[2] not in init:
+            continue  # a model without this argument (e.g. Pop has no `d`)
+        set_dotted(cfg, key, value)
+    trainer = cfg.setdefault("trainer", {})
+    if opts.max_epochs is not None and (trainer.get("max_epochs") or 0) > 0:
+        trainer["max_epochs"] = min(int(trainer["max_epochs"]), opts.max_epochs)
+    if opts.limit_train_batches is not None:
+        trainer["limit_train_batches"] = opts.limit_train_batches
+    dinit = cfg["data"].setdefault("init_args", {})
+    missing = []
+    for container, key in list(_data_paths(dinit)):
+        p = resolve_path(container[key], opts.data_root)
+        container[key] = str(p)
+        if not p.exists():
+            missing.append(str(p))
+    if "max_len" in init and "max_len" in dinit:
+        init["max_len"] = dinit["max_len"]
+    return cfg, missing
+
+
+PRETRAIN_CKPT = re.compile(r"^runs/([A-Za-z0-9_.-]+)/(best|last)\.ckpt$")
+
+
+@dataclass
+class Run:
+    """One ``zoo fit`` (a cell's seed, or a pre-training it needs)."""
+
+    cfg: dict[str, Any]
+    run_dir: Path
+    seed: int
+    group: str
+    job_type: str = "fit"
+    missing: list[str] = field(default_factory=list)
+    pretrain: "Run | None" = None
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.cfg, self.seed)
+
+    @property
+    def done(self) -> bool:
+        return (self.run_dir / "test_metrics.json").is_file()
+
+
+def plan_run(recipe: str, args: dict[str, Any], data_cfg: dict[str, Any] | None, run_dir: Path, seed: int,
+             group: str, opts: Options, pretrain_data: str | None = None) -> Run:
+    """Materialise a run and, where its recipe pre-trains, the pre-training run it depends on."""
+    cfg, missing = materialise(recipe, args, data_cfg, opts)
+    run = Run(cfg, run_dir, seed, group, missing=missing)
+    ckpt = cfg["model"].get("init_args", {}).get("pretrained_ckpt")
+    m = PRETRAIN_CKPT.match(str(ckpt)) if ckpt else None
+    if m and (RECIPES / f"{m.group(1)}.yaml").is_file():
+        pre_data = {"data": cfg["data"], "model": {"init_args": {}}} if pretrain_data == "cell" else None
+        pcfg, pmissing = materialise(m.group(1), args, pre_data, opts, strict_args=False)
+        pre_dir = opts.out / "pretrain" / f"{m.group(1)}-{config_hash(pcfg, 0)[:8]}-s{seed}"
+        run.pretrain = Run(pcfg, pre_dir, seed, group, job_type="pretrain", missing=pmissing)
+        cfg["model"]["init_args"]["pretrained_ckpt"] = str(pre_dir / "best.ckpt")
+        run.missing = sorted(set(missing) | set(pmissing))
+    elif ckpt and not Path(str(ckpt)).expanduser().exists():
+        run.missing.append(str(Path(str(ckpt)).expanduser().absolute()))
+    return run
+
+
+# ----------------------------------------------------------------------------- running
+def execute(run: Run, opts: Options) -> dict[str, Any]:
+    """Run ``zoo fit`` for ``run`` (pre-training first) unless it is done; return its record."""
+    if run.pretrain is not None:
+        pre = execute(run.pretrain, opts)
+        if pre["status"] not in ("done", "reused"):
+            return {"status": "failed", "reason": f"pre-training failed: see {run.pretrain.run_dir / 'zoo.log'}"}
+    meta_path = run.run_dir / "reproduce.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if run.done and not opts.force:
+        stale = meta.get("config_hash") not in (None, run.hash)
+        if stale:
+            opts.log(f"STALE {run.run_dir}: finished with config {meta.get('config_hash')}, now {run.hash} (--force re-runs)")
+        return {"status": "reused", "stale": stale, **meta}
+    if opts.dry_run:
+        return {"status": "planned"}
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    recipe_path = run.run_dir / "recipe.yaml"
+    atomic_write(recipe_path, f"# materialised by benchmarks/reproduce.py; config hash {run.hash}\n"
+                 + yaml.safe_dump(run.cfg, sort_keys=False))
+    resume = (run.run_dir / "last.ckpt").is_file() and meta.get("config_hash") == run.hash and not opts.force
+    if opts.force:
+        for stale_file in ("test_metrics.json", "last.ckpt", "best.ckpt"):
+            (run.run_dir / stale_file).unlink(missing_ok=True)
+    atomic_write(meta_path, json.dumps({"config_hash": run.hash, "seed": run.seed, "status": "running"}, indent=2))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_RUN_GROUP=run.group, WANDB_JOB_TYPE=run.job_type)
+    cmd = [sys.executable, "-c", ENTRY, "fit", "--config", str(recipe_path), "--seed_everything", str(run.seed),
+           "--run_dir", str(run.run_dir), "--wandb", opts.wandb]
+    opts.log(f"{'resume' if resume else 'run'} {run.run_dir}")
+    t0 = time.time()
+    with open(run.run_dir / "zoo.log", "a", encoding="utf-8") as logf:
+        logf.write(f"\n$ {' '.join(cmd)}\n")
+        logf.flush()
+        rc = subprocess.run(cmd + (["--ckpt_path", str(run.run_dir / "last.ckpt")] if resume else []),
+                            stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=str(Path.cwd())).returncode
+        if rc != 0 and resume:  # a checkpoint cut off by a kill: start the run again
+            logf.write("\n[reproduce] resuming failed; starting again from scratch\n")
+            logf.flush()
+            (run.run_dir / "last.ckpt").unlink(missing_ok=True)
+            rc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=str(Path.cwd())).returncode
+    wall = time.time() - t0
+    ok = rc == 0 and run.done
+    meta = {"config_hash": run.hash, "seed": run.seed, "status": "done" if ok else "failed", "wall_time_s": round(wall, 2),
+            "returncode": rc}
+    atomic_write(meta_path, json.dumps(meta, indent=2))
+    if not ok:
+        opts.log(f"FAILED ({rc}) {run.run_dir} - see {run.run_dir / 'zoo.log'}")
+        return {**meta, "reason": f"zoo fit exited {rc}: see {run.run_dir / 'zoo.log'}"}
+    return meta
+
+
+def record(paper: str, table: str, dataset: str, row: str, run: Run, outcome: dict[str, Any]) -> dict[str, Any]:
+    """One results row: identity, status, hash, checkpoint, wall time and every test metric."""
+    rec: dict[str, Any] = {
+        "paper": paper, "table": table, "dataset": dataset, "model": row, "seed": run.seed,
+        "status": outcome.get("status"), "reason": outcome.get("reason", ""), "stale": bool(outcome.get("stale", False)),
+        "config_hash": outcome.get("config_hash") or run.hash, "run_dir": str(run.run_dir),
+        "checkpoint": "", "wall_time_s": outcome.get("wall_time_s"), "epochs": None,
+        "pretrain_dir": str(run.pretrain.run_dir) if run.pretrain else "",
+    }
+    if rec["status"] == "reused":
+        rec["status"] = "done"
+    if run.done:
+        tm = json.loads((run.run_dir / "test_metrics.json").read_text())
+        rec["checkpoint"] = tm.get("best_checkpoint") or ""
+        rec["epochs"] = tm.get("epochs")
+        for k, v in sorted(tm.get("test", {}).items()):
+            rec[k] = v
+    return rec
+
+
+# ----------------------------------------------------------------------------- statistics
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (Numerical Recipes, modified Lentz)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-14:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    lbeta = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(lbeta) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(lbeta) * _betacf(b, a, 1.0 - x) / b
+
+
+def paired_ttest(x: list[float], y: list[float]) -> tuple[float, float, int]:
+    """Two-sided paired t-test of x vs y: (t, p, n).  p = I_{df/(df+t^2)}(df/2, 1/2)."""
+    n = len(x)
+    if n != len(y) or n < 2:
+        return float("nan"), float("nan"), n
+    d = [a - b for a, b in zip(x, y)]
+    mean = sum(d) / n
+    var = sum((v - mean) ** 2 for v in d) / (n - 1)
+    if var == 0.0:
+        return (float("inf") if mean > 0 else float("-inf") if mean < 0 else float("nan")), (0.0 if mean else 1.0), n
+    t = mean / math.sqrt(var / n)
+    df = n - 1
+    return t, betainc(df / 2.0, 0.5, df / (df + t * t)), n
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    m = sum(values) / n
+    return m, (math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
+
+
+# ----------------------------------------------------------------------------- tables
+def paper_value(table: dict[str, Any], dataset: str, row: str, metric: str) -> float | None:
+    res = (table.get("results") or {}).get(dataset, {}).get(row, {})
+    corr = (table.get("corrections") or {}).get(dataset, {}).get(row, {})
+    v = corr.get(metric, res.get(metric))
+    return None if v is None else float(v) * float(table.get("scale", 1.0))
+
+
+def _cell_text(vals: list[float], paper: float | None, status: str) -> str:
+    if vals:
+        m, s = mean_std(vals)
+        ours = f"{m:.4f} ± {s:.4f}" if len(vals) > 1 else f"{m:.4f}"
+    else:
+        ours = status
+    if paper is None:
+        return f"{ours} · paper —"
+    if not vals:
+        return f"{ours} · paper {paper:.4f}"
+    rel = (mean_std(vals)[0] - paper) / paper * 100 if paper else float("nan")
+    return f"{ours} · paper {paper:.4f} ({rel:+.1f}%)"
+
+
+def markdown_table(paper: str, table: dict[str, Any], rows_order: list[str], records: list[dict[str, Any]],
+                   header: str, significance_model: str | None = None,
+                   blocks: dict[str, list[str]] | None = None, not_implemented: Iterable[str] = ()) -> str:
+    """Per dataset: ours (mean ± std over seeds) · paper value (relative difference); skipped cells
+    with their expected paths; the paired t-test where the paper claims significance."""
+    metrics: dict[str, str] = table["metrics"]
+    out = io.StringIO()
+    out.write(header)
+    datasets = list(dict.fromkeys(r["dataset"] for r in records))
+    for ds in datasets:
+        recs = [r for r in records if r["dataset"] == ds]
+        seeds = sorted({r["seed"] for r in recs})
+        out.write(f"\n### {ds}\n\n{len(seeds)} seed(s): {', '.join(map(str, seeds))}. "
+                  f"Cell: ours mean ± std · paper value (relative difference of our mean).\n\n")
+        out.write("| model | " + " | ".join(metrics.values()) + " |\n|---|" + "---|" * len(metrics) + "\n")
+        for row in rows_order + [r for r in not_implemented if r not in rows_order]:
+            rr = [r for r in recs if r["model"] == row]
+            if not rr and (row not in not_implemented or all(paper_value(table, ds, row, m) is None for m in metrics)):
+                continue  # a column the paper prints but the zoo lacks is shown only beside a printed number
+            done = [r for r in rr if r["status"] == "done"]
+            status = "not implemented" if row in not_implemented else (rr[0]["status"] if rr else "—")
+            cells = [_cell_text([float(r[f"test/{m}"]) for r in done if f"test/{m}" in r], paper_value(table, ds, row, m),
+                                status) for m in metrics]
+            stale = " (stale)" if any(r.get("stale") for r in done) else ""
+            out.write(f"| {row}{stale} | " + " | ".join(cells) + " |\n")
+        skipped = [r for r in recs if r["status"] == "skipped"]
+        failed = [r for r in recs if r["status"] == "failed"]
+        for r in {r["model"]: r for r in skipped}.values():
+            out.write(f"\n- skipped {r['model']}: {r['reason']}")
+        for r in failed:
+            out.write(f"\n- failed {r['model']} seed {r['seed']}: {r['reason']}")
+        if skipped or failed:
+            out.write("\n")
+        if significance_model and blocks:
+            out.write(significance_text(recs, metrics, blocks))
+    return out.getvalue()
+
+
+def significance_text(recs: list[dict[str, Any]], metrics: dict[str, str], blocks: dict[str, list[str]]) -> str:
+    """Paired t-test (over seeds) of each block's own model vs the baseline with the best mean of ours."""
+    lines = []
+    for model, baselines in blocks.items():
+        for m, label in metrics.items():
+            key = f"test/{m}"
+            ours = {r["seed"]: float(r[key]) for r in recs if r["model"] == model and r["status"] == "done" and key in r}
+            best, best_mean = None, -math.inf
+            for b in baselines:
+                vals = [float(r[key]) for r in recs if r["model"] == b and r["status"] == "done" and key in r]
+                if vals and mean_std(vals)[0] > best_mean:
+                    best, best_mean = b, mean_std(vals)[0]
+            if not ours or best is None:
+                continue
+            base = {r["seed"]: float(r[key]) for r in recs if r["model"] == best and r["status"] == "done" and key in r}
+            common = sorted(set(ours) & set(base))
+            t, p, n = paired_ttest([ours[s] for s in common], [base[s] for s in common])
+            ptxt = "n/a (needs ≥ 2 paired seeds)" if n < 2 or math.isnan(p) else f"{p:.4f}"
+            mark = "" if n < 2 or math.isnan(p) else ("**" if p <= 0.01 else "*" if p <= 0.05 else "n.s.")
+            lines.append(f"| {model} vs {best} | {label} | {n} | {t:+.3f} | {ptxt} {mark} |")
+    if not lines:
+        return ""
+    return ("\nPaired t-test over seeds (two-sided), the paper's model vs our best baseline:\n\n"
+            "| comparison | metric | n | t | p |\n|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
+
+
+def write_results(folder: Path, stem: str, records: list[dict[str, Any]], markdown: str, extra: dict[str, Any]) -> None:
+    """``<stem>.csv`` (one row per run, every metric column), ``<stem>.json``, ``table.md``-style markdown."""
+    cols: list[str] = []
+    for r in records:
+        cols += [k for k in r if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    for r in records:
+        w.writerow(r)
+    atomic_write(folder / f"{stem}.csv", buf.getvalue())
+    atomic_write(folder / f"{stem}.json", json.dumps({**extra, "runs": records}, indent=2, default=str))
+    atomic_write(folder / ("table.md" if stem == "results" else f"{stem}.md"), markdown)
+
+
+def machine_line() -> str:
+    import platform
+
+    try:
+        import torch
+
+        dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+        tv = torch.__version__
+    except Exception:  # noqa: BLE001 - the header is informative only
+        dev, tv = f"CPU ({os.cpu_count()} cores)", "?"
+    return f"{platform.node()} · {platform.platform()} · {dev} · python {platform.python_version()} · torch {tv}"
+
+
+def log_wandb_summary(group: str, name: str, records: list[dict[str, Any]], markdown: str, opts: Options) -> None:
+    """One W&B run per group holding the results table (offline by default); no-op when W&B is off."""
+    mode = os.environ.get("WANDB_MODE") or opts.wandb
+    if opts.wandb == "off" or mode in ("off", "disabled") or not records:
+        return
+    os.environ.setdefault("WANDB_SILENT", "true")
+    try:
+        import wandb
+    except ImportError:
+        opts.log("wandb is not installed: no summary run")
+        return
+    cols = [c for c in dict.fromkeys(k for r in records for k in r) if c != "reason"]
+    run = wandb.init(project="zoo", group=group, name=name, job_type="summary", dir=str(opts.out),
+                     mode="online" if mode == "online" else "offline", reinit="create_new",
+                     config={"group": group, "seeds": opts.seeds})
+    run.log({"results": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in records])})
+    run.summary["table_markdown"] = markdown
+    run.finish()
+
+
+def plan_cell(specs: dict[str, Any], model: str, dspec: dict[str, Any], extra_args: dict[str, Any], run_dir: Path,
+              seed: int, group: str, opts: Options) -> Run:
+    """The run of ``model`` on one dataset: its per-dataset recipe if the dataset has one, else its
+    generic recipe on the dataset's ``data_from`` data; ``extra_args`` (an ablation row) on top."""
+    mine = (dspec.get("recipes") or {}).get(model)
+    recipe, args = _spec(mine if mine is not None else specs[model])
+    if mine is None:
+        args = {**dict(specs[model].get("args") or {}), **args}
+    data_cfg = None if mine is not None else load_recipe(dspec["data_from"])
+    return plan_run(recipe, {**args, **extra_args}, data_cfg, run_dir, seed, group, opts,
+                    specs[model].get("pretrain_data"))
+
+
+def run_cell(paper: str, table: str, dataset: str, row: str, run: Run, opts: Options) -> dict[str, Any]:
+    """Run (or reuse, or skip for missing data) one planned cell and return its results row."""
+    if run.missing and not run.done:
+        outcome = {"status": "skipped", "reason": "missing raw data: expected " + ", ".join(run.missing)}
+        opts.log(f"skip {paper}/{dataset}/{row} seed {run.seed}: {outcome['reason']}")
+    else:
+        outcome = execute(run, opts)
+    return record(paper, table, dataset, row, run, outcome)
+
+
+def no_recipe_record(paper: str, table: str, dataset: str, row: str, seed: int, dspec: dict[str, Any],
+                     run_dir: Path) -> dict[str, Any]:
+    return {"paper": paper, "table": table, "dataset": dataset, "model": row, "seed": seed, "status": "skipped",
+            "reason": f"no zoo recipe for this dataset ({dspec.get('expects', '')})", "run_dir": str(run_dir)}
+
+
+# ----------------------------------------------------------------------------- the main table
+def main_rows(paper: str, numbers: dict[str, Any], models: list[str] | None) -> tuple[list[str], list[str]]:
+    """(rows the zoo runs, in table order then reference rows; rows not implemented)."""
+    table = numbers[paper]["main"]
+    runnable, missing = [], []
+    for name, spec in table["models"].items():
+        (missing if spec.get("implemented") is False else runnable).append(name)
+    runnable += list(table.get("reference") or {})
+    if models:
+        unknown = [m for m in models if m not in runnable and m not in missing]
+        if unknown:
+            raise KeyError(f"--models {unknown}: {paper}'s table has {runnable} (not implemented: {missing})")
+        runnable = [m for m in runnable if m in models]
+    return runnable, missing
+
+
+def reproduce_paper(paper: str, numbers: dict[str, Any], opts: Options, models: list[str] | None = None,
+                    datasets: list[str] | None = None) -> list[dict[str, Any]]:
+    table = numbers[paper]["main"]
+    own = numbers[paper]["model"]
+    rows, not_impl = main_rows(paper, numbers, models)
+    all_ds = list(table["datasets"])
+    if datasets:
+        unknown = [d for d in datasets if d not in all_ds]
+        if unknown:
+            raise KeyError(f"--datasets {unknown}: {paper}'s table has {all_ds}")
+    ds_list = datasets or all_ds
+    specs = {**table["models"], **(table.get("reference") or {})}
+    records: list[dict[str, Any]] = []
+    for ds in ds_list:
+        dspec = table["datasets"][ds]
+        group = f"{paper}-{ds}"
+        for row in rows:
+            for seed in opts.seeds:
+                run_dir = opts.out / paper / slug(ds) / f"{slug(row)}-s{seed}"
+                if dspec.get("data_from") is None:
+                    records.append(no_recipe_record(paper, table["table"], ds, row, seed, dspec, run_dir))
+                    continue
+                run = plan_cell(specs, row, dspec, {}, run_dir, seed, group, opts)
+                records.append(run_cell(paper, table["table"], ds, row, run, opts))
+    blocks = None
+    sig = table.get("significance") or {}
+    if sig.get("claimed"):
+        blocks = sig.get("blocks") or {own: [m for m in table["models"] if m != own]}
+    header = (f"# {numbers[paper]['title']}\n\n{table['table']}: {table['caption']}.\n\n"
+              f"Protocol: {table['protocol']}.\n\n"
+              f"Command: `{opts.command}`\n\n"
+              f"Machine: {machine_line()}\n\n"
+              f"Paper significance claim: {sig.get('text', 'none')}\n")
+    md = markdown_table(paper, table, rows, records, header, own if blocks else None, blocks, not_impl)
+    if not opts.dry_run:
+        folder = opts.out / paper
+        write_results(folder, "results", records, md, {"paper": paper, "table": table["table"], "seeds": opts.seeds})
+        for ds in ds_list:
+            log_wandb_summary(f"{paper}-{ds}", f"{paper}-{slug(ds)}-summary",
+                              [r for r in records if r["dataset"] == ds], md, opts)
+        opts.log(f"wrote {folder / 'table.md'}, {folder / 'results.csv'}, {folder / 'results.json'}")
+    return records
+
+
+# ----------------------------------------------------------------------------- CLI
+def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument("--data-root", type=Path, default=None,
+                    help="folder holding the raw datasets (recipes' data/... paths are looked up under it)")
+    ap.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1) per cell")
+    ap.add_argument("--seed-list", type=int, nargs="+", default=None, help="explicit seeds (overrides --seeds)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default benchmarks/results)")
+    ap.add_argument("--max-epochs", type=int, default=None, help="cap every run's trainer.max_epochs")
+    ap.add_argument("--limit-train-batches", type=float, default=None, help="trainer.limit_train_batches of every run")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a dotted recipe key in every run, e.g. model.init_args.d=16 or "
+                         "data.init_args.cache_dir=/tmp/c (model keys a recipe lacks are skipped)")
+    ap.add_argument("--wandb", choices=("off", "offline", "online"), default="offline",
+                    help="W&B logging of every run (default offline; WANDB_MODE=disabled turns it off)")
+    ap.add_argument("--force", action="store_true", help="re-run finished runs")
+    ap.add_argument("--dry-run", action="store_true", help="plan and report, run nothing")
+    ap.add_argument("--numbers", type=Path, default=NUMBERS, help="paper numbers file")
+    return ap
+
+
+def options_from(ns: argparse.Namespace) -> Options:
+    if ns.seeds < 1 and not ns.seed_list:
+        raise ValueError("--seeds must be >= 1")
+    return Options(out=ns.out.absolute(), data_root=ns.data_root, seeds=ns.seed_list or list(range(ns.seeds)),
+                   max_epochs=ns.max_epochs, limit_train_batches=ns.limit_train_batches,
+                   sets=[parse_set(s) for s in ns.sets], wandb=ns.wandb, force=ns.force, dry_run=ns.dry_run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = common_parser("zoo reproduce", "Reproduce a paper's main table through `zoo fit` (see benchmarks/README.md).")
+    ap.add_argument("--paper", required=True, choices=(*PAPERS, "all"))
+    ap.add_argument("--models", nargs="+", default=None, help="only these columns (names as in paper_numbers.yaml)")
+    ap.add_argument("--datasets", nargs="+", default=None, help="only these datasets ('default' = embedded)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ns = ap.parse_args(argv)
+    try:
+        opts = options_from(ns)
+        opts.command = "zoo reproduce " + " ".join(argv)
+        numbers = load_numbers(ns.numbers)
+        papers = PAPERS if ns.paper == "all" else (ns.paper,)
+        if ns.paper == "all" and ns.datasets:
+            raise ValueError("--datasets needs one --paper (dataset names differ between papers)")
+        failed = 0
+        for p in papers:
+            recs = reproduce_paper(p, numbers, opts, ns.models if ns.paper != "all" else None, ns.datasets)
+            failed += sum(r["status"] == "failed" for r in recs)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        print(f"zoo reproduce: error: {e}", file=sys.stderr)
+        return 2
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
