@@ -80,6 +80,24 @@ def test_second_run_loads_the_cache(sasrec_run, ml_folder):
     assert again["test/ndcg@10"] == pytest.approx(first["test/ndcg@10"], abs=1e-6)
 
 
+def test_predict_writes_top_k_in_original_ids(sasrec_run, ml_folder):
+    out, _ = sasrec_run
+    r = zoo("predict", "--config", "recipes/sasrec.yaml", *tiny_data_args(ml_folder, out / "cache"),
+            "--model.init_args.d", "16", "--model.init_args.max_len", "10",
+            "--ckpt_path", str(out / "sasrec" / "best.ckpt"), "--run_dir", str(out / "pred"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = (out / "pred" / "predictions.csv").read_text().splitlines()
+    assert lines[0] == "user,items,scores"
+    users = {int(l.split(",")[0]) for l in lines[1:]}
+    assert len(users) == len(lines) - 1 >= 30  # one row per evaluated user
+    movies = {str(i) for i in range(1, 61)}  # the fixture's original movieIds
+    first = lines[1].split(",")[1].split()
+    n_items = json.loads(next((out / "cache").glob("*/stats.json")).read_text())["num_items"]
+    assert len(first) == min(50, n_items) == len(set(first)) and set(first) <= movies
+    scores = [float(x) for x in lines[1].split(",")[2].split()]
+    assert scores == sorted(scores, reverse=True)
+
+
 def test_ddp_two_processes_equal_one(sasrec_run, ml_folder):
     """2 CPU processes (gloo) give exactly the single-process validation metrics."""
     out, _ = sasrec_run

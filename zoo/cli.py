@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentError
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
@@ -38,6 +39,57 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class CheckpointError(ValueError):
+    """A ``--ckpt_path`` checkpoint is unreadable or does not fit the recipe's model and data."""
+
+
+def describe_state_dict_error(message: str, limit: int = 4) -> str:
+    """torch's multi-line ``load_state_dict`` error -> one short line (mismatched shapes, key lists)."""
+    parts = []
+    shapes = re.findall(
+        r"size mismatch for ([\w.]+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from checkpoint, "
+        r"the shape in current model is torch\.Size\((\[[^\]]*\])\)", message)
+    if shapes:
+        shown = [f"{k} is {a} in the checkpoint but {b} here" for k, a, b in shapes[:limit]]
+        parts.append("size mismatch: " + "; ".join(shown) + (f" (+{len(shapes) - limit} more)" if len(shapes) > limit else ""))
+    for label in ("Missing", "Unexpected"):
+        m = re.search(label + r" key\(s\) in state_dict: (.*?)\.?\s*$", message, re.M)
+        if m:
+            keys = re.findall(r'"([^"]+)"', m.group(1))
+            parts.append(f"{label.lower()} keys: " + ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else ""))
+    return "; ".join(parts) or message.splitlines()[0]
+
+
+class TopKWriter(BasePredictionWriter):
+    """``zoo predict`` output: ``predictions.csv`` with each user's top-K items in the publisher's
+    original ids (and scores), plus ``interests.pt`` for multi-interest models.  One file per rank
+    under DDP (``predictions.rank<r>.csv``); every file is written atomically."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(write_interval="epoch")
+        self.run_dir = Path(run_dir)
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        import torch
+
+        dm = trainer.datamodule
+        item_ids = ["<pad>"] + list(dm.data.item_ids)
+        suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        lines = ["user,items,scores"]
+        interests = []
+        for out in predictions:
+            for u, items, scores in zip(out["user"].tolist(), out["items"].tolist(), out["scores"].tolist()):
+                lines.append(f"{u},{' '.join(item_ids[i] for i in items)},{' '.join(f'{x:.5g}' for x in scores)}")
+            if "interests" in out:
+                interests.append(out["interests"].cpu())
+        atomic_write_text(self.run_dir / f"predictions{suffix}.csv", "\n".join(lines) + "\n")
+        if interests:
+            tmp = self.run_dir / f".interests{suffix}.pt.tmp"
+            torch.save(torch.cat(interests), tmp)
+            os.replace(tmp, self.run_dir / f"interests{suffix}.pt")
+        print(f"[zoo] wrote top-{len(predictions[0]['items'][0]) if predictions else 0} predictions to {self.run_dir}")
+
+
 class ZooCLI(LightningCLI):
     """LightningCLI with the zoo's links, default callbacks, run directory and test-after-fit."""
 
@@ -50,6 +102,41 @@ class ZooCLI(LightningCLI):
         parser.add_argument("--wandb", type=str, default="off", help="W&B logging: off, offline or online (WANDB_MODE overrides)")
         parser.link_arguments("data.num_items", "model.init_args.num_items", apply_on="instantiate")
         parser.link_arguments("data.info", "model.init_args.data_info", apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning re-reads the model's hyper-parameters from ``--ckpt_path``; refuse a checkpoint of
+        another model class instead of silently swapping the recipe's model for the checkpoint's."""
+        cfg = self.config.get(self.config.get("subcommand") or "", None)
+        ckpt_path = cfg.get("ckpt_path") if cfg is not None else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            import torch
+
+            try:
+                ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+            except Exception as e:  # truncated, not a checkpoint, or an unsafe pickle
+                raise CheckpointError(f"--ckpt_path '{ckpt_path}' is not a readable Lightning checkpoint ({e})") from e
+            if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+                raise CheckpointError(f"--ckpt_path '{ckpt_path}' is not a Lightning checkpoint (no state_dict)")
+            theirs = (ckpt.get("hyper_parameters") or {}).get("_class_path")
+            ours = (cfg.get("model") or {}).get("class_path")
+            if theirs and ours and theirs != ours:
+                raise CheckpointError(
+                    f"--ckpt_path '{ckpt_path}' is a checkpoint of {theirs}, but the recipe builds {ours}; "
+                    "use the recipe (model) the checkpoint was trained with"
+                )
+        super()._parse_ckpt_path()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except RuntimeError as e:
+            if "Error(s) in loading state_dict" not in str(e):
+                raise
+            raise CheckpointError(
+                f"--ckpt_path '{self._cfg().get('ckpt_path')}' does not fit the {type(self.model).__name__} built "
+                f"from this recipe and data ({self.model.num_items} items): {describe_state_dict_error(str(e))} "
+                "(a checkpoint trained on other data or with other model sizes?)"
+            ) from e
 
     # ------------------------------------------------------------------
     def _cfg(self) -> Any:
@@ -75,6 +162,8 @@ class ZooCLI(LightningCLI):
             )
             if cfg.get("patience", 0) > 0:
                 callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg["patience"]))
+        if self.subcommand == "predict":
+            callbacks.append(TopKWriter(run_dir))
         trainer_cfg = cfg["trainer"]
         if trainer_cfg.get("logger") in (None, True):
             loggers = [CSVLogger(save_dir=str(run_dir), name="logs")]
@@ -156,6 +245,23 @@ def clear_message(e: BaseException) -> str:
     return "; ".join(dict.fromkeys(keep)).replace(":; ", ": ") or msg.splitlines()[0]
 
 
+def name_bad_yaml(argv: list[str]) -> str | None:
+    """The first ``--config`` file that is not valid YAML, with the parser's line and column."""
+    import yaml
+
+    files = [v.split("=", 1)[1] if "=" in v else (argv[i + 1] if i + 1 < len(argv) else "")
+             for i, v in enumerate(argv) if v in ("--config", "-c") or v.startswith("--config=")]
+    for f in files:
+        try:
+            with open(f, encoding="utf-8") as fh:
+                yaml.safe_load(fh)
+        except yaml.YAMLError as e:
+            return f"recipe {f} is not valid YAML: " + " ".join(str(e).split())
+        except OSError:
+            continue
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     explicit = argv is not None
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -169,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("ZOO_DEBUG"):
             raise
         kind = "recipe" if isinstance(e, ArgumentError) else type(e).__name__
-        print(f"zoo: error ({kind}): {clear_message(e)}\n(set ZOO_DEBUG=1 for the full traceback)", file=sys.stderr)
+        msg = (isinstance(e, ArgumentError) and "Problems parsing config" in str(e) and name_bad_yaml(argv)) or clear_message(e)
+        print(f"zoo: error ({kind}): {msg}\n(set ZOO_DEBUG=1 for the full traceback)", file=sys.stderr)
         return 2 if isinstance(e, ArgumentError) else 1
     return 0
 
