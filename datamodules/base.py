@@ -215,6 +215,29 @@ class RandomTargetExamples(SequenceExamples):
         return view[np.arange(len(local))]
 
 
+class WindowExamples(SequenceExamples):
+    """Whole-sequence training for causal models (SASRec's original objective): each example is
+    a window of up to ``max_len`` training items with the next item at EVERY position
+    (``target_seq [B, L]``, 0 at pads), so one forward pass supervises L targets.  Windows tile
+    each user's training items backwards from the end, ``max_len`` items apart."""
+
+    def __init__(self, data: Processed, start: np.ndarray, end: np.ndarray, max_len: int) -> None:
+        # inputs items[a:b] predict items[a+1:b+1]; the last input is end-2 -> target end-1
+        n_in = np.maximum(end - start - 1, 0)  # [U] inputs with a next item
+        n_win = -(-n_in // max_len)  # ceil
+        users = np.repeat(np.arange(len(start)), n_win)
+        k = np.arange(n_win.sum()) - np.repeat(np.cumsum(n_win) - n_win, n_win)  # window index from the end
+        w_end = np.repeat(end - 1, n_win) - k * max_len  # exclusive end of the inputs
+        w_start = np.maximum(np.repeat(start, n_win), w_end - max_len)
+        super().__init__(data, users, w_start, w_end, max_len)
+
+    def __getitem__(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        out = super().__getitem__(idx)
+        idx = np.asarray(idx)
+        out["target_seq"] = torch.from_numpy(gather_windows(self.d.items, self.start[idx] + 1, self.end[idx] + 1, self.max_len))
+        return out
+
+
 def sample_negatives(data: Processed, users: np.ndarray, n_neg: int, seed: int) -> np.ndarray:
     """``n_neg`` items per user that the user never interacted with, seeded (TiMiRec protocol)."""
     N = data.num_items
@@ -260,7 +283,9 @@ class SequentialDataModule(L.LightningDataModule):
         max_len: history length.
         train_sampling: ``all_prefixes`` (every prefix of every training sequence is an example,
             the LOO papers) or ``random_target`` (ComiRec/HPCL4SR: per epoch one random target
-            index >= ``min_target_index`` per training user).
+            index >= ``min_target_index`` per training user) or ``windows`` (causal models
+            trained at every position of max_len windows: SASRec's original objective; the
+            batch gains ``target_seq``; models without that loss ignore it).
         min_target_index: first (0-based) target position a training example may use
             (``random_target``; ComiRec 4, MDMI/HPCL4SR 10).
         eval_negatives: 0 = full ranking over all items; n = n seeded negatives per user.
@@ -323,8 +348,10 @@ class SequentialDataModule(L.LightningDataModule):
             k_core=k_core, min_seq_len=min_seq_len, require_text=require_text, protocol=protocol,
             split_seed=split_seed, category_level=category_level,
         )
-        if train_sampling not in ("all_prefixes", "random_target"):
-            raise ValueError(f"data.train_sampling must be 'all_prefixes' or 'random_target', got {train_sampling!r}")
+        if train_sampling not in ("all_prefixes", "random_target", "windows"):
+            raise ValueError(
+                f"data.train_sampling must be 'all_prefixes', 'random_target' or 'windows', got {train_sampling!r}"
+            )
         if min_target_index < 1:
             raise ValueError(f"data.min_target_index must be >= 1, got {min_target_index}")
         self.train_sampling, self.min_target_index = train_sampling, min_target_index
@@ -455,6 +482,9 @@ class SequentialDataModule(L.LightningDataModule):
             users = np.flatnonzero(end > start)
             self.train_set = RandomTargetExamples(self.data, users, start[users], end[users], self.max_len,
                                                   self.min_target_index, self.seed)
+        elif self.train_sampling == "windows":
+            start, end = self._train_spans()
+            self.train_set = WindowExamples(self.data, start, end, self.max_len)
         else:
             self.train_set = SequenceExamples(self.data, b["train"]["user"], b["train"]["start"], b["train"]["end"], self.max_len)
         self.eval_sets = {}

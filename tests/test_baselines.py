@@ -81,3 +81,18 @@ def test_pop_ranks_by_training_popularity():
     assert scores[0, 1:].argsort(descending=True).tolist() == [1, 4, 0, 2, 3]  # items 2, 5, 1, 3, 4
     with pytest.raises(ValueError, match="popularity"):
         Pop(num_items=5).attach_side_info({})
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_every_position_loss_with_windows(name):
+    """With target_seq (train_sampling=windows) the loss covers every real position."""
+    torch.manual_seed(0)
+    batch = make_batch(num_items=N)
+    target_seq = torch.randint(1, N + 1, batch["item_seq"].shape).masked_fill(batch["item_seq"] == 0, 0)
+    windows = dict(batch, target_seq=target_seq)
+    model = BUILDERS[name]()
+    assert_one_step_lowers_loss(model, windows)
+    model.eval()
+    a = model.training_loss(windows)["rec"]
+    b = model.training_loss(batch)["rec"]
+    assert torch.isfinite(a) and not torch.allclose(a, b)

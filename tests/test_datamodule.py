@@ -445,3 +445,26 @@ def test_random_target_sampler_comirec_protocol(ml_folder, tmp_path):
     with pytest.raises(ValueError, match="train_sampling"):
         SequentialDataModule(format="movielens", paths={"path": str(ml_folder)}, cache_dir=str(tmp_path / "c"),
                              train_sampling="sometimes")
+
+
+def test_window_sampling_supervises_every_training_target_once(ml_folder, tmp_path):
+    """train_sampling=windows: max_len windows whose target_seq is the next item at every position;
+    together they cover each training target (LOO: positions 1..n-3) exactly once."""
+    from datamodules.base import SequentialDataModule
+
+    dm = SequentialDataModule(format="movielens", paths={"path": str(ml_folder)}, cache_dir=str(tmp_path / "c"),
+                              max_len=4, train_sampling="windows")
+    dm.setup("fit")
+    d, ds = dm.data, dm.train_set
+    b = ds[np.arange(len(ds))]
+    seq, tgt = b["item_seq"].numpy(), b["target_seq"].numpy()
+    assert ((seq > 0) == (tgt > 0)).all()  # inputs and targets aligned, same padding
+    for u in range(d.num_users):
+        full = d.items[d.user_ptr[u] : d.user_ptr[u + 1]]
+        rows = b["user"].numpy() == u
+        got = sorted(t for row in tgt[rows] for t in row if t)
+        assert got == sorted(full[1 : len(full) - 2].tolist())  # every training target once
+        for s_row, t_row in zip(seq[rows], tgt[rows]):  # each target is the item after its input
+            real = s_row > 0
+            pos = [int(np.flatnonzero(full == x)[0]) for x in s_row[real]]
+            assert full[np.array(pos) + 1].tolist() == t_row[real].tolist()

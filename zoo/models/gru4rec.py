@@ -38,6 +38,14 @@ class GRU4Rec(SequentialRecommender):
         return dot_scores(user_repr, self.item_emb.weight)  # [B, N+1]
 
     def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        logits = self.score_all(self.user_representation(batch))
+        if "target_seq" in batch:  # windows: the next item at every real position
+            seq = batch["item_seq"]
+            out, _ = self.gru(self.emb_dropout(self.item_emb(seq)), seq > 0)  # [B, L, d_hidden]
+            real = batch["target_seq"] > 0
+            logits = self.score_all(self.dense(out[real]))  # [M, N+1]
+            target = batch["target_seq"][real]
+        else:
+            logits = self.score_all(self.user_representation(batch))  # [B, N+1]
+            target = batch["target"]
         logits[:, 0] = float("-inf")
-        return {"rec": F.cross_entropy(logits, batch["target"])}
+        return {"rec": F.cross_entropy(logits, target)}

@@ -1,9 +1,11 @@
 """SASRec (Kang & McAuley, ICDM 2018): self-attentive sequential recommendation.
 
 The baseline every paper of the zoo compares against.  As in those papers' tables (and
-RecBole), it is trained with cross-entropy over ALL items at the last position of each
-training prefix (``loss="ce"``); the original paper's binary cross-entropy with one sampled
-negative per step is ``loss="bce"``.
+RecBole), it is trained with cross-entropy over ALL items (``loss="ce"``); the original
+paper's binary cross-entropy with one sampled negative is ``loss="bce"``.  With the
+datamodule's ``train_sampling: all_prefixes`` the loss is at the last position of every
+training prefix (RecBole); with ``train_sampling: windows`` it is at every position of each
+window (the original SASRec), which supervises up to ``max_len`` targets per forward pass.
 
     E = LayerNorm(ItemEmb(s) + PosEmb) -> dropout            # [B, L, d]
     H = CausalTransformer(E)                                  # [B, L, d]
@@ -73,8 +75,13 @@ class SASRec(SequentialRecommender):
         return torch.einsum("bd,bcd->bc", user_repr, self.item_emb(candidates))  # [B, C]
 
     def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        u = self.user_representation(batch)  # [B, d]
-        target = batch["target"]
+        if "target_seq" in batch:  # windows: the next item at every real position (original SASRec)
+            h = self.encode(batch["item_seq"])  # [B, L, d]
+            real = batch["target_seq"] > 0  # [B, L]
+            u, target = h[real], batch["target_seq"][real]  # [M, d], [M]
+        else:
+            u = self.user_representation(batch)  # [B, d]
+            target = batch["target"]
         if self.loss_type == "ce":
             logits = self.score_all(u)  # [B, N+1]
             logits[:, 0] = float("-inf")
