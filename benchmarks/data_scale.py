@@ -382,7 +382,8 @@ def bench_office(args: argparse.Namespace, workdir: Path) -> list[str]:
         f"| parse (`read_raw`: ratings CSV + meta JSON + item text) | {parse['seconds']:.1f} s | |",
         f"| processing (`process`: require_text, 5-core, sort, remap, split) | "
         f"{proc['seconds']:.1f} s | |",
-        f"| peak RSS of the subprocess (max `VmHWM` = `ru_maxrss` without the per-phase resets; incl. imports) | "
+        "| peak RSS of the subprocess (max `VmHWM` = `ru_maxrss` without the per-phase "
+        "resets; incl. imports) | "
         f"**{_gib(res['maxrss_kib']):.2f} GiB** | |",
         f"| target: about a minute on 2 cores | {'met' if ok == 'yes' else 'NOT met'} | |",
         f"| result | {st['num_users']:,} users, {st['num_items']:,} items, "
@@ -484,8 +485,8 @@ def bench_mix(args: argparse.Namespace, workdir: Path) -> list[str]:
         lines += [
             f"**Extrapolated, not measured at 14M**: the run used {total:,} generator lines "
             f"({100 / factor:.1f}% of D_p, `--mix-total`); the peak is dominated by the largest "
-            "domain (Home, 46% of D_p) being parsed and processed while the earlier domains' arrays are held, "
-            "all of which grow linearly in the number of lines.",
+            "domain (Home, 46% of D_p) being parsed and processed while the earlier domains' "
+            "arrays are held, all of which grow linearly in the number of lines.",
             "",
         ]
     lines += ["Phases:", "", *_phase_table(_ordered(rows)), ""]
