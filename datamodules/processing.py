@@ -112,24 +112,26 @@ def cache_key(format: str, paths: dict[str, str], format_options: dict[str, Any]
 
 def k_core_filter(inter: pd.DataFrame, k_core: int, min_user: int) -> tuple[pd.DataFrame, list[str]]:
     """Iterative k-core over users (>= min_user) and items (>= k_core); returns the log lines."""
+    user_code, users = pd.factorize(inter["user"])  # [M] int codes, hashed once
+    item_code, items = pd.factorize(inter["item"])
+    keep = np.ones(len(inter), dtype=bool)  # [M]
     log = []
     rounds = 0
     while True:
         rounds += 1
-        n0 = len(inter)
-        ic = inter["item"].map(inter["item"].value_counts())
-        inter = inter[ic >= k_core]
-        n_item_drop = n0 - len(inter)
-        uc = inter["user"].map(inter["user"].value_counts())
-        inter = inter[uc >= min_user]
-        n_user_drop = n0 - n_item_drop - len(inter)
+        n0 = int(keep.sum())
+        keep &= np.bincount(item_code[keep], minlength=len(items))[item_code] >= k_core
+        n1 = int(keep.sum())
+        keep &= np.bincount(user_code[keep], minlength=len(users))[user_code] >= min_user
+        n2 = int(keep.sum())
+        n_item_drop, n_user_drop = n0 - n1, n1 - n2
         if n_item_drop or n_user_drop:
             log.append(f"k-core round {rounds}: -{n_item_drop} interactions (items < {k_core}), -{n_user_drop} (users < {min_user})")
         if not n_item_drop and not n_user_drop:
             break
-        if inter.empty:
+        if n2 == 0:
             break
-    return inter, log
+    return inter[keep], log
 
 
 def process(raw: RawDataset, opts: ProcessingOptions) -> dict[str, Any]:
@@ -170,10 +172,11 @@ def process(raw: RawDataset, opts: ProcessingOptions) -> dict[str, Any]:
         )
 
     # 3-4. remap (sorted original ids) and stable per-user time sort
-    user_ids = np.sort(inter["user"].unique())
-    item_ids = np.sort(inter["item"].unique())
-    inter["uid"] = np.searchsorted(user_ids, inter["user"].to_numpy())
-    inter["iid"] = np.searchsorted(item_ids, inter["item"].to_numpy()) + 1
+    uid_codes, user_ids = pd.factorize(inter["user"], sort=True)
+    iid_codes, item_ids = pd.factorize(inter["item"], sort=True)
+    user_ids, item_ids = np.asarray(user_ids, dtype=object), np.asarray(item_ids, dtype=object)
+    inter["uid"] = uid_codes
+    inter["iid"] = iid_codes + 1
     inter = inter.sort_values(["uid", "timestamp", "_order"], kind="stable")
     uid = inter["uid"].to_numpy(np.int64)
     U, N = len(user_ids), len(item_ids)
@@ -192,9 +195,9 @@ def process(raw: RawDataset, opts: ProcessingOptions) -> dict[str, Any]:
         texts = it["text"].fillna("").astype(str).tolist()
         if "image" in it.columns:
             images = [x if isinstance(x, str) and x else None for x in it["image"].tolist()]
-        cats = it["categories"].apply(lambda c: list(c) if isinstance(c, (list, tuple, np.ndarray)) else [])
-        lens = cats.str.len().to_numpy(np.int64)
-        flat = pd.Series([c for cs in cats for c in cs], dtype=object).astype(str)
+        cats = it["categories"].where(it["categories"].map(lambda c: isinstance(c, (list, tuple, np.ndarray))), None)
+        lens = cats.str.len().fillna(0).to_numpy(np.int64)
+        flat = cats.explode().dropna().astype(object).astype(str).reset_index(drop=True)
         if len(flat):
             codes, uniques = pd.factorize(flat, sort=True)
             cat_vocab = list(uniques)
