@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentError
-from lightning.pytorch.callbacks import BasePredictionWriter, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
@@ -90,6 +91,82 @@ class TopKWriter(BasePredictionWriter):
         print(f"[zoo] wrote top-{len(predictions[0]['items'][0]) if predictions else 0} predictions to {self.run_dir}")
 
 
+class EpochSeed(Callback):
+    """Make ``--ckpt_path`` resume draw the same random numbers as an uninterrupted run.
+
+    Lightning restores weights, optimiser and loop counters but not the random streams (dropout,
+    sampled negatives), and when the DataLoader iterator takes its seed from the global generator
+    differs between a fresh and a continuing process.  So the torch/numpy/python generators are
+    seeded at the first batch of every training epoch from ``(seed_everything, epoch, rank)``:
+    each epoch's randomness is a function of the run seed and the epoch alone, and a run resumed
+    from an epoch-end checkpoint is exact.  A mid-epoch checkpoint also stores each rank's
+    generator states, put back at the first batch after resuming.
+    """
+
+    KEY = "zoo_rng_states"
+
+    @staticmethod
+    def _states() -> dict[str, Any]:
+        import random
+
+        import numpy as np
+        import torch
+
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()  # plain types: checkpoints load weights_only
+        return {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                                                          int(has_gauss), float(gauss)],
+                "python": random.getstate(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    @staticmethod
+    def _restore(st: dict[str, Any]) -> None:
+        import random
+
+        import numpy as np
+        import torch
+
+        torch.set_rng_state(st["torch"])
+        kind, keys, pos, has_gauss, gauss = st["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        random.setstate(st["python"])
+        if st["cuda"] and torch.cuda.is_available() and len(st["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(st["cuda"])
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if trainer.fit_loop.epoch_loop._num_ready_batches_reached():
+            return  # epoch end: the next epoch is seeded from (seed, epoch, rank)
+        per_rank = [self._states()]
+        if trainer.world_size > 1:
+            import torch.distributed as dist
+
+            per_rank = [None] * trainer.world_size
+            dist.all_gather_object(per_rank, self._states())
+        checkpoint[self.KEY] = per_rank
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(self.KEY)
+        if saved and len(saved) == trainer.world_size:
+            self._pending = saved[trainer.global_rank]
+
+    def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
+        if self._pending is not None:
+            self._restore(self._pending)
+            self._pending = None
+        elif batch_idx == 0:
+            import random
+
+            import numpy as np
+            import torch
+
+            base = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+            seed = int(np.random.SeedSequence([base, trainer.current_epoch, trainer.global_rank]).generate_state(1)[0])
+            torch.manual_seed(seed)  # CPU and every CUDA device
+            np.random.seed(seed)
+            random.seed(seed)
+
+
 class ZooCLI(LightningCLI):
     """LightningCLI with the zoo's links, default callbacks, run directory and test-after-fit."""
 
@@ -129,7 +206,11 @@ class ZooCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             super()._run_subcommand(subcommand)
+        except (pickle.UnpicklingError, EOFError) as e:  # --ckpt_path last/best resolved to an unreadable file
+            raise CheckpointError(f"--ckpt_path '{self._cfg().get('ckpt_path')}': not a readable checkpoint ({e})") from e
         except RuntimeError as e:
+            if "PytorchStreamReader" in str(e):
+                raise CheckpointError(f"--ckpt_path '{self._cfg().get('ckpt_path')}': not a readable checkpoint ({e})") from e
             if "Error(s) in loading state_dict" not in str(e):
                 raise
             raise CheckpointError(
@@ -153,13 +234,16 @@ class ZooCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any):
         cfg = self._cfg()
         run_dir = self.run_dir()
-        callbacks = list(kwargs.pop("callbacks", []) or [])
+        # the recipe's / command line's trainer.callbacks come first (passing callbacks= here would replace them)
+        configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        callbacks = [*(configured if isinstance(configured, list) else [configured]), *(kwargs.pop("callbacks", None) or [])]
         monitor, mode = cfg.get("monitor"), cfg.get("monitor_mode", "max")
         if self.subcommand == "fit":
             callbacks.append(
                 ModelCheckpoint(dirpath=run_dir, filename="best", monitor=monitor, mode=mode, save_last=True,
                                 enable_version_counter=False, auto_insert_metric_name=False)
             )
+            callbacks.append(EpochSeed())
             if cfg.get("patience", 0) > 0:
                 callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg["patience"]))
         if self.subcommand == "predict":
