@@ -1,0 +1,106 @@
+"""Resume after a real SIGKILL: `zoo fit --ckpt_path last` ends where an uninterrupted run ends.
+
+What is exact, and why:
+
+* Resuming from the run's ``last.ckpt`` (written at every epoch end) after the process was killed
+  in the middle of the next epoch gives the same final weights and the same test metrics, bit
+  for bit: weights, optimiser and loop counters come from the checkpoint, the training order is
+  ``seed + epoch`` (``EpochBatchSampler``), and the CLI's ``EpochSeed`` callback re-seeds dropout
+  and sampling at each epoch's first batch from ``(seed_everything, epoch, rank)`` (Lightning does
+  not checkpoint the random generators).
+* Resuming from a MID-epoch checkpoint is not exact today: the DataLoader is not stateful, so
+  Lightning restarts the epoch's batch iterator from its first batch and runs only the remaining
+  number of steps (the epoch's first batches are seen twice, its last ones never).  The strict
+  xfail below turns red once ``datamodules/base.py``'s loader gains ``state_dict`` /
+  ``load_state_dict`` (batches consumed in the epoch), which is all it takes: the RNG states of
+  mid-epoch checkpoints are already saved and restored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_cli import ROOT, ZOO, tiny_data_args, zoo
+
+EVERY = 3  # a step checkpoint every EVERY optimiser steps (steps/<step>.ckpt)
+
+
+def fit_args(ml: Path, cache: Path, run: Path) -> list[str]:
+    return ["fit", "--config", "recipes/sasrec.yaml", *tiny_data_args(ml, cache),
+            "--data.init_args.batch_size", "4",  # ~20 small steps an epoch: room to land a kill mid-epoch
+            "--model.init_args.d", "16", "--model.init_args.max_len", "10",  # dropout stays at the recipe's 0.2
+            "--trainer.max_epochs", "3", "--patience", "0", "--run_dir", str(run),
+            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+            f"--trainer.callbacks.dirpath={run / 'steps'}", f"--trainer.callbacks.every_n_train_steps={EVERY}",
+            "--trainer.callbacks.save_top_k=-1", "--trainer.callbacks.filename={step}",
+            "--trainer.callbacks.auto_insert_metric_name=false"]
+
+
+def mid_step(steps_per_epoch: int) -> int:
+    """A step checkpoint a few steps into epoch 1 (a multiple of EVERY)."""
+    return (steps_per_epoch // EVERY + 2) * EVERY
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    sa, sb = load(a)["state_dict"], load(b)["state_dict"]
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ml_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("resume")
+    run = out / "straight"
+    r = zoo(*fit_args(ml_folder, out / "cache", run))
+    assert r.returncode == 0, r.stderr[-3000:]
+    steps_per_epoch = load(run / "last.ckpt")["global_step"] // 3
+    assert steps_per_epoch < mid_step(steps_per_epoch) < 2 * steps_per_epoch - EVERY, steps_per_epoch
+    return out, run, steps_per_epoch
+
+
+def test_sigkill_mid_epoch_then_resume_last_is_exact(uninterrupted, ml_folder):
+    out, straight, spe = uninterrupted
+    run = out / "killed"
+    args = fit_args(ml_folder, out / "cache", run)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([ZOO, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    mid = run / "steps" / f"{mid_step(spe)}.ckpt"  # written a few steps into epoch 1
+    deadline = time.monotonic() + 300
+    while not mid.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert mid.exists()
+    assert not (run / "test_metrics.json").exists()
+    # killed mid-epoch: steps past the epoch-end last.ckpt were done and are lost
+    assert load(run / "last.ckpt")["global_step"] == spe < load(mid)["global_step"]
+
+    r = zoo(*args, "--ckpt_path", "last")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"Restoring states from the checkpoint path at {run / 'last.ckpt'}" in r.stdout + r.stderr
+    a = json.loads((straight / "test_metrics.json").read_text())
+    b = json.loads((run / "test_metrics.json").read_text())
+    assert a["test"] == b["test"] and a["best_val"] == b["best_val"] and a["epochs"] == b["epochs"] == 3
+    assert load(straight / "last.ckpt")["global_step"] == load(run / "last.ckpt")["global_step"] == 3 * spe
+    assert same_weights(straight / "last.ckpt", run / "last.ckpt")
+
+
+@pytest.mark.xfail(strict=True, reason="the train DataLoader is not stateful: a mid-epoch resume replays the "
+                                       "epoch's first batches (needs state_dict/load_state_dict in datamodules/base.py)")
+def test_resume_from_mid_epoch_checkpoint_is_exact(uninterrupted, ml_folder):
+    out, straight, spe = uninterrupted
+    run = out / "from_mid"
+    r = zoo(*fit_args(ml_folder, out / "cache", run), "--ckpt_path", str(straight / "steps" / f"{mid_step(spe)}.ckpt"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert load(run / "last.ckpt")["global_step"] == 3 * spe  # the step count is right either way
+    assert same_weights(straight / "last.ckpt", run / "last.ckpt")
