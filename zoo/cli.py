@@ -26,6 +26,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from datamodules.base import SequentialDataModule
 from zoo.models.base import SequentialRecommender
@@ -208,7 +209,14 @@ class ZooCLI(LightningCLI):
             super()._run_subcommand(subcommand)
         except (pickle.UnpicklingError, EOFError) as e:  # --ckpt_path last/best resolved to an unreadable file
             raise CheckpointError(f"--ckpt_path '{self._cfg().get('ckpt_path')}': not a readable checkpoint ({e})") from e
-        except RuntimeError as e:
+        except (RuntimeError, MisconfigurationException) as e:
+            if "conditioned on metric" in str(e) or "could not find the monitored key" in str(e):
+                monitor = self._cfg().get("monitor")
+                logged = ", ".join(sorted(k for k in self.trainer.callback_metrics if k.startswith("val/")))
+                raise ValueError(f"monitor: '{monitor}' is not a metric this model logs (validation metrics: {logged}); "
+                                 "set --monitor to one of them (model.init_args.topk sets the cut-offs)") from e
+            if isinstance(e, MisconfigurationException):
+                raise
             if "PytorchStreamReader" in str(e):
                 raise CheckpointError(f"--ckpt_path '{self._cfg().get('ckpt_path')}': not a readable checkpoint ({e})") from e
             if "Error(s) in loading state_dict" not in str(e):
