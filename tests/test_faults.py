@@ -142,6 +142,8 @@ CASES = [
          lambda w: ["'d_model'", "not accepted"]),
     Case("recipe_wrong_type", lambda w: recipe_file(w, "model:\n  init_args:\n    d: sixteen\n"),
          lambda w: ['"d"', "int", "sixteen"]),
+    Case("recipe_monitor_not_logged", lambda w: sasrec(w, "--monitor", "val/recall@500", *SHORT_FIT),
+         lambda w: ["monitor: 'val/recall@500' is not a metric this model logs", "val/recall@50"]),
     Case("data_path_missing", lambda w: sasrec(w, data=w.scratch / "nowhere"),
          lambda w: [str(w.scratch / "nowhere"), "not found"]),
     Case("raw_malformed_line", corrupt_ratings,
