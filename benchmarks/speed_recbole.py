@@ -163,6 +163,7 @@ def recbole_worker(a: argparse.Namespace) -> None:
     rec.update(
         framework="RecBole", recbole_version=__import__("recbole").__version__, torch=torch.__version__,
         threads=torch.get_num_threads(), numpy=np.__version__,
+        # inter_num counts the augmented rows (one per interaction but each user's first)
         n_users=int(dataset.user_num - 1), n_items=int(dataset.item_num - 1), n_inter=int(dataset.inter_num),
         n_train=len(train_data._dataset), n_valid=len(valid_data._dataset), n_test=len(tds),
         data_s=data_s, fit_s=fit_s, best_valid=float(best_valid),
@@ -236,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workdir", default="/tmp/zoo-speed-recbole")
     ap.add_argument("--recbole-python", default=str(REPO / ".venv-recbole/bin/python"))
     ap.add_argument("--out", default=None, help="markdown results file (section 'recbole' is replaced)")
+    ap.add_argument("--render-only", action="store_true", help="re-render <workdir>/result.json, run nothing")
     # RecBole worker mode (runs in RecBole's venv)
     ap.add_argument("--recbole-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--data-path", help=argparse.SUPPRESS)
@@ -249,6 +251,13 @@ def main(argv: list[str] | None = None) -> None:
     import shutil
 
     workdir = Path(a.workdir)
+    if a.render_only:
+        result = json.loads((workdir / "result.json").read_text())
+        md = render(result, a, result.get("command", "?"))
+        print(md)
+        if a.out:
+            update_results_md(Path(a.out), "recbole", md)
+        return
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     if not Path(a.recbole_python).is_file():
@@ -297,16 +306,17 @@ def main(argv: list[str] | None = None) -> None:
     same_users = set(rb["test_split"]) == set(split["test_split"])
     diff_targets = sum(rb["test_split"].get(u) != t for u, t in split["test_split"].items())
     split_ok = (same_users and diff_targets == 0 and rb["n_users"] == split["n_users"]
-                and rb["n_items"] == split["n_items"] and rb["n_inter"] == split["n_inter"]
+                and rb["n_items"] == split["n_items"] and rb["n_inter"] == split["n_inter"] - split["n_users"]
                 and rb["n_train"] == split["n_train"])
 
     result = dict(info=info, split={k: v for k, v in split.items() if k != "test_split"}, split_ok=split_ok,
                   diff_targets=diff_targets, n_compared=len(split["test_split"]), recbole=rb | {"test_split": None}, recbole_run=rb_run,
                   zoo_timer=zt, zoo_run=zoo_run, zoo_metrics=zoo_metrics["test"], zoo_test_runs=zoo_test_runs,
                   loadavg=dict(recbole_start=load_rb, zoo_start=load_zoo, end=load_end), epochs=a.epochs)
+    result["command"] = " ".join(shlex.quote(x) for x in [".venv/bin/python", "benchmarks/speed_recbole.py"]
+                                 + (argv if argv is not None else sys.argv[1:]))
     dump_json(workdir / "result.json", result)
-    md = render(result, a, " ".join(shlex.quote(x) for x in [".venv/bin/python", "benchmarks/speed_recbole.py"]
-                                    + (argv if argv is not None else sys.argv[1:])))
+    md = render(result, a, result["command"])
     print(md)
     if a.out:
         update_results_md(Path(a.out), "recbole", md)
@@ -350,7 +360,8 @@ def render(r: dict[str, Any], a: argparse.Namespace, command: str) -> str:
         f"{r['split']['n_items']:,} items, {r['split']['n_inter']:,} interactions"
         + ("" if r["split"]["full"] else ", **subset for a smoke test**")
         + f") exported by `export_atomic` to `{NAME}.inter` in {r['split']['export_s']:.2f} s",
-        f"- split check: RecBole kept {rb['n_users']} users, {rb['n_items']:,} items, {rb['n_inter']:,} interactions, "
+        f"- split check: RecBole kept {rb['n_users']} users, {rb['n_items']:,} items, {rb['n_inter']:,} prefix rows "
+        f"(= interactions − users: every interaction but each user's first is a target), "
         f"{rb['n_train']:,} training prefixes (zoo: {r['split']['n_train']:,}); test targets differing from the "
         f"zoo's: {r['diff_targets']} of {r['n_compared']} → "
         + ("**identical split**" if r["split_ok"] else "**SPLITS DIFFER**"),
@@ -366,7 +377,8 @@ def render(r: dict[str, Any], a: argparse.Namespace, command: str) -> str:
         if kind == "s":
             lines.append(f"| {label} | {x:.3f} | {y:.3f} | **{y / x:.2f}** |")
         elif kind == "b":
-            lines.append(f"| {label} | {fmt_bytes(x)} | {fmt_bytes(y)} | **{y / x:.2f}** |")
+            ratio = f"**{y / x:.2f}**" if x > 0 else "—"
+            lines.append(f"| {label} | {fmt_bytes(x)} | {fmt_bytes(y)} | {ratio} |")
         else:
             lines.append(f"| {label} | {x} | {y} | {y / x:.2f} |")
     if zoo_test_proc:

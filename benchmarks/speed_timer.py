@@ -70,11 +70,19 @@ class PhaseTimer(Callback):
     # ---------------------------------------------------------------- test
     def on_test_start(self, trainer, pl_module) -> None:
         self._rss0 = rss_bytes()
+        self._test_batches: list[float] = []
         reset_peak()
         self._t_test = time.perf_counter()
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._t_batch = time.perf_counter()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._test_batches.append(time.perf_counter() - self._t_batch)
 
     def on_test_end(self, trainer, pl_module) -> None:
         seconds = time.perf_counter() - self._t_test
         self.rec["test"].append({"seconds": seconds, "rss_before_bytes": self._rss0,
-                                 "peak_rss_bytes": peak_bytes(), "batches": int(sum(trainer.num_test_batches))})
+                                 "peak_rss_bytes": peak_bytes(), "batches": int(sum(trainer.num_test_batches)),
+                                 "batch_s": self._test_batches})
         self._save()
