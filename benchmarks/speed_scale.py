@@ -19,7 +19,8 @@ Per model, in fresh processes:
 * evaluation (an evaluation-only process, untrained weights: the cost does not depend on them):
   ``Trainer.test`` = full ranking of all 25,942 items for every test user
   (87,665), wall time and the test loop's own peak RSS increase (``VmHWM`` reset at its start,
-  minus the resident size before it), next to the bare ``[users*K x d] @ [d x items]`` product;
+  minus the resident size before it), next to the bare ``[users*K x d] @ [d x items]`` product
+  (done per evaluation batch into one reused buffer: all at once it would not fit in memory);
 * the same evaluation for the first ``--small-users`` users only (same model, same items): the
   test loop's peak RSS increase must not grow with the number of users (scores are
   ``[batch, items]`` per batch, metrics are running sums).
@@ -101,10 +102,17 @@ def worker(spec: dict[str, Any]) -> None:
         rep = model.user_representation(batch)
     t = rep[0] if isinstance(rep, tuple) else rep
     K, d = (int(t.shape[1]) if t.dim() == 3 else 1), int(t.shape[-1])
-    A, B = torch.randn(n_users * K, d), torch.randn(d, model.num_items + 1)
-    A @ B
+    # the bare product per evaluation batch into one reused output buffer: [users*K, N+1] at once
+    # would not fit in memory at this scale (87k x 4 x 26k floats = 36 GB)
+    bs = dm.eval_batch_size
+    B = torch.randn(d, model.num_items + 1)
+    A = torch.randn(bs * K, d)
+    buf = torch.empty(bs * K, model.num_items + 1)
+    torch.mm(A, B, out=buf)
     t0 = time.perf_counter()
-    A @ B
+    for s0 in range(0, n_users, bs):
+        rows = min(bs, n_users - s0) * K
+        torch.mm(A[:rows], B, out=buf[:rows])
     bare = time.perf_counter() - t0
     out.update(test_s=rec["seconds"], test_rss_before=rec["rss_before_bytes"], test_peak=rec["peak_rss_bytes"],
                eval_users=n_users, eval_batch=dm.eval_batch_size, K=K, d=d, bare_s=bare,
@@ -134,9 +142,10 @@ def main(argv: list[str] | None = None) -> None:
     gen_s = time.perf_counter() - t0
     results = []
     for name in a.models:
-        for users, steps in ((None, a.train_steps), (a.eval_users, 0), (a.small_users, 0)):
-            if users is None and not steps:
-                continue
+        # (users to evaluate, training steps): a training-only process, then evaluation-only processes
+        # at the full (0 = every user) and the small user count
+        runs = ([(0, a.train_steps)] if a.train_steps else []) + [(a.eval_users or 0, 0), (a.small_users, 0)]
+        for users, steps in runs:
             js = work / f"scale_{name}_{'train' if steps else users or 'all'}.json"
             spec = dict(model=name, inter=str(inter), cache=str(work / "cache"), eval_users=users,
                         train_steps=steps, json=str(js))
