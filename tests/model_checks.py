@@ -79,3 +79,21 @@ def assert_switch_changes(make_model, batch, switch: dict, what: str = "loss") -
             a = base.score_all(base.user_representation(batch))
             b = ablated.score_all(ablated.user_representation(batch))
     assert not torch.allclose(a, b), f"switch {switch} did not change the {what}"
+
+
+def assert_finite_with_heavy_padding_and_equal_times(model, L: int, num_items: int) -> None:
+    """12 of 16 users have a single item (heavy left padding) and every timestamp is equal:
+    the loss, every gradient and the scores stay finite (no NaN from pads or zero gaps)."""
+    from conftest import make_batch
+
+    model.train()
+    batch = make_batch(B=16, L=L, num_items=num_items, min_len=1)
+    batch["item_seq"][:12, :-1] = 0
+    batch["seq_len"][:12] = 1
+    batch["time_seq"] = torch.where(batch["item_seq"] > 0, 1_600_000_000, 0)  # all equal
+    batch["target_time"] = torch.full_like(batch["target"], 1_600_000_000)
+    total_loss(model, batch).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    with torch.no_grad():
+        assert torch.isfinite(model.score_all(model.user_representation(batch))[:, 1:]).all()

@@ -9,6 +9,7 @@ import torch
 import yaml
 from conftest import make_batch
 from model_checks import (
+    assert_finite_with_heavy_padding_and_equal_times,
     assert_checkpoint_round_trip,
     assert_one_step_lowers_loss,
     assert_scores_shape,
@@ -141,18 +142,7 @@ def test_loss_terms(stage):
 
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
 def test_finite_with_heavy_left_padding_and_equal_timestamps(stage):
-    model = make_model(stage=stage).train()
-    batch = make_batch(B=16, L=L, num_items=N_ITEMS, min_len=1)
-    batch["item_seq"][:12, :-1] = 0  # 12 of 16 users have a single item
-    batch["seq_len"][:12] = 1
-    batch["time_seq"] = torch.where(batch["item_seq"] > 0, 1_600_000_000, 0)
-    batch["target_time"] = torch.full_like(batch["target"], 1_600_000_000)
-    loss = total_loss(model, batch)
-    loss.backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    model.eval()
-    with torch.no_grad():
-        assert torch.isfinite(model.score_all(model.user_representation(batch))[:, 1:]).all()
+    assert_finite_with_heavy_padding_and_equal_times(make_model(stage=stage), L, N_ITEMS)
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
