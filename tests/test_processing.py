@@ -5,6 +5,25 @@ iterative k-core (with a second round forced by item removal), ``require_text``,
 ``min_seq_len``, empty-result errors, the stable per-user time sort, id remapping in sorted order
 of the publisher's (string) ids, timestamp and category alignment, the user_split groups, and the
 atomic cache (a crash mid-write leaves nothing that loads and no temporary directory).
+
+Targets for REAL data (the papers' dataset statistics after their processing; no such raw file can
+be had on this machine, so they are checked by users with `zoo data prepare` on the publishers'
+files; the fixtures here test the same code exactly):
+
+* MIRACLE/HORAE (Amazon 2018, require_text + 5-core, LOO; MIRACLE Table 1, HORAE Table 6):
+  Scientific 8,442 users / 4,385 items / 59,427 interactions; Pantry 13,101 / 4,898 / 126,962;
+  Instruments 24,962 / 9,964 / 208,926; Arts 45,486 / 21,019 / 395,150; Office 87,436 / 25,986 /
+  684,837; Online Retail (user = InvoiceNo) 16,520 / 3,469 / 519,906; pre-training mix Food +
+  CDs + Kindle + Movies + Home: 1,361,408 / 446,975 / 14,029,229.
+* HM4SR (Amazon 2014 5-core, Table 2): Toys 19,412 / 11,924 / 167,597; Games 24,303 / 10,672 /
+  231,780; Beauty 22,363 / 12,101 / 198,502; Home 66,520 / 28,238 / 551,682 (the paper's counts
+  may include RecBole's pad row: +1 user and item).
+* TiMiRec (Table 1): Beauty 22,363 / 12,101 / 198,502; MovieLens-1M 6,040 / 3,706 / 1,000,209.
+* HPCL4SR (Table 1, >= 12 interactions): Amazon-Clothing 129,827 users / 293,446 items / 499
+  categories / 3,046,500 interactions; Tmall-Buy 356,795 / 311,746 / 1,442 / 35,012,248; Tafeng
+  17,590 / 10,176 / 1,297 / 674,685.
+* The embedded default is checked for real in tests/test_datamodule.py: MovieLens latest-small
+  5-core = 671 users / 3,496 items / 90,072 interactions.
 """
 
 from __future__ import annotations
