@@ -34,9 +34,12 @@ def main(root: str) -> str:
         cfg = m.get("config", {})
         kind = protocol(cfg)
         model = cfg.get("model", {}).get("class_path", "?").rsplit(".", 1)[-1]
+        data = cfg.get("data", {}).get("init_args", {})
+        domains = data.get("pretrain_domains") or [data]
+        dataset = "+".join(str(d.get("format", "?")) for d in domains)
         vals = [m["test"].get(f"test/{k}") for k in TABLES[kind][1]]
         cells = " | ".join("—" if v is None else f"{v:.4f}" for v in vals)
-        rows[kind].append(f"| {p.parent.name} | {model} | {cells} | {m.get('epochs', '?')} |")
+        rows[kind].append(f"| {p.parent.name} | {model} | {dataset} | {cells} | {m.get('epochs', '?')} |")
     lines = [
         "# Embedded default: every model on real MovieLens data",
         "",
@@ -52,8 +55,8 @@ def main(root: str) -> str:
     for kind, (title, keys) in TABLES.items():
         if not rows[kind]:
             continue
-        lines += [f"## {title}", "", "| run | model | " + " | ".join(keys) + " | epochs |",
-                  "|---|---|" + "---|" * len(keys) + "---|", *rows[kind], ""]
+        lines += [f"## {title}", "", "| run | model | test data | " + " | ".join(keys) + " | epochs |",
+                  "|---|---|---|" + "---|" * len(keys) + "---|", *rows[kind], ""]
     text = "\n".join(lines)
     out = Path(__file__).resolve().parent / "results" / "embedded_default.md"
     out.parent.mkdir(parents=True, exist_ok=True)
