@@ -43,11 +43,25 @@ Interests = tuple[Tensor, Tensor | None]  # (V [B, K, d], active-interest mask [
 
 
 class MultiInterestRecommender(SequentialRecommender):
-    """Shared part of the K-interest models: a subclass sets ``self.item_emb`` and
-    ``self.rec_loss`` (a :class:`NextItemLoss`) and implements :meth:`interests`."""
+    """Shared part of the K-interest models: it owns the next-item objective ``self.rec_loss``
+    (a :class:`NextItemLoss`); a subclass sets ``self.item_emb`` and implements :meth:`interests`."""
 
     item_emb: nn.Embedding
     rec_loss: NextItemLoss
+
+    def __init__(
+        self,
+        loss: str = "sampled_softmax",
+        n_neg: int = 1280,
+        neg_sampler: str = "uniform",
+        logq_correction: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """loss / n_neg / neg_sampler / logq_correction: the next-item objective
+        (:class:`NextItemLoss`: sampled softmax with shared negatives, full softmax or BPR);
+        **kwargs: :class:`SequentialRecommender` options."""
+        super().__init__(**kwargs)
+        self.rec_loss = NextItemLoss(self.num_items, loss, n_neg, neg_sampler, logq_correction)
 
     def interests(self, batch: dict[str, Tensor]) -> Interests:
         raise NotImplementedError
@@ -121,10 +135,6 @@ class ComiRec(MultiInterestRecommender):
         pool: str = "raw",
         routing_iters: int = 3,
         routing_softmax: str = "interest",
-        loss: str = "sampled_softmax",
-        n_neg: int = 1280,
-        neg_sampler: str = "uniform",
-        logq_correction: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -143,7 +153,6 @@ class ComiRec(MultiInterestRecommender):
             self.extractor = CapsuleInterestExtractor(
                 d, K, max_len, bilinear="per_position", iters=routing_iters, softmax_over=routing_softmax
             )
-        self.rec_loss = NextItemLoss(self.num_items, loss, n_neg, neg_sampler, logq_correction)
         init_weights(self.item_emb)
         self.extractor.apply(init_weights)  # Linear/Embedding N(0, 0.02); the capsule map keeps N(0, 1)
 

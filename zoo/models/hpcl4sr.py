@@ -61,7 +61,6 @@ from zoo.modules.category_graph import CategoryGraphEncoder, build_propagation
 from zoo.modules.embeddings import LearnedPositions
 from zoo.modules.losses import info_nce
 from zoo.modules.multi_interest import CapsuleInterestExtractor, SelfAttentivePooling, oldest_first
-from zoo.modules.sampled_softmax import NextItemLoss
 from zoo.modules.transformer import NEG_INF
 
 FUSIONS = ("mlp", "add", "mul", "none")
@@ -102,10 +101,6 @@ class HPCL4SR(MultiInterestRecommender):
         cr_tau: float = 0.1,
         lambda_class: float = 0.1,
         lambda_cl: float = 1.0,
-        loss: str = "sampled_softmax",
-        n_neg: int = 1280,
-        neg_sampler: str = "uniform",
-        logq_correction: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -150,7 +145,6 @@ class HPCL4SR(MultiInterestRecommender):
                 self.high_pool = SelfAttentivePooling(d, 4 * d, K)
             self.fuse = nn.Linear(2 * d, d) if fusion == "mlp" else None
         self.register_buffer("item_category", None, persistent=False)  # [N+1]
-        self.rec_loss = NextItemLoss(self.num_items, loss, n_neg, neg_sampler, logq_correction)
 
     # ------------------------------------------------------------------ side info
     def attach_side_info(self, info: dict[str, Tensor]) -> None:

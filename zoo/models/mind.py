@@ -30,7 +30,6 @@ from torch import Tensor, nn
 
 from zoo.models.comirec import Interests, MultiInterestRecommender
 from zoo.modules.multi_interest import CapsuleInterestExtractor, dynamic_interest_number
-from zoo.modules.sampled_softmax import NextItemLoss
 from zoo.modules.transformer import init_weights
 
 
@@ -53,10 +52,6 @@ class MIND(MultiInterestRecommender):
         routing_iters: int = 3,
         dynamic_interests: bool = True,
         relu_layer: bool = True,
-        loss: str = "sampled_softmax",
-        n_neg: int = 1280,
-        neg_sampler: str = "uniform",
-        logq_correction: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -65,7 +60,6 @@ class MIND(MultiInterestRecommender):
         self.item_emb = nn.Embedding(self.num_items + 1, d, padding_idx=0)
         self.capsules = CapsuleInterestExtractor(d, K, max_len, bilinear="shared", iters=routing_iters, random_init=True)
         self.proj = nn.Sequential(nn.Linear(d, d), nn.ReLU()) if relu_layer else nn.Identity()
-        self.rec_loss = NextItemLoss(self.num_items, loss, n_neg, neg_sampler, logq_correction)
         self.apply(init_weights)
 
     def interests(self, batch: dict[str, Tensor]) -> Interests:

@@ -53,7 +53,6 @@ from torch import Tensor, nn
 from zoo.models.comirec import MultiInterestRecommender
 from zoo.modules.losses import distillation_kl
 from zoo.modules.multi_interest import SelfAttentiveExtractor, TargetInterestPredictor, interest_cosine
-from zoo.modules.sampled_softmax import NextItemLoss
 from zoo.modules.scoring import best_interest, dot_scores, max_interest_scores
 from zoo.modules.transformer import init_weights
 
@@ -90,12 +89,9 @@ class TiMiRec(MultiInterestRecommender):
         distill: bool = True,
         stop_grad: bool = True,
         loss: str = "bpr",
-        n_neg: int = 1280,
-        neg_sampler: str = "uniform",
-        logq_correction: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(loss=loss, **kwargs)
         self.save_hyperparameters()
         if stage not in ("pretrain", "finetune"):
             raise ValueError(f"stage must be 'pretrain' or 'finetune', got {stage!r}")
@@ -114,7 +110,6 @@ class TiMiRec(MultiInterestRecommender):
             if self.aggregation == "predicted"
             else None
         )
-        self.rec_loss = NextItemLoss(self.num_items, loss, n_neg, neg_sampler, logq_correction)
         self.apply(partial(init_weights, std=0.01))
 
     # ------------------------------------------------------------------ modules
