@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from zoo.models.base import SequentialRecommender
 from zoo.modules.multi_interest import CapsuleInterestExtractor, SelfAttentiveExtractor
 from zoo.modules.sampled_softmax import NextItemLoss
-from zoo.modules.scoring import best_interest, max_interest_scores
+from zoo.modules.scoring import best_interest, interest_max, max_interest_scores
 from zoo.modules.transformer import init_weights
 
 Interests = tuple[Tensor, Tensor | None]  # (V [B, K, d], active-interest mask [B, K] or None)
@@ -80,9 +80,7 @@ class MultiInterestRecommender(SequentialRecommender):
     def score_candidates(self, user_repr: Interests, candidates: Tensor) -> Tensor:
         V, mask = user_repr
         s = torch.einsum("bkd,bcd->bkc", V, self.output_items()[candidates])  # [B, K, C]
-        if mask is not None:
-            s = s.masked_fill(~mask[:, :, None], float("-inf"))
-        return s.amax(1)  # [B, C]
+        return interest_max(s, mask)  # [B, C]
 
     def interests_for_predict(self, user_repr: Interests) -> Tensor:
         return user_repr[0]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.models.base import SequentialRecommender
+from zoo.modules.dropout import Dropout
 from zoo.modules.rnn import GRUEncoder
 from zoo.modules.scoring import dot_scores
 
@@ -24,7 +25,7 @@ class GRU4Rec(SequentialRecommender):
         super().__init__(**kwargs)
         self.save_hyperparameters()
         self.item_emb = nn.Embedding(self.num_items + 1, d, padding_idx=0)
-        self.emb_dropout = nn.Dropout(dropout)
+        self.emb_dropout = Dropout(dropout)
         self.gru = GRUEncoder(d, d_hidden, n_layers)
         self.dense = nn.Linear(d_hidden, d)
         nn.init.xavier_normal_(self.item_emb.weight)

@@ -95,6 +95,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from zoo.models.base import SequentialRecommender
+from zoo.modules.dropout import Dropout
 from zoo.modules.embeddings import LearnedPositions
 from zoo.modules.losses import info_nce
 from zoo.modules.scoring import dot_scores
@@ -394,7 +395,7 @@ class HM4SR(SequentialRecommender):
         self.encoders = nn.ModuleDict(
             {m: TransformerEncoder(d, hp.n_layers, hp.n_heads, hp.d_ff, hp.dropout, causal=True) for m in mods}
         )
-        self.dropout = nn.Dropout(hp.dropout)
+        self.dropout = Dropout(hp.dropout)
         embeddings = TIME_EMBEDDINGS[hp.time_embeddings]
         self.time_embeddings = (
             ExplicitTimeEmbeddings(d, embeddings, self.num_interval_buckets, hp.interval_scale, hp.freq, hp.abs_time_unit)

@@ -49,8 +49,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.models.base import SequentialRecommender
+from zoo.modules.dropout import Dropout
 from zoo.modules.embeddings import LearnedPositions
-from zoo.modules.scoring import max_interest_scores
+from zoo.modules.scoring import interest_max, max_interest_scores
 from zoo.modules.sparse_capsules import (
     CapsuleOutput,
     SparseInterestCapsules,
@@ -162,7 +163,7 @@ class MIRACLE(SequentialRecommender):
         self.item_encoder = TextItemEmbedding(self.num_items, int(text_dim), d, n_experts, adaptor_dropout, self.use_id)
         self.position_embedding = LearnedPositions(max_len, d)  # P, slot index (code)
         self.input_norm = nn.LayerNorm(d, eps=1e-12)
-        self.input_dropout = nn.Dropout(dropout)
+        self.input_dropout = Dropout(dropout)
         self.encoder = TransformerEncoder(d, n_layers, n_heads, d_ff, dropout, causal=False, rope=rope)
         self.capsules = SparseInterestCapsules(
             d,
@@ -247,7 +248,7 @@ class MIRACLE(SequentialRecommender):
     def score_candidates(self, user_repr: tuple[Tensor, Tensor], candidates: Tensor) -> Tensor:
         interests, active = user_repr
         s = torch.einsum("bkd,bnd->bkn", interests, self.candidate_embeddings(candidates))  # [B, C, n]
-        return s.masked_fill(~active[:, :, None], float("-inf")).amax(1)  # [B, n]
+        return interest_max(s, active)  # [B, n]
 
     def interests_for_predict(self, user_repr: tuple[Tensor, Tensor]) -> Tensor:
         interests, active = user_repr

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.models.base import SequentialRecommender
+from zoo.modules.dropout import Dropout
 from zoo.modules.embeddings import LearnedPositions
 from zoo.modules.scoring import dot_scores
 from zoo.modules.transformer import TransformerEncoder, gather_last, init_weights
@@ -56,7 +57,7 @@ class SASRec(SequentialRecommender):
         self.item_emb = nn.Embedding(self.num_items + 1, d, padding_idx=0)
         self.pos_emb = LearnedPositions(max_len, d)
         self.emb_norm = nn.LayerNorm(d, eps=1e-12)
-        self.emb_dropout = nn.Dropout(dropout)
+        self.emb_dropout = Dropout(dropout)
         self.encoder = TransformerEncoder(d, n_layers, n_heads, 4 * d, dropout, causal=True)
         self.apply(init_weights)
 

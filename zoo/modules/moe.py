@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo.modules.dropout import Dropout
+
 
 class NoisySoftmaxGate(nn.Module):
     """Dense softmax gate over G experts with optional training-time noise.
@@ -73,7 +75,7 @@ class PWLayer(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.3) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.bias = nn.Parameter(torch.zeros(in_dim))  # b_2^k in R^{d_b}
         self.lin = nn.Linear(in_dim, out_dim, bias=False)  # W_2^k
         nn.init.normal_(self.lin.weight, 0.0, 0.02)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from zoo.modules.capsules import dynamic_routing
+from zoo.modules.dropout import Dropout
 from zoo.modules.embeddings import LearnedPositions
 from zoo.modules.transformer import NEG_INF, TransformerEncoder
 
@@ -210,7 +211,7 @@ class TargetInterestPredictor(nn.Module):
         if head_layers == 1:
             self.head = nn.Sequential(nn.Linear(d, K))
         else:
-            self.head = nn.Sequential(nn.Linear(d, d), nn.Dropout(head_dropout), nn.ReLU(), nn.Linear(d, K))
+            self.head = nn.Sequential(nn.Linear(d, d), Dropout(head_dropout), nn.ReLU(), nn.Linear(d, K))
 
     def summary(self, item_seq: Tensor) -> Tensor:
         """s_{u,t}: item_seq ``[B, L]`` (left-padded) -> ``[B, d]`` GRU state after the last item."""

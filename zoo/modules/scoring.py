@@ -35,13 +35,37 @@ def max_interest_scores(
         ``[B, N+1]`` scores.
     """
     B, K, _ = interests.shape
-    out = interests.new_empty(B, item_emb.shape[0])
+    chunks = []
     for c0 in range(0, item_emb.shape[0], chunk_size):
         s = torch.einsum("bkd,nd->bkn", interests, item_emb[c0 : c0 + chunk_size])  # [B, K, C]
+        chunks.append(interest_max(s, interest_mask))  # [B, C]
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks, 1)
+
+
+def interest_max(scores: Tensor, interest_mask: Tensor | None = None) -> Tensor:
+    """``max_k scores[:, k, :]`` over the allowed interests: ``[B, K, C] -> [B, C]``.
+
+    Without gradients the mask is applied in place.  With gradients the winning interest is
+    found on a detached masked copy and the raw scores are gathered at it: the backward is one
+    scatter into ``[B, K, C]``, where ``masked_fill`` + ``amax`` cost four more full passes
+    (measured: a HORAE fine-tuning step on CPU went from 0.81 s to 0.45 s with the dropout
+    change of :mod:`zoo.modules.dropout`).  Only allowed interests can win, so the gathered
+    values never come from a masked entry (all masked: ``-inf``, as ``amax`` gives).
+    """
+    if not scores.requires_grad:
         if interest_mask is not None:
-            s = s.masked_fill(~interest_mask[:, :, None], float("-inf"))
-        out[:, c0 : c0 + chunk_size] = s.amax(1)
-    return out
+            scores = scores.masked_fill_(~interest_mask[:, :, None], float("-inf"))
+        return scores.amax(1)
+    if interest_mask is None:
+        return scores.max(1).values
+    with torch.no_grad():
+        masked = scores.masked_fill(~interest_mask[:, :, None], float("-inf"))  # [B, K, C]
+        winner = masked.max(1, keepdim=True).indices  # [B, 1, C] (max is ~10x faster than argmax over dim 1 on CPU)
+        none_active = ~interest_mask.any(1)  # [B]
+    best = scores.gather(1, winner).squeeze(1)  # [B, C]
+    if none_active.any():
+        best = best.masked_fill(none_active[:, None], float("-inf"))
+    return best
 
 
 def best_interest(interests: Tensor, target_emb: Tensor, interest_mask: Tensor | None = None) -> Tensor:

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.modules.capsules import dynamic_routing
+from zoo.modules.dropout import Dropout
 from zoo.modules.embeddings import LearnedPositions
 from zoo.modules.losses import info_nce
 
@@ -95,9 +96,9 @@ class SparseInterestCapsules(nn.Module):
         self.base_vectors = nn.Parameter(torch.randn(num_capsules, d) * 0.02)  # A [C, d]
         self.position_embedding = LearnedPositions(max_len, d)  # P~
         act = nn.Tanh() if attention_activation == "tanh" else nn.LeakyReLU()
-        self.attention = nn.Sequential(nn.Linear(d, d), nn.Dropout(dropout), act, nn.Linear(d, 1))  # W_3, W_4
+        self.attention = nn.Sequential(nn.Linear(d, d), Dropout(dropout), act, nn.Linear(d, 1))  # W_3, W_4
         self.interest_fc = nn.Linear(d, d)  # W_5, b_5
-        self.interest_dropout = nn.Dropout(dropout)
+        self.interest_dropout = Dropout(dropout)
         self.interest_norm = nn.LayerNorm(d, eps=1e-12)
 
     # ------------------------------------------------------------------ pieces

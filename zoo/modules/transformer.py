@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo.modules.dropout import Dropout
+
 NEG_INF = -1e9  # finite "minus infinity" for additive masks (no NaN on fully masked rows)
 
 
@@ -84,7 +86,7 @@ class MultiHeadSelfAttention(nn.Module):
         self.dense = nn.Linear(d, d)
         self.rope = RotaryEmbedding(self.head_dim) if rope != "none" else None
         self.attn_dropout = dropout
-        self.out_dropout = nn.Dropout(dropout)
+        self.out_dropout = Dropout(dropout)
         self.layer_norm = nn.LayerNorm(d, eps=ln_eps)
 
     def _heads(self, x: Tensor) -> Tensor:
@@ -113,7 +115,7 @@ class FeedForward(nn.Module):
     def __init__(self, d: int, d_ff: int, dropout: float, ln_eps: float = 1e-12) -> None:
         super().__init__()
         self.dense_1, self.dense_2 = nn.Linear(d, d_ff), nn.Linear(d_ff, d)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.layer_norm = nn.LayerNorm(d, eps=ln_eps)
 
     def forward(self, h: Tensor) -> Tensor:

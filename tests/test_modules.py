@@ -1,0 +1,43 @@
+"""Shared blocks whose fast paths must equal their plain definitions."""
+
+import torch
+
+from zoo.modules.dropout import Dropout
+from zoo.modules.scoring import interest_max, max_interest_scores
+
+
+def test_dropout_keeps_nn_dropout_semantics() -> None:
+    torch.manual_seed(0)
+    x = torch.ones(200, 500)
+    drop = Dropout(0.3)
+    y = drop(x)
+    zero_fraction = (y == 0).float().mean().item()
+    assert abs(zero_fraction - 0.3) < 0.01  # P(drop) = p
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.7))  # inverted scaling
+    assert abs(y.mean().item() - 1.0) < 0.02  # expectation preserved
+    drop.eval()
+    assert torch.equal(drop(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+
+
+def test_interest_max_gradient_equals_masked_amax() -> None:
+    torch.manual_seed(0)
+    B, K, N, d = 5, 4, 30, 8
+    V = torch.randn(B, K, d, requires_grad=True)
+    E = torch.randn(N, d, requires_grad=True)
+    mask = torch.rand(B, K) > 0.4
+    mask[0] = False  # a user with no active interest scores -inf everywhere
+    mask[1:, 0] = True
+    weights = torch.randn(B, N)
+
+    s_ref = torch.einsum("bkd,nd->bkn", V, E).masked_fill(~mask[:, :, None], float("-inf")).amax(1)
+    g_ref = torch.autograd.grad((torch.where(torch.isfinite(s_ref), s_ref, 0) * weights).sum(), (V, E))
+
+    s = max_interest_scores(V, E, mask, chunk_size=7)
+    assert torch.equal(torch.isinf(s), torch.isinf(s_ref)) and torch.isinf(s[0]).all()
+    assert torch.allclose(s[1:], s_ref[1:])
+    g = torch.autograd.grad((torch.where(torch.isfinite(s), s, 0) * weights).sum(), (V, E))
+    for a, b in zip(g, g_ref):
+        assert torch.allclose(a, b, atol=1e-6)
+    with torch.no_grad():  # the in-place evaluation path gives the same scores
+        assert torch.allclose(interest_max(torch.einsum("bkd,nd->bkn", V, E), mask)[1:], s_ref[1:])
