@@ -17,6 +17,8 @@ mask, never ``-inf``, so no NaN ever appears at pad positions.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -86,6 +88,7 @@ class MultiHeadSelfAttention(nn.Module):
         self.dense = nn.Linear(d, d)
         self.rope = RotaryEmbedding(self.head_dim) if rope != "none" else None
         self.attn_dropout = dropout
+        self.prob_dropout = Dropout(dropout)  # on attention probabilities (CPU training path)
         self.out_dropout = Dropout(dropout)
         self.layer_norm = nn.LayerNorm(d, eps=ln_eps)
 
@@ -102,9 +105,14 @@ class MultiHeadSelfAttention(nn.Module):
                 k = self.rope(k)
             else:
                 v = self.rope(v)
-        ctx = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask.to(q.dtype), dropout_p=self.attn_dropout if self.training else 0.0
-        )  # [B, h, L, d_head]
+        if self.training and self.attn_dropout > 0 and q.device.type == "cpu":
+            # SDPA's CPU dropout draws with bernoulli_ (slow there); the same math with our mask
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + mask.to(q.dtype)  # [B, h, L, L]
+            ctx = self.prob_dropout(torch.softmax(scores, -1)) @ v  # [B, h, L, d_head]
+        else:
+            ctx = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask.to(q.dtype), dropout_p=self.attn_dropout if self.training else 0.0
+            )  # [B, h, L, d_head]
         ctx = ctx.transpose(1, 2).reshape(h.shape)  # [B, L, d]
         return self.layer_norm(self.out_dropout(self.dense(ctx)) + h)
 
