@@ -264,6 +264,8 @@ def execute(run: Run, opts: Options) -> dict[str, Any]:
     """Run ``zoo fit`` for ``run`` (pre-training first) unless it is done; return its record."""
     if run.pretrain is not None:
         pre = execute(run.pretrain, opts)
+        if pre["status"] == "planned":  # --dry-run: the cell waits on its pre-training
+            return {"status": "planned", "reason": f"after pre-training {run.pretrain.run_dir}"}
         if pre["status"] not in ("done", "reused"):
             return {"status": "failed", "reason": f"pre-training failed: see {run.pretrain.run_dir / 'zoo.log'}"}
     meta_path = run.run_dir / "reproduce.json"
@@ -273,7 +275,19 @@ def execute(run: Run, opts: Options) -> dict[str, Any]:
         if stale:
             opts.log(f"STALE {run.run_dir}: finished with config {meta.get('config_hash')}, now {run.hash} (--force re-runs)")
         return {"status": "reused", "stale": stale, **meta}
+    twin = None if opts.force else find_twin(run, opts.out)
+    if twin is not None:  # the same config and seed already ran for another table: share it
+        if opts.dry_run:
+            return {"status": "planned", "reason": f"same run as {twin}"}
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(run.run_dir / "test_metrics.json", (twin / "test_metrics.json").read_text())
+        twin_meta = json.loads((twin / "reproduce.json").read_text())
+        meta = {**twin_meta, "twin_of": str(twin)}
+        atomic_write(meta_path, json.dumps(meta, indent=2))
+        opts.log(f"reuse {twin} for {run.run_dir} (same config and seed)")
+        return {"status": "reused", **meta}
     if opts.dry_run:
+        opts.log(f"plan {run.run_dir}")
         return {"status": "planned"}
     run.run_dir.mkdir(parents=True, exist_ok=True)
     recipe_path = run.run_dir / "recipe.yaml"
@@ -308,6 +322,23 @@ def execute(run: Run, opts: Options) -> dict[str, Any]:
         opts.log(f"FAILED ({rc}) {run.run_dir} - see {run.run_dir / 'zoo.log'}")
         return {**meta, "reason": f"zoo fit exited {rc}: see {run.run_dir / 'zoo.log'}"}
     return meta
+
+
+def find_twin(run: Run, out: Path) -> Path | None:
+    """A finished run elsewhere under ``out`` with this run's config hash and seed (the same
+    baseline appears in several papers' tables on the embedded default)."""
+    for meta_path in sorted(out.glob("*/*/*/reproduce.json")) + sorted(out.glob("pretrain/*/reproduce.json")):
+        d = meta_path.parent
+        if d == run.run_dir or not (d / "test_metrics.json").is_file():
+            continue
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("config_hash") == run.hash and meta.get("seed") == run.seed and meta.get("status") == "done" \
+                and "twin_of" not in meta:
+            return d
+    return None
 
 
 def record(paper: str, table: str, dataset: str, row: str, run: Run, outcome: dict[str, Any]) -> dict[str, Any]:
@@ -603,7 +634,9 @@ def reproduce_paper(paper: str, numbers: dict[str, Any], opts: Options, models: 
               f"Machine: {machine_line()}\n\n"
               f"Paper significance claim: {sig.get('text', 'none')}\n")
     md = markdown_table(paper, table, rows, records, header, own if blocks else None, blocks, not_impl)
-    if not opts.dry_run:
+    if opts.dry_run:
+        print(md)
+    else:
         folder = opts.out / paper
         write_results(folder, "results", records, md, {"paper": paper, "table": table["table"], "seeds": opts.seeds})
         for ds in ds_list:
