@@ -41,3 +41,22 @@ def test_interest_max_gradient_equals_masked_amax() -> None:
         assert torch.allclose(a, b, atol=1e-6)
     with torch.no_grad():  # the in-place evaluation path gives the same scores
         assert torch.allclose(interest_max(torch.einsum("bkd,nd->bkn", V, E), mask)[1:], s_ref[1:])
+
+
+def test_last_only_encoder_equals_last_row_of_full_output() -> None:
+    from zoo.modules.transformer import TransformerEncoder
+
+    torch.manual_seed(0)
+    B, L, d = 4, 9, 16
+    h = torch.randn(B, L, d)
+    pad = torch.ones(B, L, dtype=torch.bool)
+    pad[0, :5] = False  # left padding
+    pad[1, :8] = False  # a single real item
+    for causal in (True, False):
+        for rope in ("none", "qk", "qv"):
+            enc = TransformerEncoder(d, n_layers=2, n_heads=2, dropout=0.1, causal=causal, rope=rope).eval()
+            bias = torch.randn(B, 1, L, L)
+            full = enc(h, pad, attn_bias=bias)[:, -1]  # [B, d]
+            last = enc(h, pad, attn_bias=bias, last_only=True)  # [B, d]
+            assert last.shape == (B, d)
+            assert torch.allclose(full, last, atol=1e-5), (causal, rope)

@@ -100,7 +100,7 @@ from zoo.modules.embeddings import LearnedPositions
 from zoo.modules.losses import info_nce
 from zoo.modules.scoring import dot_scores
 from zoo.modules.temporal import log_buckets, previous_gaps
-from zoo.modules.transformer import TransformerEncoder, gather_last, init_weights
+from zoo.modules.transformer import TransformerEncoder, init_weights
 
 MODALITIES: tuple[str, ...] = ("id", "txt", "img")
 FEATURE_KEYS: dict[str, str] = {"txt": "text", "img": "image"}  # modality -> attach_side_info key
@@ -487,8 +487,7 @@ class HM4SR(SequentialRecommender):
 
     def sequence_state(self, m: str, s: Tensor, pad_mask: Tensor) -> Tensor:
         """Eqs. 17-18: ``s [B, L, d]`` -> ``H^m [B, d]`` (state at the most recent item)."""
-        h = self.encoders[m](self.dropout(self.norms[m](s)), pad_mask)  # [B, L, d]
-        return gather_last(h)
+        return self.encoders[m](self.dropout(self.norms[m](s)), pad_mask, last_only=True)  # [B, d]
 
     def encode(self, batch: dict[str, Tensor]) -> dict[str, Any]:
         """Every intermediate of the forward pass (spec §1.9), keyed by the paper's names."""

@@ -24,7 +24,7 @@ from zoo.models.base import SequentialRecommender
 from zoo.modules.dropout import Dropout
 from zoo.modules.embeddings import LearnedPositions
 from zoo.modules.scoring import dot_scores
-from zoo.modules.transformer import TransformerEncoder, gather_last, init_weights
+from zoo.modules.transformer import TransformerEncoder, init_weights
 
 
 class SASRec(SequentialRecommender):
@@ -61,13 +61,13 @@ class SASRec(SequentialRecommender):
         self.encoder = TransformerEncoder(d, n_layers, n_heads, 4 * d, dropout, causal=True)
         self.apply(init_weights)
 
-    def encode(self, item_seq: Tensor) -> Tensor:
-        """item_seq ``[B, L]`` -> hidden states ``[B, L, d]``."""
+    def encode(self, item_seq: Tensor, last_only: bool = False) -> Tensor:
+        """item_seq ``[B, L]`` -> hidden states ``[B, L, d]`` (``last_only``: the last one, ``[B, d]``)."""
         h = self.emb_dropout(self.emb_norm(self.item_emb(item_seq) + self.pos_emb(item_seq)))  # [B, L, d]
-        return self.encoder(h, item_seq > 0)
+        return self.encoder(h, item_seq > 0, last_only=last_only)
 
     def user_representation(self, batch: dict[str, Tensor]) -> Tensor:
-        return gather_last(self.encode(batch["item_seq"]))  # [B, d]
+        return self.encode(batch["item_seq"], last_only=True)  # [B, d] (state at the most recent item)
 
     def score_all(self, user_repr: Tensor) -> Tensor:
         return dot_scores(user_repr, self.item_emb.weight)  # [B, N+1]

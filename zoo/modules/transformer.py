@@ -96,11 +96,20 @@ class MultiHeadSelfAttention(nn.Module):
         B, L, _ = x.shape
         return x.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # [B, h, L, d_head]
 
-    def forward(self, h: Tensor, mask: Tensor) -> Tensor:
-        """h: ``[B, L, d]``; mask: additive ``[B, 1|h, L, L]`` -> ``[B, L, d]``."""
-        q, k, v = self._heads(self.query(h)), self._heads(self.key(h)), self._heads(self.value(h))
+    def forward(self, h: Tensor, mask: Tensor, last_query: bool = False) -> Tensor:
+        """h: ``[B, L, d]``; mask: additive ``[B, 1|h, L, L]`` -> ``[B, L, d]``.
+
+        ``last_query``: only the most recent position queries (keys and values stay every
+        position) -> ``[B, 1, d]``, exactly the last row of the full output at 1/L of the cost.
+        """
+        hq = h[:, -1:] if last_query else h  # [B, Lq, d]
+        q, k, v = self._heads(self.query(hq)), self._heads(self.key(h)), self._heads(self.value(h))
+        if last_query:
+            mask = mask[:, :, -1:]  # [B, 1|h, 1, L]
         if self.rope is not None:
-            q = self.rope(q)
+            L = h.shape[1]
+            q_pos = torch.arange(L - q.shape[-2], L, device=h.device)  # the queries' own positions
+            q = self.rope(q, q_pos)
             if self.rope_mode == "qk":
                 k = self.rope(k)
             else:
@@ -113,8 +122,8 @@ class MultiHeadSelfAttention(nn.Module):
             ctx = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask.to(q.dtype), dropout_p=self.attn_dropout if self.training else 0.0
             )  # [B, h, L, d_head]
-        ctx = ctx.transpose(1, 2).reshape(h.shape)  # [B, L, d]
-        return self.layer_norm(self.out_dropout(self.dense(ctx)) + h)
+        ctx = ctx.transpose(1, 2).reshape(hq.shape)  # [B, Lq, d]
+        return self.layer_norm(self.out_dropout(self.dense(ctx)) + hq)
 
 
 class FeedForward(nn.Module):
@@ -136,8 +145,8 @@ class TransformerLayer(nn.Module):
         self.attention = MultiHeadSelfAttention(d, n_heads, dropout, rope, ln_eps)
         self.feed_forward = FeedForward(d, d_ff, dropout, ln_eps)
 
-    def forward(self, h: Tensor, mask: Tensor) -> Tensor:
-        return self.feed_forward(self.attention(h, mask))  # [B, L, d]
+    def forward(self, h: Tensor, mask: Tensor, last_query: bool = False) -> Tensor:
+        return self.feed_forward(self.attention(h, mask, last_query))  # [B, L or 1, d]
 
 
 class TransformerEncoder(nn.Module):
@@ -167,18 +176,28 @@ class TransformerEncoder(nn.Module):
             TransformerLayer(d, n_heads, d_ff or 4 * d, dropout, rope, ln_eps) for _ in range(n_layers)
         )
 
-    def forward(self, h: Tensor, pad_mask: Tensor, attn_bias: Tensor | None = None, causal: bool | None = None) -> Tensor:
+    def forward(
+        self,
+        h: Tensor,
+        pad_mask: Tensor,
+        attn_bias: Tensor | None = None,
+        causal: bool | None = None,
+        last_only: bool = False,
+    ) -> Tensor:
         """h: ``[B, L, d]`` input embeddings; pad_mask: ``[B, L]`` bool (True = real item).
 
         ``causal`` overrides the constructor's choice for one call (HORAE's refinement encoder).
-        Returns ``[B, L, d]`` hidden states (pad positions hold finite, meaningless values).
+        Returns ``[B, L, d]`` hidden states (pad positions hold finite, meaningless values), or
+        with ``last_only`` the most recent position's ``[B, d]``: the last layer then computes
+        only that position's query, attention row and feed-forward (models that read out
+        position -1 only: SASRec, HM4SR), the same values as ``h[:, -1]`` of the full output.
         """
         mask = attention_mask(pad_mask, self.causal if causal is None else causal)  # [B, 1, L, L]
         if attn_bias is not None:
             mask = mask + attn_bias
-        for layer in self.layers:
-            h = layer(h, mask)
-        return h
+        for i, layer in enumerate(self.layers):
+            h = layer(h, mask, last_query=last_only and i == len(self.layers) - 1)
+        return h[:, -1] if last_only else h
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
@@ -190,9 +209,3 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
     elif isinstance(module, nn.LayerNorm):
         module.weight.data.fill_(1.0)
         module.bias.data.zero_()
-
-
-def gather_last(h: Tensor) -> Tensor:
-    """Hidden state of the most recent item: sequences are left-padded, so it is position -1."""
-    return h[:, -1]  # [B, d]
-
