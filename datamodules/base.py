@@ -101,6 +101,7 @@ class EpochBatchSampler(Sampler[np.ndarray]):
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.epoch_in_index = epoch_in_index  # yield idx + epoch * n (datasets that resample per epoch)
         self.epoch = 0
+        self.skip: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -115,12 +116,44 @@ class EpochBatchSampler(Sampler[np.ndarray]):
         return np.arange(bounds[rank], bounds[rank + 1])
 
     def __iter__(self):
+        skip, self.skip = self.skip, None  # (epoch, batches) left by ResumableLoader.load_state_dict
+        first = skip[1] if skip is not None and skip[0] == self.epoch else 0
         idx = self._indices() + (self.epoch * self.n if self.epoch_in_index else 0)
-        for s in range(0, len(idx), self.batch_size):
+        for s in range(first * self.batch_size, len(idx), self.batch_size):
             yield idx[s : s + self.batch_size]
 
     def __len__(self) -> int:
         return math.ceil(len(self._indices()) / self.batch_size)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over an :class:`EpochBatchSampler` that Lightning can checkpoint mid-epoch.
+
+    Lightning saves ``state_dict()`` of a training loader that has one (``_Stateful``) in every
+    checkpoint and, when it restarts inside an epoch, calls ``load_state_dict`` before creating
+    the epoch's iterator.  The state is ``(epoch, batches yielded)``; on load the sampler starts
+    that epoch's seeded permutation after those batches, so a run resumed from a mid-epoch
+    checkpoint sees exactly the batches the uninterrupted run would have seen.  (Lightning does not
+    prefetch from a loader with a length, so batches yielded = batches trained.)
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._yielded = 0
+
+    def __iter__(self):
+        sampler: EpochBatchSampler = self.sampler
+        self._yielded = sampler.skip[1] if sampler.skip is not None and sampler.skip[0] == sampler.epoch else 0
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.sampler.epoch), "batches": int(self._yielded)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if 0 < state.get("batches", 0) < len(self):  # a finished epoch restarts from its start anyway
+            self.sampler.skip = (int(state["epoch"]), int(state["batches"]))
 
 
 def gather_windows(flat: np.ndarray, start: np.ndarray, end: np.ndarray, L: int) -> np.ndarray:
@@ -510,8 +543,8 @@ class SequentialDataModule(L.LightningDataModule):
 
     def _loader(self, ds: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         sampler = EpochBatchSampler(len(ds), batch_size, shuffle, self.seed, epoch_in_index=isinstance(ds, RandomTargetExamples))
-        return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return ResumableLoader(ds, sampler=sampler, batch_size=None, num_workers=self.num_workers,
+                               persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, True)

@@ -8,12 +8,12 @@ What is exact, and why:
   ``seed + epoch`` (``EpochBatchSampler``), and the CLI's ``EpochSeed`` callback re-seeds dropout
   and sampling at each epoch's first batch from ``(seed_everything, epoch, rank)`` (Lightning does
   not checkpoint the random generators).
-* Resuming from a MID-epoch checkpoint is not exact today: the DataLoader is not stateful, so
-  Lightning restarts the epoch's batch iterator from its first batch and runs only the remaining
-  number of steps (the epoch's first batches are seen twice, its last ones never).  The strict
-  xfail below turns red once ``datamodules/base.py``'s loader gains ``state_dict`` /
-  ``load_state_dict`` (batches consumed in the epoch), which is all it takes: the RNG states of
-  mid-epoch checkpoints are already saved and restored.
+* Resuming from a MID-epoch checkpoint is exact too: the training loader
+  (``datamodules.base.ResumableLoader``) checkpoints ``(epoch, batches yielded)`` and, when
+  Lightning restarts inside an epoch, starts that epoch's seeded permutation after those batches;
+  the random generators of mid-epoch checkpoints are saved and restored by ``EpochSeed``.  With
+  ``--last_every_n_steps N`` the CLI refreshes ``last.ckpt`` every N steps, so ``--ckpt_path last``
+  after a kill resumes inside the epoch.
 """
 
 from __future__ import annotations
@@ -68,10 +68,11 @@ def uninterrupted(ml_folder, tmp_path_factory):
     return out, run, steps_per_epoch
 
 
-def test_sigkill_mid_epoch_then_resume_last_is_exact(uninterrupted, ml_folder):
+@pytest.mark.parametrize("last_every", [0, EVERY], ids=["last-at-epoch-end", "last-every-3-steps"])
+def test_sigkill_mid_epoch_then_resume_last_is_exact(uninterrupted, ml_folder, last_every):
     out, straight, spe = uninterrupted
-    run = out / "killed"
-    args = fit_args(ml_folder, out / "cache", run)
+    run = out / f"killed-{last_every}"
+    args = fit_args(ml_folder, out / "cache", run) + ["--last_every_n_steps", str(last_every)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([ZOO, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     mid = run / "steps" / f"{mid_step(spe)}.ckpt"  # written a few steps into epoch 1
@@ -82,8 +83,10 @@ def test_sigkill_mid_epoch_then_resume_last_is_exact(uninterrupted, ml_folder):
     assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert mid.exists()
     assert not (run / "test_metrics.json").exists()
-    # killed mid-epoch: steps past the epoch-end last.ckpt were done and are lost
-    assert load(run / "last.ckpt")["global_step"] == spe < load(mid)["global_step"]
+    if last_every:  # last.ckpt was refreshed inside epoch 1: the resume starts mid-epoch
+        assert spe < load(run / "last.ckpt")["global_step"] < 2 * spe
+    else:  # killed mid-epoch: steps past the epoch-end last.ckpt were done and are lost
+        assert load(run / "last.ckpt")["global_step"] == spe < load(mid)["global_step"]
 
     r = zoo(*args, "--ckpt_path", "last")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -95,8 +98,6 @@ def test_sigkill_mid_epoch_then_resume_last_is_exact(uninterrupted, ml_folder):
     assert same_weights(straight / "last.ckpt", run / "last.ckpt")
 
 
-@pytest.mark.xfail(strict=True, reason="the train DataLoader is not stateful: a mid-epoch resume replays the "
-                                       "epoch's first batches (needs state_dict/load_state_dict in datamodules/base.py)")
 def test_resume_from_mid_epoch_checkpoint_is_exact(uninterrupted, ml_folder):
     out, straight, spe = uninterrupted
     run = out / "from_mid"

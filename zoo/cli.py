@@ -9,7 +9,7 @@
 ``ZooCLI`` is a ``LightningCLI``: the recipe picks the model and datamodule by ``class_path``;
 ``data.num_items`` and ``data.info`` (the processed cache's stats) are linked into the model when
 it is built.  Top-level recipe keys beyond Lightning's: ``monitor``, ``monitor_mode``,
-``patience``, ``test_after_fit``, ``run_dir``, ``wandb``.
+``patience``, ``test_after_fit``, ``run_dir``, ``wandb``, ``last_every_n_steps``.
 """
 
 from __future__ import annotations
@@ -168,6 +168,15 @@ class EpochSeed(Callback):
             random.seed(seed)
 
 
+class StepLastCheckpoint(ModelCheckpoint):
+    """Refreshes ``last.ckpt`` every N training steps (``last_every_n_steps``), next to the
+    best/last-at-epoch-end callback; its own state key lets a user add further checkpoints."""
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(kind="step_last", every_n_train_steps=self._every_n_train_steps)
+
+
 class ZooCLI(LightningCLI):
     """LightningCLI with the zoo's links, default callbacks, run directory and test-after-fit."""
 
@@ -176,6 +185,9 @@ class ZooCLI(LightningCLI):
         parser.add_argument("--monitor_mode", type=str, default="max", help="max or min")
         parser.add_argument("--patience", type=int, default=5, help="early-stopping patience in validation rounds (0 = off)")
         parser.add_argument("--test_after_fit", type=bool, default=True, help="test the best checkpoint after fit")
+        parser.add_argument("--last_every_n_steps", type=int, default=0,
+                            help="also refresh last.ckpt every N training steps (0 = at epoch ends only); "
+                                 "`--ckpt_path last` then resumes inside the epoch, exactly")
         parser.add_argument("--run_dir", type=str | None, default=None, help="output folder (default runs/<recipe name>)")
         parser.add_argument("--wandb", type=str, default="off", help="W&B logging: off, offline or online (WANDB_MODE overrides)")
         parser.link_arguments("data.num_items", "model.init_args.num_items", apply_on="instantiate")
@@ -251,6 +263,10 @@ class ZooCLI(LightningCLI):
                 ModelCheckpoint(dirpath=run_dir, filename="best", monitor=monitor, mode=mode, save_last=True,
                                 enable_version_counter=False, auto_insert_metric_name=False)
             )
+            if cfg.get("last_every_n_steps", 0) > 0:  # mid-epoch last.ckpt (the loader resumes exactly)
+                callbacks.append(StepLastCheckpoint(dirpath=run_dir, save_top_k=0, save_last=True,
+                                                    every_n_train_steps=cfg["last_every_n_steps"],
+                                                    enable_version_counter=False))
             callbacks.append(EpochSeed())
             if cfg.get("patience", 0) > 0:
                 callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg["patience"]))
