@@ -68,6 +68,29 @@ def test_fit_then_test_writes_metrics(sasrec_run):
     assert "[zoo] test metrics" in r.stdout
 
 
+def test_compile_switch_traces_the_model_and_keeps_checkpoints_interchangeable(sasrec_run, ml_folder):
+    """``--compile`` runs the sub-networks through torch.compile (TorchDynamo; the ``eager`` backend
+    keeps the test free of a C++ toolchain): same metrics as the eager run, same checkpoint keys."""
+    out, _ = sasrec_run
+    r = zoo(
+        "fit", "--config", "recipes/sasrec.yaml", *tiny_data_args(ml_folder, out / "cache"),
+        "--model.init_args.d", "16", "--model.init_args.max_len", "10",
+        "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "4",
+        "--run_dir", str(out / "compiled"), "--compile", "default", "--compile_backend", "eager",
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert "[zoo] torch.compile (default, eager): " in r.stdout and "encoder" in r.stdout
+    eager = json.loads((out / "sasrec" / "test_metrics.json").read_text())["test"]
+    compiled = json.loads((out / "compiled" / "test_metrics.json").read_text())["test"]
+    assert compiled.keys() == eager.keys()
+    assert all(abs(compiled[k] - eager[k]) < 1e-6 for k in eager), (compiled, eager)
+    import torch
+
+    keys = torch.load(out / "compiled" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"].keys()
+    assert not any("_orig_mod" in k for k in keys)
+    assert keys == torch.load(out / "sasrec" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"].keys()
+
+
 def test_second_run_loads_the_cache(sasrec_run, ml_folder):
     out, _ = sasrec_run
     r = zoo("test", "--config", "recipes/sasrec.yaml", *tiny_data_args(ml_folder, out / "cache"),

@@ -9,7 +9,8 @@
 ``ZooCLI`` is a ``LightningCLI``: the recipe picks the model and datamodule by ``class_path``;
 ``data.num_items`` and ``data.info`` (the processed cache's stats) are linked into the model when
 it is built.  Top-level recipe keys beyond Lightning's: ``monitor``, ``monitor_mode``,
-``patience``, ``test_after_fit``, ``run_dir``, ``wandb``, ``last_every_n_steps``.
+``patience``, ``test_after_fit``, ``run_dir``, ``wandb``, ``last_every_n_steps``, ``compile``,
+``compile_backend``.
 """
 
 from __future__ import annotations
@@ -188,6 +189,9 @@ class ZooCLI(LightningCLI):
         parser.add_argument("--last_every_n_steps", type=int, default=0,
                             help="also refresh last.ckpt every N training steps (0 = at epoch ends only); "
                                  "`--ckpt_path last` then resumes inside the epoch, exactly")
+        parser.add_argument("--compile", type=str, default="off",
+                            help="torch.compile the model's sub-networks: off | default | reduce-overhead | max-autotune")
+        parser.add_argument("--compile_backend", type=str, default="inductor", help="torch.compile backend")
         parser.add_argument("--run_dir", type=str | None, default=None, help="output folder (default runs/<recipe name>)")
         parser.add_argument("--wandb", type=str, default="off", help="W&B logging: off, offline or online (WANDB_MODE overrides)")
         parser.link_arguments("data.num_items", "model.init_args.num_items", apply_on="instantiate")
@@ -254,6 +258,9 @@ class ZooCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any):
         cfg = self._cfg()
         run_dir = self.run_dir()
+        if cfg.get("compile", "off") not in ("off", None, False):
+            compiled = self.model.compile_modules(str(cfg["compile"]), cfg.get("compile_backend", "inductor"))
+            print(f"[zoo] torch.compile ({cfg['compile']}, {cfg.get('compile_backend', 'inductor')}): {', '.join(compiled)}")
         # the recipe's / command line's trainer.callbacks come first (passing callbacks= here would replace them)
         configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
         callbacks = [*(configured if isinstance(configured, list) else [configured]), *(kwargs.pop("callbacks", None) or [])]
