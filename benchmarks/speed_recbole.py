@@ -207,6 +207,7 @@ def zoo_cmd(sub: str, run_dir: Path, epochs: int, split: dict[str, Any], extra: 
            "--data.init_args.train_sampling", "all_prefixes",
            "--data.init_args.batch_size", str(HP["batch"]), "--data.init_args.eval_batch_size", str(HP["eval_batch"]),
            "--model.init_args.topk", "[10, 20, 50]", "--seed_everything", str(SEED),
+           "--model.init_args.position_index", "oldest",  # RecBole's positions (0 = oldest item)
            "--trainer.enable_progress_bar", "false",
            "--run_dir", str(run_dir)]
     if sub == "fit":

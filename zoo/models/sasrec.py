@@ -36,6 +36,9 @@ class SASRec(SequentialRecommender):
         max_len: longest history (the datamodule's ``max_len``).
         loss: ``"ce"`` (full softmax, the papers' tables) or ``"bce"`` (original SASRec, one
             uniformly sampled negative).
+        position_index: ``"slot"`` (left-padded slots, the newest item always at position L-1:
+            the original SASRec) or ``"oldest"`` (position 0 = the oldest item of the window:
+            RecBole's right-padded convention, for like-for-like comparisons with it).
         **kwargs: :class:`SequentialRecommender` options (num_items, lr, topk, ...).
     """
 
@@ -47,6 +50,7 @@ class SASRec(SequentialRecommender):
         dropout: float = 0.2,
         max_len: int = 50,
         loss: str = "ce",
+        position_index: str = "slot",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -55,7 +59,7 @@ class SASRec(SequentialRecommender):
             raise ValueError(f"loss must be 'ce' or 'bce', got {loss!r}")
         self.loss_type = loss
         self.item_emb = nn.Embedding(self.num_items + 1, d, padding_idx=0)
-        self.pos_emb = LearnedPositions(max_len, d)
+        self.pos_emb = LearnedPositions(max_len, d, index=position_index)
         self.emb_norm = nn.LayerNorm(d, eps=1e-12)
         self.emb_dropout = Dropout(dropout)
         self.encoder = TransformerEncoder(d, n_layers, n_heads, 4 * d, dropout, causal=True)
