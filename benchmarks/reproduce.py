@@ -285,7 +285,7 @@ def execute(run: Run, opts: Options) -> dict[str, Any]:
         meta = {**twin_meta, "twin_of": str(twin)}
         atomic_write(meta_path, json.dumps(meta, indent=2))
         opts.log(f"reuse {twin} for {run.run_dir} (same config and seed)")
-        return {"status": "reused", **meta}
+        return {**meta, "status": "reused"}
     if opts.dry_run:
         opts.log(f"plan {run.run_dir}")
         return {"status": "planned"}

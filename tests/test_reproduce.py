@@ -206,3 +206,27 @@ def test_paper_numbers_match_the_papers_tables():
                 for n in names:  # every value appears in the paper's table rows
                     for m, v in rows[n].items():
                         assert any(f"{v:.4f}" in line for line in lines), (paper, ds, n, m, v)
+
+
+def test_a_run_already_made_for_another_table_is_shared_not_rerun(tmp_path):
+    """The same baseline on the embedded default appears in HORAE's and MIRACLE's tables: the
+    second table reuses the first one's finished run (same config hash and seed), and --force does not."""
+    from benchmarks.reproduce import Run, execute, find_twin
+
+    opts = Options(out=tmp_path, quiet=True)
+    cfg = {"model": {"class_path": "zoo.models.sasrec.SASRec"}, "trainer": {"max_epochs": 1}}
+    first = Run(cfg, tmp_path / "horae" / "default" / "SASRec-s0", 0, "g")
+    first.run_dir.mkdir(parents=True)
+    (first.run_dir / "test_metrics.json").write_text(json.dumps({"test": {"test/recall@10": 0.25}, "epochs": 3}))
+    (first.run_dir / "reproduce.json").write_text(json.dumps({"config_hash": first.hash, "seed": 0, "status": "done"}))
+
+    second = Run(cfg, tmp_path / "miracle" / "default" / "SASRec-s0", 0, "g")
+    assert find_twin(second, tmp_path) == first.run_dir
+    assert find_twin(Run(cfg, second.run_dir, 1, "g"), tmp_path) is None  # another seed
+    other = Run({**cfg, "trainer": {"max_epochs": 2}}, second.run_dir, 0, "g")
+    assert find_twin(other, tmp_path) is None  # another config
+    out = execute(second, opts)
+    assert out["status"] == "reused" and out["twin_of"] == str(first.run_dir)
+    assert json.loads((second.run_dir / "test_metrics.json").read_text())["test"]["test/recall@10"] == 0.25
+    third = Run(cfg, tmp_path / "hm4sr" / "default" / "SASRec-s0", 0, "g")
+    assert find_twin(third, tmp_path) == first.run_dir  # a copy is never itself a source
