@@ -59,6 +59,12 @@ from benchmarks.speed_common import (  # noqa: E402
 MODELS = {
     "SASRec": ("sasrec", {}, {}),
     "ComiRec-DR": ("comirec_dr", {}, dict(protocol="leave_one_out", k_core=5, min_seq_len=0)),
+    "GRU4Rec": ("gru4rec", {}, {}),
+    "MIND": ("mind", {}, dict(protocol="leave_one_out", k_core=5, min_seq_len=0)),
+    # TiMiRec's fine-tuning stage from scratch; full ranking (the recipe's 1,000 sampled negatives off)
+    "TiMiRec": ("timirec", dict(pretrained_ckpt=None), dict(eval_negatives=0)),
+    # the synthetic log has no text or images: HM4SR's ID branch with both MoEs and every ID-side loss
+    "HM4SR": ("hm4sr", dict(use_text=False, use_image=False, use_cp=False), dict(image_features=None)),
 }
 
 
