@@ -43,17 +43,22 @@ def test_print_config_every_recipe(recipe, capsys):
     assert "class_path: zoo.models." in out and "class_path: datamodules." in out
 
 
-@pytest.fixture(scope="module")
-def sasrec_run(ml_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
+def tiny_sasrec_fit(ml_folder: Path, out: Path, name: str, *extra: str) -> subprocess.CompletedProcess:
+    """Two short epochs of a d=16 SASRec on the tiny MovieLens folder into ``out/name``."""
     r = zoo(
         "fit", "--config", "recipes/sasrec.yaml", *tiny_data_args(ml_folder, out / "cache"),
         "--model.init_args.d", "16", "--model.init_args.max_len", "10",
         "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "4",
-        "--run_dir", str(out / "sasrec"),
+        "--run_dir", str(out / name), *extra,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    return out, r
+    return r
+
+
+@pytest.fixture(scope="module")
+def sasrec_run(ml_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return out, tiny_sasrec_fit(ml_folder, out, "sasrec")
 
 
 def test_fit_then_test_writes_metrics(sasrec_run):
@@ -72,13 +77,7 @@ def test_compile_switch_traces_the_model_and_keeps_checkpoints_interchangeable(s
     """``--compile`` runs the sub-networks through torch.compile (TorchDynamo; the ``eager`` backend
     keeps the test free of a C++ toolchain): same metrics as the eager run, same checkpoint keys."""
     out, _ = sasrec_run
-    r = zoo(
-        "fit", "--config", "recipes/sasrec.yaml", *tiny_data_args(ml_folder, out / "cache"),
-        "--model.init_args.d", "16", "--model.init_args.max_len", "10",
-        "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "4",
-        "--run_dir", str(out / "compiled"), "--compile", "default", "--compile_backend", "eager",
-    )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    r = tiny_sasrec_fit(ml_folder, out, "compiled", "--compile", "default", "--compile_backend", "eager")
     assert "[zoo] torch.compile (default, eager): " in r.stdout and "encoder" in r.stdout
     eager = json.loads((out / "sasrec" / "test_metrics.json").read_text())["test"]
     compiled = json.loads((out / "compiled" / "test_metrics.json").read_text())["test"]
