@@ -45,7 +45,8 @@ def target_rank(scores: Tensor, target_col: Tensor) -> Tensor:
         ``[B]`` long ranks in ``[0, C-1]``.
     """
     ts = scores.gather(1, target_col[:, None])  # [B, 1]
-    rank = (scores >= ts).sum(1) - 1  # [B]  ties count against the target
+    # ties count against the target; an int32 count is ~2x faster than summing bools (int64) on CPU
+    rank = torch.sum(scores >= ts, dim=1, dtype=torch.int32).long() - 1  # [B]
     return torch.where(torch.isnan(ts[:, 0]), scores.shape[1] - 1, rank)
 
 
@@ -127,7 +128,7 @@ class MultiTargetMetrics(Metric):
         rank = torch.zeros_like(targets)
         for c0 in range(0, scores.shape[1], self.chunk_size):
             chunk = scores[:, c0 : c0 + self.chunk_size]  # [B, C]
-            rank += (chunk[:, None, :] >= ts[:, :, None]).sum(-1)  # [B, T]
+            rank += torch.sum(chunk[:, None, :] >= ts[:, :, None], dim=-1, dtype=torch.int32)  # [B, T]
         rank = torch.where(torch.isnan(ts), scores.shape[1], rank - 1)
         n_t = valid.sum(1).to(torch.float64)  # |T| with duplicates
         n_distinct = first.sum(1).to(torch.float64)
