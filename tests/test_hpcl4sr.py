@@ -106,6 +106,50 @@ def test_angular_margin_lowers_positive_logit_exactly(theta_deg: float) -> None:
     assert l_0 - l_m == pytest.approx((math.cos(th) - math.cos(th + math.radians(m))) / tau, abs=tol)
 
 
+def test_eq17_denominator_and_sum_reduction_golden() -> None:
+    """The orthogonal set-up above: Eq. 17 keeps the UN-margined positive in the denominator,
+    so each anchor's loss is -cos(theta + m)/tau + log(e^{cos(theta)/tau} + 2); "sum" adds the
+    2K anchors' losses instead of averaging them."""
+    tau, m, th = 0.5, 10.0, math.radians(40.0)
+    e = torch.eye(4, dtype=torch.float64)
+    M = torch.stack([e[0], e[1]])[None]  # [1, 2, 4]
+    P = torch.stack([math.cos(th) * e[0] + math.sin(th) * e[2], math.cos(th) * e[1] + math.sin(th) * e[3]])[None]
+    want = -math.cos(th + math.radians(m)) / tau + math.log(math.exp(math.cos(th) / tau) + 2)
+    eq17 = build(attach=False, tau=tau, margin_deg=m, cl_denominator="eq17").double()
+    assert eq17.contrastive_loss(M, P).item() == pytest.approx(want, abs=1e-9)
+    eq15 = build(attach=False, tau=tau, margin_deg=m).double()
+    summed = build(attach=False, tau=tau, margin_deg=m, cl_reduction="sum").double()
+    assert summed.contrastive_loss(M, P).item() == pytest.approx(2 * K * eq15.contrastive_loss(M, P).item())
+
+
+def test_class_loss_forms() -> None:
+    """bce = Eqs. 11-12 as printed (softmax over C, binary CE vs the one-hot, summed over C);
+    ce_pads = MDMI's CE where pads are class 0; class_grad_reverse flips only the gradient."""
+    torch.manual_seed(0)
+    seq = torch.tensor([[0, 0, 3, 7, 9]])  # item 7 uncategorised
+    base = build()
+    x = base.forward_interests(seq)["X_ctx"]
+    logits, cats = base.class_logits(x)[0], base.item_category[seq[0]]
+    z = torch.softmax(logits[[2, 4], 1:], -1)
+    y = F.one_hot(cats[[2, 4]] - 1, C).float()
+    want_bce = -(y * z.log() + (1 - y) * (1 - z).log()).sum(-1).mean()
+    for form, want in (("bce", want_bce), ("ce_pads", F.cross_entropy(logits, cats))):
+        model = build(class_loss=form)
+        model.load_state_dict(base.state_dict())
+        torch.testing.assert_close(model.class_loss(x, seq), want, rtol=1e-5, atol=1e-6)
+    rev = build(class_grad_reverse=True)
+    rev.load_state_dict(base.state_dict())
+    grads = []
+    for model in (base, rev):
+        xx = x.detach().clone().requires_grad_(True)
+        loss = model.class_loss(xx, seq)
+        loss.backward()
+        grads.append((loss.detach(), xx.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    assert grads[0][1].abs().sum() > 0
+    torch.testing.assert_close(grads[1][1], -grads[0][1])
+
+
 def test_contrastive_gradients_finite_for_identical_views() -> None:
     model = build(attach=False)
     M = torch.randn(3, K, D, requires_grad=True)
@@ -139,6 +183,10 @@ def test_capsule_regularisation_is_orthogonality_infonce() -> None:
         (dict(graph_hops=1), "scores"),
         (dict(loss="full_softmax"), "loss"),
         (dict(neg_sampler="popularity"), "loss"),
+        (dict(cl_denominator="eq17"), "loss"),
+        (dict(cl_reduction="sum"), "loss"),
+        (dict(class_loss="bce"), "loss"),
+        (dict(class_loss="ce_pads"), "loss"),
     ],
 )
 def test_switches_change_computation(switch: dict, what: str) -> None:

@@ -38,6 +38,17 @@ Ablation switches (Table 3):
 * ``routing_softmax``: ``"interest"`` (Sabour / ComiRec-TF) or ``"position"`` (PyTorch ports).
 * ``graph_readout``: ``"mean"`` (Eq. 4) or ``"last"`` (MDMI).
 
+Paper-form switches (spec section 8, A2/A3/A7; the defaults are the spec's recommendations):
+* ``cl_denominator``: ``"eq15"`` (the margined positive in the denominator, ArcFace/ArcCSE) or
+  ``"eq17"`` (``sum_{j != i}`` of the un-margined similarities, as Eq. 17 prints it).
+* ``cl_reduction``: ``"mean"`` over the 2K anchors and the batch, or ``"sum"`` over the 2K
+  anchors (Eq. 17's ``sum_i``) and mean over the batch.
+* ``class_loss``: ``"ce"`` (multi-class CE over the categories, pads and uncategorised items
+  ignored), ``"bce"`` (Eqs. 11-12 as printed: softmax over the categories, then binary CE
+  against the one-hot category, summed over categories, mean over items) or ``"ce_pads"``
+  (MDMI: CE over C+1 classes where pads count as class 0).
+* ``class_grad_reverse``: reverse the classifier's gradient into X' (MDMI); off by default.
+
 Choices where the paper is silent (no official code exists; spec section 8): m is in degrees;
 Eq. 15's denominator (margined positive + 2K-2 negatives), mean over anchors and batch; the
 capsule network is ComiRec-DR (per-position bilinear, 3 iterations, zero initial logits,
@@ -59,12 +70,13 @@ from torch import Tensor, nn
 from zoo.models.comirec import Interests, MultiInterestRecommender
 from zoo.modules.category_graph import CategoryGraphEncoder, build_propagation
 from zoo.modules.embeddings import LearnedPositions
-from zoo.modules.losses import info_nce
+from zoo.modules.losses import grad_reverse, info_nce
 from zoo.modules.multi_interest import CapsuleInterestExtractor, SelfAttentivePooling, oldest_first
 from zoo.modules.transformer import NEG_INF
 
 FUSIONS = ("mlp", "add", "mul", "none")
 CONTRASTIVE = ("arc", "capsule_reg", "none")
+CLASS_LOSSES = ("ce", "bce", "ce_pads")
 
 
 class HPCL4SR(MultiInterestRecommender):
@@ -76,6 +88,8 @@ class HPCL4SR(MultiInterestRecommender):
         graph_layers / graph_hops / graph_alpha / graph_readout: category graph (Eqs. 2-4).
         high_level_pool: Eq. 6 form.  routing_iters / routing_softmax: capsule network.
         fusion / contrastive / margin_deg / tau / cr_tau / lambda_class / lambda_cl: see above.
+        cl_denominator / cl_reduction / class_loss / class_grad_reverse: paper-form switches
+            (A2/A3/A7, see above).
         loss / n_neg / neg_sampler / logq_correction: L_rec (sampled softmax, 1280 shared
             uniform negatives by default).
         **kwargs: :class:`SequentialRecommender` options.
@@ -101,6 +115,10 @@ class HPCL4SR(MultiInterestRecommender):
         cr_tau: float = 0.1,
         lambda_class: float = 0.1,
         lambda_cl: float = 1.0,
+        cl_denominator: str = "eq15",
+        cl_reduction: str = "mean",
+        class_loss: str = "ce",
+        class_grad_reverse: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -109,6 +127,12 @@ class HPCL4SR(MultiInterestRecommender):
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         if contrastive not in CONTRASTIVE:
             raise ValueError(f"contrastive must be one of {CONTRASTIVE}, got {contrastive!r}")
+        if cl_denominator not in ("eq15", "eq17"):
+            raise ValueError(f"cl_denominator must be 'eq15' or 'eq17', got {cl_denominator!r}")
+        if cl_reduction not in ("mean", "sum"):
+            raise ValueError(f"cl_reduction must be 'mean' or 'sum', got {cl_reduction!r}")
+        if class_loss not in CLASS_LOSSES:
+            raise ValueError(f"class_loss must be one of {CLASS_LOSSES}, got {class_loss!r}")
         if high_level_pool not in ("position_linear", "self_attentive"):
             raise ValueError(f"high_level_pool must be 'position_linear' or 'self_attentive', got {high_level_pool!r}")
         C = num_categories if num_categories is not None else self.data_info.get("num_categories")
@@ -122,6 +146,8 @@ class HPCL4SR(MultiInterestRecommender):
         self.fusion, self.contrastive, self.high_level_pool = fusion, contrastive, high_level_pool
         self.margin_deg, self.tau, self.cr_tau = margin_deg, tau, cr_tau
         self.lambda_class, self.lambda_cl = lambda_class, lambda_cl
+        self.cl_denominator, self.cl_reduction = cl_denominator, cl_reduction
+        self.class_loss_form, self.class_grad_reverse = class_loss, class_grad_reverse
         # low-level preference (Eqs. 7-10)
         self.item_emb = nn.Embedding(self.num_items + 1, d, padding_idx=0)
         self.pos_emb = LearnedPositions(max_len, d, index="oldest")
@@ -218,11 +244,23 @@ class HPCL4SR(MultiInterestRecommender):
         return self.classifier(x_ctx)
 
     def class_loss(self, x_ctx: Tensor, item_seq: Tensor) -> Tensor:
-        """Eq. 12: multi-class CE over real, categorised history items (0 when there are none)."""
+        """Eq. 12 in the ``class_loss`` form: by default multi-class CE over the real, categorised
+        history items (0 when there are none)."""
+        if self.class_grad_reverse:
+            x_ctx = grad_reverse(x_ctx)
         logits, labels = self.class_logits(x_ctx).flatten(0, 1), self.categories(item_seq).flatten()  # [B*L, C+1], [B*L]
-        if not (labels > 0).any():
+        if self.class_loss_form == "ce_pads":  # MDMI: pads are class 0 and count
+            return F.cross_entropy(logits, labels)
+        keep = labels > 0  # [B*L] real, categorised items
+        if not keep.any():
             return logits.sum() * 0.0
-        return F.cross_entropy(logits, labels, ignore_index=0)
+        if self.class_loss_form == "ce":
+            return F.cross_entropy(logits, labels, ignore_index=0)
+        # "bce": Z_hat = softmax over the C categories (Eq. 11), binary CE vs the one-hot (Eq. 12)
+        log_z = torch.log_softmax(logits[keep, 1:], -1)  # [M, C]
+        log_not_z = torch.log1p(-log_z.exp().clamp(max=1 - 1e-6))  # log(1 - z_hat)  [M, C]
+        one_hot = F.one_hot(labels[keep] - 1, log_z.shape[-1]).to(log_z.dtype)  # [M, C]
+        return -(one_hot * log_z + (1 - one_hot) * log_not_z).sum(-1).mean()
 
     def contrastive_loss(self, M: Tensor, P: Tensor) -> Tensor:
         """L_mulCL (Eqs. 15-17) or the capsule-regularisation ablation."""
@@ -233,7 +271,15 @@ class HPCL4SR(MultiInterestRecommender):
         positives = torch.cat([P, M], dim=1)  # [B, 2K, d]  row i's positive
         # column (i + K) mod 2K of `positives` is anchor i itself: neither positive nor negative
         itself = torch.eye(2 * K, dtype=torch.bool, device=M.device).roll(K, dims=1)  # [2K, 2K]
-        return info_nce(anchors, positives, self.tau, exclude=itself.expand(M.shape[0], -1, -1), margin_deg=self.margin_deg)
+        loss = info_nce(
+            anchors,
+            positives,
+            self.tau,
+            exclude=itself.expand(M.shape[0], -1, -1),
+            margin_deg=self.margin_deg,
+            margin_in_denominator=self.cl_denominator == "eq15",
+        )  # mean over the 2K anchors and the batch
+        return loss * (2 * K) if self.cl_reduction == "sum" else loss
 
     def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         item_seq = batch["item_seq"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,7 @@ def info_nce(
     normalize: bool = True,
     exclude: Tensor | None = None,
     margin_deg: float = 0.0,
+    margin_in_denominator: bool = True,
 ) -> Tensor:
     """InfoNCE with positives on the diagonal and in-group negatives.
 
@@ -28,6 +30,9 @@ def info_nce(
             negatives (e.g. sequences with the same target: HM4SR's false negatives).
         margin_deg: additive angular margin on the positive pair, ``cos(theta + m)``
             (ArcFace; HPCL4SR Eq. 16).  Requires ``normalize=True``.
+        margin_in_denominator: with a margin, the denominator holds the margined positive
+            (ArcFace, HPCL4SR Eq. 15; default) or the plain one (HPCL4SR Eq. 17:
+            ``sum_{j != i}`` over the un-margined similarities).
     Returns:
         Scalar mean loss over all anchors.
     """
@@ -36,6 +41,7 @@ def info_nce(
     sim = a @ b.transpose(-1, -2)  # [..., n, n]
     n = sim.shape[-1]
     eye = torch.eye(n, dtype=torch.bool, device=sim.device)
+    plain = sim
     if margin_deg:
         if not normalize:
             raise ValueError("an angular margin needs cosine similarities (normalize=True)")
@@ -45,8 +51,28 @@ def info_nce(
     logits = sim / tau
     if exclude is not None:
         logits = logits.masked_fill(exclude & ~eye, float("-inf"))
+    if margin_deg and not margin_in_denominator:
+        # Eq. 17: -log( e^{cos(theta_ii* + m)/tau} / sum_{j != i} e^{cos(theta_ij)/tau} )
+        denominator = torch.where(eye, plain / tau, logits)  # [..., n, n], positive un-margined
+        return (torch.logsumexp(denominator, -1) - logits.diagonal(dim1=-2, dim2=-1)).mean()
     labels = torch.arange(n, device=sim.device).expand(logits.shape[:-1])  # [..., n]
     return F.cross_entropy(logits.reshape(-1, n), labels.reshape(-1))
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return -grad
+
+
+def grad_reverse(x: Tensor) -> Tensor:
+    """Identity forward, negated gradient backward (Ganin & Lempitsky's gradient reversal;
+    the MDMI category classifier HPCL4SR's ``class_grad_reverse`` reproduces)."""
+    return _GradReverse.apply(x)
 
 
 def distillation_kl(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
