@@ -274,7 +274,7 @@ def execute(run: Run, opts: Options) -> dict[str, Any]:
         stale = meta.get("config_hash") not in (None, run.hash)
         if stale:
             opts.log(f"STALE {run.run_dir}: finished with config {meta.get('config_hash')}, now {run.hash} (--force re-runs)")
-        return {"status": "reused", "stale": stale, **meta}
+        return {**meta, "status": "reused", "stale": stale}
     twin = None if opts.force else find_twin(run, opts.out)
     if twin is not None:  # the same config and seed already ran for another table: share it
         if opts.dry_run:

@@ -228,5 +228,7 @@ def test_a_run_already_made_for_another_table_is_shared_not_rerun(tmp_path):
     out = execute(second, opts)
     assert out["status"] == "reused" and out["twin_of"] == str(first.run_dir)
     assert json.loads((second.run_dir / "test_metrics.json").read_text())["test"]["test/recall@10"] == 0.25
+    again = execute(first, opts)  # a finished run is reused, and says so (not the stored "done")
+    assert again["status"] == "reused" and again["stale"] is False
     third = Run(cfg, tmp_path / "hm4sr" / "default" / "SASRec-s0", 0, "g")
     assert find_twin(third, tmp_path) == first.run_dir  # a copy is never itself a source
