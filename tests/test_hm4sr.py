@@ -139,6 +139,7 @@ def test_checkpoint_round_trip(batch, tmp_path):
         ({"cp_weight": 0.5}, "loss"),
         ({"idcl_temperature": 0.5}, "loss"),
         ({"pcl_ratio": 0.6}, "loss"),
+        ({"mask_pad_logit": False}, "loss"),
     ],
 )
 def test_ablation_switch_changes_computation(switch, what, batch):

@@ -68,7 +68,8 @@ Paper vs official code (``SStarCCat/HM4SR`` f1c0a15, spec §8); the paper is the
   ``>= 0`` and pads use bucket 0, so pad positions never hold NaN.  Indices are also clamped to
   the table, whose size is ``floor(μ log2(max_gap + 1)) + 1`` as in the code.
 * ``L_main``: the code leaves the pad column in the training softmax; Eq. 20 sums over items,
-  so the pad column is masked here (the spec measured the difference as negligible).
+  so the pad column is masked here (the spec measured the difference as negligible);
+  ``mask_pad_logit=False`` keeps it in the softmax, for parity with the code.
 * False negatives in IDCL/PCL: Eq. 23/25 keep every other row as a negative
   (``false_negatives="keep"``); the code sets the logits of other rows with the same target
   to 0 (``"zero_logit"``, from UniSRec); the default ``"exclude"`` removes them from the
@@ -289,6 +290,7 @@ class HM4SR(SequentialRecommender):
         use_pcl / pcl_weight / pcl_temperature / pcl_ratio: PCL, λ3, its temperature, β.
         false_negatives: same-target rows in IDCL/PCL: ``"exclude"`` | ``"zero_logit"`` (code) |
             ``"keep"`` (Eqs. 23/25 as printed).
+        mask_pad_logit: drop the pad column from L_main's softmax (Eq. 20) or keep it (code).
         **kwargs: :class:`SequentialRecommender` options (num_items, data_info, lr, topk, ...).
     """
 
@@ -327,6 +329,7 @@ class HM4SR(SequentialRecommender):
         pcl_temperature: float = 1.0,
         pcl_ratio: float = 0.3,
         false_negatives: str = "exclude",
+        mask_pad_logit: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -557,7 +560,8 @@ class HM4SR(SequentialRecommender):
         hp, target = self.hparams, batch["target"]
         out = self.encode(batch)
         logits = self.score_all(torch.cat([out["h"][m] for m in self.modalities], -1))  # [B, N+1]
-        logits[:, 0] = float("-inf")
+        if hp.mask_pad_logit:
+            logits[:, 0] = float("-inf")
         terms = {"rec": F.cross_entropy(logits, target)}  # Eq. 20
         if self.cp_on:
             terms["cp"] = hp.cp_weight * self.category_prediction_loss(out["x"], batch["item_seq"])
