@@ -193,17 +193,30 @@ def _instrument(ph: Phases) -> None:
     ph.wrap(base, "load_cache", "cache load")
 
 
-def worker_office(spec: dict[str, Any]) -> dict[str, Any]:
-    """``prepare_dataset`` end to end on the Office-sized files, phases timed inside."""
+def _begin_worker() -> tuple[Phases, str]:
+    """A worker's prologue: timed import of the data stack, instrumented phases, start load."""
     _ensure_repo_on_path()
     ph = Phases()
     ph.start("import pandas/numpy/datamodules")
-    from datamodules.base import prepare_dataset
-    from datamodules.processing import ProcessingOptions
+    import datamodules.base  # noqa: F401  (the import cost is what this phase measures)
 
     ph.stop()
     _instrument(ph)
-    load0 = loadavg()
+    return ph, loadavg()
+
+
+def _worker_result(ph: Phases, load0: str, **fields: Any) -> dict[str, Any]:
+    """A worker's JSON result: its phases, ``fields``, peak RSS and the load before / after."""
+    return {"phases": ph.rows, **fields, "maxrss_kib": max(_maxrss_kib(), ph.peak_kib),
+            "vmhwm_reset": ph.can_reset, "loadavg_start": load0, "loadavg_end": loadavg()}
+
+
+def worker_office(spec: dict[str, Any]) -> dict[str, Any]:
+    """``prepare_dataset`` end to end on the Office-sized files, phases timed inside."""
+    ph, load0 = _begin_worker()
+    from datamodules.base import prepare_dataset
+    from datamodules.processing import ProcessingOptions
+
     ph.start("prepare_dataset (end to end)")
     data = prepare_dataset("amazon2018", spec["paths"],
                            opts=ProcessingOptions(k_core=5, require_text=True),
@@ -211,22 +224,15 @@ def worker_office(spec: dict[str, Any]) -> dict[str, Any]:
     ph.stop()
     stats = {k: data.stats[k] for k in ("num_users", "num_items", "num_interactions", "avg_len",
                                         "num_categories", "items_with_text")}
-    return {"phases": ph.rows, "stats": stats, "log": data.stats["log"],
-            "maxrss_kib": max(_maxrss_kib(), ph.peak_kib), "vmhwm_reset": ph.can_reset,
-            "loadavg_start": load0, "loadavg_end": loadavg()}
+    return _worker_result(ph, load0, stats=stats, log=data.stats["log"])
 
 
 def worker_mix(spec: dict[str, Any]) -> dict[str, Any]:
     """Every domain through ``prepare_dataset``, then ``merge_domains`` (as the datamodule)."""
-    _ensure_repo_on_path()
-    ph = Phases()
-    ph.start("import pandas/numpy/datamodules")
+    ph, load0 = _begin_worker()
     from datamodules.base import merge_domains, prepare_dataset
     from datamodules.processing import ProcessingOptions
 
-    ph.stop()
-    _instrument(ph)
-    load0 = loadavg()
     opts = ProcessingOptions(k_core=5, require_text=True)
     domains, per_domain = [], []
     t_all = time.perf_counter()
@@ -245,9 +251,7 @@ def worker_mix(spec: dict[str, Any]) -> dict[str, Any]:
     total = time.perf_counter() - t_all
     stats = {k: merged.stats[k] for k in ("num_users", "num_items", "num_interactions",
                                           "avg_len", "num_categories")}
-    return {"phases": ph.rows, "stats": stats, "per_domain": per_domain, "seconds": total,
-            "maxrss_kib": max(_maxrss_kib(), ph.peak_kib), "vmhwm_reset": ph.can_reset,
-            "loadavg_start": load0, "loadavg_end": loadavg()}
+    return _worker_result(ph, load0, stats=stats, per_domain=per_domain, seconds=total)
 
 
 WORKERS = {"generate": worker_generate, "office": worker_office, "mix": worker_mix}

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 
-from benchmarks.speed_common import REPO, peak_bytes, reset_peak, rss_bytes
+from benchmarks.speed_common import REPO, peak_bytes, reset_peak, rss_bytes, timed
 
 #: papers' Office after 5-core (MIRACLE Table 1 / HORAE Table 6)
 OFFICE_PAPER = dict(users=87_436, items=25_986, interactions=684_837)
@@ -148,13 +148,7 @@ def eval_breakdown(model, dm, repeats: int = 3) -> dict[str, Any]:
             metric.update(s, b["target"])
 
     def med(fn) -> float:
-        fn()
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return float(np.median(ts))
+        return timed(fn, repeats=repeats, warmup=1)["median_s"]
 
     K = n_interests(model, reps[0])
     first = reps[0][0] if isinstance(reps[0], tuple) else reps[0]

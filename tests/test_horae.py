@@ -14,7 +14,6 @@ from model_checks import (
     assert_one_step_lowers_loss,
     assert_scores_shape,
     assert_switch_changes,
-    total_loss,
 )
 from test_miracle import L, N_ITEMS, check_freeze_keeps_frozen_fixed, check_load_pretrained, long_batch, make_model
 
