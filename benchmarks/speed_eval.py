@@ -43,7 +43,7 @@ HORAE_SCRATCH = dict(pretrained_ckpt=None, freeze=[])
 
 def configs(a: argparse.Namespace) -> list[tuple[str, str, str, dict[str, Any], dict[str, Any]]]:
     """(label, dataset label, recipe, model overrides, data overrides)."""
-    from benchmarks.speed_zoo import office_atomic, random_text_features
+    from benchmarks.speed_zoo import office_atomic
 
     out = [
         ("SASRec", "MovieLens default", "sasrec", {}, {}),

@@ -45,7 +45,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.speed_common import (  # noqa: E402
-    REPO,
     dump_json,
     fmt_bytes,
     header_md,
