@@ -71,6 +71,8 @@ def test_fit_then_test_writes_metrics(sasrec_run):
     assert (out / "sasrec" / "best.ckpt").is_file() and (out / "sasrec" / "last.ckpt").is_file()
     assert metrics["best_checkpoint"].endswith("best.ckpt")
     assert "[zoo] test metrics" in r.stdout
+    for noise in ("litlogger", "LeafSpec", "exists and is not empty"):  # quiet_lightning_noise
+        assert noise not in r.stdout + r.stderr, noise
 
 
 def test_compile_switch_traces_the_model_and_keeps_checkpoints_interchangeable(sasrec_run, ml_folder):

@@ -16,10 +16,12 @@ it is built.  Top-level recipe keys beyond Lightning's: ``monitor``, ``monitor_m
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,26 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+class _DropLitLoggerTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def quiet_lightning_noise(run_dir: Path) -> None:
+    """Silence Lightning messages that say nothing about the run: the LitLogger advert, the
+    torch-2.13 ``LeafSpec`` deprecation inside Lightning's pytree helper, and "checkpoint
+    directory exists and is not empty" when the folder holds no checkpoint (only the logs the
+    CSV logger has just created).  A folder with checkpoints keeps the warning."""
+    tip = _DropLitLoggerTip()
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLitLoggerTip) for f in logger.filters):
+            logger.addFilter(tip)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    if not any(run_dir.glob("*.ckpt")):
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 class CheckpointError(ValueError):
@@ -258,6 +280,7 @@ class ZooCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any):
         cfg = self._cfg()
         run_dir = self.run_dir()
+        quiet_lightning_noise(run_dir)
         if cfg.get("compile", "off") not in ("off", None, False):
             compiled = self.model.compile_modules(str(cfg["compile"]), cfg.get("compile_backend", "inductor"))
             print(f"[zoo] torch.compile ({cfg['compile']}, {cfg.get('compile_backend', 'inductor')}): {', '.join(compiled)}")
