@@ -326,8 +326,11 @@ def execute(run: Run, opts: Options) -> dict[str, Any]:
 
 def find_twin(run: Run, out: Path) -> Path | None:
     """A finished run elsewhere under ``out`` with this run's config hash and seed (the same
-    baseline appears in several papers' tables on the embedded default)."""
-    for meta_path in sorted(out.glob("*/*/*/reproduce.json")) + sorted(out.glob("pretrain/*/reproduce.json")):
+    baseline appears in several papers' tables on the embedded default, and an ablation table's
+    full-model row is often a main-table cell): main cells ``<paper>/<dataset>/<row>``, ablation
+    cells ``<paper>/ablation/<table>/<dataset>/<row>`` and pre-training runs."""
+    layouts = ("*/*/*/reproduce.json", "*/ablation/*/*/*/reproduce.json", "pretrain/*/reproduce.json")
+    for meta_path in [m for pattern in layouts for m in sorted(out.glob(pattern))]:
         d = meta_path.parent
         if d == run.run_dir or not (d / "test_metrics.json").is_file():
             continue

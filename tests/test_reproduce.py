@@ -232,3 +232,13 @@ def test_a_run_already_made_for_another_table_is_shared_not_rerun(tmp_path):
     assert again["status"] == "reused" and again["stale"] is False
     third = Run(cfg, tmp_path / "hm4sr" / "default" / "SASRec-s0", 0, "g")
     assert find_twin(third, tmp_path) == first.run_dir  # a copy is never itself a source
+    ablation_row = Run(cfg, tmp_path / "timirec" / "ablation" / "Table_4" / "default" / "SASRec-s0", 0, "g")
+    assert find_twin(ablation_row, tmp_path) == first.run_dir  # an ablation row finds a main-table cell
+    other_cfg = {**cfg, "trainer": {"max_epochs": 7}}
+    in_ablation = Run(other_cfg, ablation_row.run_dir, 0, "g")
+    in_ablation.run_dir.mkdir(parents=True)
+    (in_ablation.run_dir / "test_metrics.json").write_text(json.dumps({"test": {}}))
+    (in_ablation.run_dir / "reproduce.json").write_text(
+        json.dumps({"config_hash": in_ablation.hash, "seed": 0, "status": "done"}))
+    main_cell = Run(other_cfg, tmp_path / "timirec" / "default" / "SASRec-s0", 0, "g")
+    assert find_twin(main_cell, tmp_path) == in_ablation.run_dir  # ... and the other way round
