@@ -25,8 +25,9 @@ Known behaviour (measured, not a bug): ComiRec-DR's interests are squashed capsu
 norm is at most 1 (0.89-1.00 on the embedded default) and a dot-product score can only grow
 through the item's own norm.  On small data the item norms learn popularity and the ranking
 collapses towards it: on MovieLens latest-small every user's top-50 is nearly the same list and
-Recall@10 stays at popularity's level for 40 epochs.  MIND escapes the bound with the ReLU dense
-layer after its capsules (official code) and keeps learning.
+validation Recall@10 stays near popularity's level (0.02-0.04) for 40 epochs.  MIND escapes the
+bound with the ReLU dense layer after its capsules (official code) and keeps learning.  On a
+planted two-interest structure ComiRec-DR learns like the others (``tests/test_learning.py``).
 
 :class:`MultiInterestRecommender` holds what ComiRec, MIND and HPCL4SR share: the hard-readout
 loss, max-over-interests scoring (chunked, with an interest mask), candidate scoring, and the
