@@ -22,13 +22,13 @@ ComiRec's controllable diversity aggregation only re-ranks at serving time (lamb
 paper table here) and is not implemented.
 
 Known behaviour (measured, not a bug): ComiRec-DR's interests are squashed capsules, so their
-norm is at most 1 (0.89-1.00 on the embedded default) and a dot-product score can only grow
+norm is at most 1 (measured on the embedded default) and a dot-product score can only grow
 through the item's own norm.  On small data the item norms learn popularity and the ranking
 collapses towards it: on MovieLens latest-small an early-stopped ComiRec-DR gives 90 % of every
 user's top-50 from one common list, and trained 40 epochs it still tests at popularity's
-Recall@10 (``benchmarks/results/collapse.md``).  MIND escapes the
-bound with the ReLU dense layer after its capsules (official code) and keeps learning.  On a
-planted two-interest structure ComiRec-DR learns like the others (``tests/test_learning.py``).
+Recall@10 (``benchmarks/results/collapse.md``).  MIND escapes the bound with the ReLU dense
+layer after its capsules (official code) and keeps learning.  On a planted two-interest
+structure ComiRec-DR learns like the others (``tests/test_learning.py``).
 
 :class:`MultiInterestRecommender` holds what ComiRec, MIND and HPCL4SR share: the hard-readout
 loss, max-over-interests scoring (chunked, with an interest mask), candidate scoring, and the
