@@ -13,8 +13,9 @@ What one cell is (``benchmarks/paper_numbers.yaml`` says it per paper):
   ``zoo fit --config <run_dir>/recipe.yaml --seed_everything S --run_dir <run_dir>`` in its own
   process;
 * pre-training first when the recipe's ``model.init_args.pretrained_ckpt`` is
-  ``runs/<recipe>/best.ckpt`` of a recipe in ``recipes/``: that recipe runs (same seed, same
-  overrides) into ``<out>/pretrain/<recipe>-<hash>-s<seed>/`` and its ``best.ckpt`` is passed as
+  ``runs/<recipe>/best.ckpt`` or ``last.ckpt`` of a recipe in ``recipes/``: that recipe runs (same
+  seed, same overrides) into ``<out>/pretrain/<recipe>-<hash>-s<seed>/`` and the same checkpoint
+  of it (MIRACLE/HORAE: ``last.ckpt``, the official codes' final epoch; TiMiRec: ``best.ckpt``) is passed as
   ``model.init_args.pretrained_ckpt``; identical pre-training runs are shared between cells.
 
 Resume: a run whose ``test_metrics.json`` exists is not run again (a run killed half-way restarts
@@ -252,7 +253,7 @@ def plan_run(recipe: str, args: dict[str, Any], data_cfg: dict[str, Any] | None,
         pcfg, pmissing = materialise(m.group(1), args, pre_data, opts, strict_args=False)
         pre_dir = opts.out / "pretrain" / f"{m.group(1)}-{config_hash(pcfg, 0)[:8]}-s{seed}"
         run.pretrain = Run(pcfg, pre_dir, seed, group, job_type="pretrain", missing=pmissing)
-        cfg["model"]["init_args"]["pretrained_ckpt"] = str(pre_dir / "best.ckpt")
+        cfg["model"]["init_args"]["pretrained_ckpt"] = str(pre_dir / f"{m.group(2)}.ckpt")  # the recipe's choice
         run.missing = sorted(set(missing) | set(pmissing))
     elif ckpt and not Path(str(ckpt)).expanduser().exists():
         run.missing.append(str(Path(str(ckpt)).expanduser().absolute()))

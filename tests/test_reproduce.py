@@ -159,9 +159,11 @@ def test_every_cell_and_ablation_row_plans(tmp_path):
     run = plan_cell(specs, "HORAE", horae["datasets"]["default"], {"interest_intra": False}, tmp_path / "h", 3, "g", opts)
     assert run.pretrain is not None and run.pretrain.cfg["model"]["init_args"]["stage"] == "pretrain"
     assert run.pretrain.cfg["model"]["init_args"]["interest_intra"] is False  # the switch reaches pre-training
-    assert run.cfg["model"]["init_args"]["pretrained_ckpt"] == str(run.pretrain.run_dir / "best.ckpt")
+    # HORAE fine-tunes from the LAST pre-training epoch (official code), TiMiRec from the best stage-1 one
+    assert run.cfg["model"]["init_args"]["pretrained_ckpt"] == str(run.pretrain.run_dir / "last.ckpt")
     tim = numbers["timirec"]["main"]
     run = plan_cell(tim["models"], "TiMiRec+", tim["datasets"]["Beauty"], {}, tmp_path / "t", 0, "g", opts)
+    assert run.cfg["model"]["init_args"]["pretrained_ckpt"] == str(run.pretrain.run_dir / "best.ckpt")
     assert run.cfg["model"]["init_args"]["transformer"] is True
     assert run.pretrain.cfg["model"]["init_args"]["transformer"] is True
     assert run.pretrain.cfg["data"] == run.cfg["data"]  # TiMiRec's stage 1 runs on the cell's data
