@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = str(Path(sys.executable).parent / "zoo")
@@ -73,6 +74,16 @@ def test_fit_then_test_writes_metrics(sasrec_run):
     assert "[zoo] test metrics" in r.stdout
     for noise in ("litlogger", "LeafSpec", "exists and is not empty"):  # quiet_lightning_noise
         assert noise not in r.stdout + r.stderr, noise
+
+
+def test_last_ckpt_is_the_latest_epoch_even_without_improvement(ml_folder, tmp_path):
+    """With lr = 0 validation never improves after epoch 0: best.ckpt stays at epoch 0 while
+    last.ckpt must follow every epoch (Lightning 2.6 alone leaves it at the best epoch)."""
+    tiny_sasrec_fit(ml_folder, tmp_path, "flat", "--trainer.max_epochs", "3", "--patience", "0",
+                    "--model.init_args.lr", "0.0")
+    epoch = {name: torch.load(tmp_path / "flat" / f"{name}.ckpt", map_location="cpu", weights_only=False)["epoch"]
+             for name in ("best", "last")}
+    assert epoch == {"best": 0, "last": 2}
 
 
 def test_compile_switch_traces_the_model_and_keeps_checkpoints_interchangeable(sasrec_run, ml_folder):

@@ -191,6 +191,25 @@ class EpochSeed(Callback):
             random.seed(seed)
 
 
+class EpochLastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` after EVERY epoch.  Lightning 2.6's ``save_last`` writes it only when a top-k
+    checkpoint was written at the same step, so next to ``best.ckpt`` (top-1 on the monitor) it
+    stayed at the best epoch: resuming "from last" went back to the best epoch, and fine-tuning
+    from a pre-training run's last.ckpt loaded its best-validation epoch instead of the final one.
+    This callback writes no top-k file and marks every epoch as saved, so Lightning's own hooks
+    (end of validation, or of the training epoch) write ``last.ckpt`` each time."""
+
+    def __init__(self, dirpath: Path) -> None:
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, enable_version_counter=False)
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(kind="epoch_last")
+
+    def _save_topk_checkpoint(self, trainer, monitor_candidates) -> None:
+        self._last_global_step_saved = trainer.global_step  # nothing to keep but "last"
+
+
 class StepLastCheckpoint(ModelCheckpoint):
     """Refreshes ``last.ckpt`` every N training steps (``last_every_n_steps``), next to the
     best/last-at-epoch-end callback; its own state key lets a user add further checkpoints."""
@@ -290,9 +309,10 @@ class ZooCLI(LightningCLI):
         monitor, mode = cfg.get("monitor"), cfg.get("monitor_mode", "max")
         if self.subcommand == "fit":
             callbacks.append(
-                ModelCheckpoint(dirpath=run_dir, filename="best", monitor=monitor, mode=mode, save_last=True,
+                ModelCheckpoint(dirpath=run_dir, filename="best", monitor=monitor, mode=mode, save_last=False,
                                 enable_version_counter=False, auto_insert_metric_name=False)
             )
+            callbacks.append(EpochLastCheckpoint(run_dir))  # last.ckpt = the latest epoch, improved or not
             if cfg.get("last_every_n_steps", 0) > 0:  # mid-epoch last.ckpt (the loader resumes exactly)
                 callbacks.append(StepLastCheckpoint(dirpath=run_dir, save_top_k=0, save_last=True,
                                                     every_n_train_steps=cfg["last_every_n_steps"],
