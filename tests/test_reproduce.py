@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.reproduce import (
+from zoo.experiments.reproduce import (
     NUMBERS, Options, betainc, load_numbers, paired_ttest, plan_cell, resolve_path,
 )
 
@@ -108,7 +108,7 @@ def test_missing_dataset_is_reported_with_its_expected_path(tmp_path):
 
 def test_plot_writes_pngs(reduced):
     out, _, _ = reduced
-    from benchmarks.plot import main as plot_main
+    from zoo.experiments.plot import main as plot_main
 
     assert plot_main(["--results", str(out), "--paper", "horae"]) == 0
     for name in ("metrics-default.png", "curves-default.png"):
@@ -213,7 +213,7 @@ def test_paper_numbers_match_the_papers_tables():
 def test_a_run_already_made_for_another_table_is_shared_not_rerun(tmp_path):
     """The same baseline on the embedded default appears in HORAE's and MIRACLE's tables: the
     second table reuses the first one's finished run (same config hash and seed), and --force does not."""
-    from benchmarks.reproduce import Run, execute, find_twin
+    from zoo.experiments.reproduce import Run, execute, find_twin
 
     opts = Options(out=tmp_path, quiet=True)
     cfg = {"model": {"class_path": "zoo.models.sasrec.SASRec"}, "trainer": {"max_epochs": 1}}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from benchmarks.reproduce import (
+from zoo.experiments.reproduce import (
     PAPERS, common_parser, load_numbers, log_wandb_summary, machine_line, markdown_table, no_recipe_record,
     options_from, plan_cell, run_cell, slug, write_results, Options,
 )

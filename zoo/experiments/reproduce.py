@@ -51,7 +51,7 @@ from typing import Any, Iterable
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes"
 NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
 PAPERS = ("horae", "miracle", "timirec", "hpcl4sr", "hm4sr")

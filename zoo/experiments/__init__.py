@@ -1,0 +1,1 @@
+"""Experiment runner: paper tables (reproduce), ablations, comparisons and tuning through `zoo fit`."""
