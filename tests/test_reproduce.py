@@ -385,3 +385,42 @@ def test_a_cell_planned_earlier_in_the_same_plan_is_shared_and_each_pretraining_
         ("run", pre.run_dir), ("run", a.run_dir), ("share", b.run_dir), ("run", c.run_dir)]
     assert [s.index for s in steps if s.fits] == [1, 2, 3] and steps[2].source == a.run_dir
     assert all(s.estimate_s and s.estimate_s > 0 for s in steps if s.fits)
+
+
+def test_reproduction_doc_matches_the_numbers_file_and_the_cli():
+    """docs/reproduction.md lists every table, dataset and row of paper_numbers.yaml, and every flag
+    of `zoo reproduce` / `zoo ablate`."""
+    from zoo.experiments import ablate, reproduce
+    from zoo.experiments.reproduce import main_rows
+
+    doc = (ROOT / "docs" / "reproduction.md").read_text()
+    lines = doc.splitlines()
+    numbers = load_numbers()
+    for paper in ("horae", "miracle", "timirec", "hpcl4sr", "hm4sr"):
+        main = numbers[paper]["main"]
+        rows, missing = main_rows(paper, numbers, None)
+        line = next(l for l in lines if l.startswith(f"| {paper} | {main['table']} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert [d.strip().split(" (")[0] for d in cells[2].split(",")] == list(main["datasets"]), paper
+        assert [r.strip() for r in cells[3].split(",")] == rows and [r.strip() for r in cells[4].split(",")] == missing
+        for abl in numbers[paper].get("ablations") or []:
+            line = next(l for l in lines if l.startswith(f"| {paper} | {abl['table']} |"))
+            assert line.rstrip(" |").endswith(", ".join(abl["rows"])), (paper, abl["table"])
+    import argparse
+    for mod in (reproduce, ablate):
+        parser = None
+        orig = argparse.ArgumentParser.parse_args
+
+        def grab(self, *a, **k):
+            nonlocal parser
+            parser = self
+            raise SystemExit(0)
+
+        argparse.ArgumentParser.parse_args = grab
+        try:
+            with pytest.raises(SystemExit):
+                mod.main([])
+        finally:
+            argparse.ArgumentParser.parse_args = orig
+        flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+        assert flags and all(f"`{f}" in doc for f in flags), [f for f in flags if f"`{f}" not in doc]

@@ -1,7 +1,8 @@
 """PNG figures from ``zoo reproduce`` / ``zoo ablate`` results (matplotlib, Agg backend).
 
-    python -m zoo.experiments.plot --results benchmarks/results          # every paper found there
-    python -m zoo.experiments.plot --results benchmarks/results --paper horae
+    python -m zoo.experiments.plot                                       # runs/reproduce, every paper found there
+    python -m zoo.experiments.plot --results runs/ablate --paper horae   # one paper's ablation figures
+    python -m zoo.experiments.plot --results benchmarks/results          # the committed results
 
 Per paper folder it writes:
 

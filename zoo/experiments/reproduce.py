@@ -51,7 +51,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -366,7 +365,7 @@ def measured_timings(roots: Iterable[Path]) -> dict[str, float]:
                 continue
             if meta.get("status") != "done" or "twin_of" in meta or not meta.get("wall_time_s") or not tm.get("config"):
                 continue
-            epochs = int(tm.get("epochs") or 0) + 1
+            epochs = max(int(tm.get("epochs") or 0), 1)  # Lightning's current_epoch after fit = epochs run
             out[_timing_key(tm["config"])] = max(0.0, float(meta["wall_time_s"]) - STARTUP_S) / epochs
     return out
 
@@ -410,26 +409,32 @@ def fmt_s(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def find_twin(run: Run, roots: Iterable[Path]) -> Path | None:
-    """A finished run elsewhere under ``roots`` with this run's config hash and seed (the same
-    baseline appears in several papers' tables on the embedded default, and an ablation table's
-    full-model row is often a main-table cell): main cells ``<paper>/<dataset>/<row>``, ablation
-    cells ``<paper>/ablation/<table>/<dataset>/<row>``.  Pre-training runs are never shared (a
-    fine-tuning loads their checkpoint, which a shared copy does not have)."""
+def twin_index(roots: Iterable[Path]) -> dict[tuple[str, int], Path]:
+    """{(config hash, seed): folder} of the finished runs under ``roots`` that may be shared: main
+    cells ``<paper>/<dataset>/<row>``, ablation cells ``<paper>/ablation/<table>/<dataset>/<row>``
+    (the same baseline appears in several papers' tables on the embedded default, and an ablation
+    table's full-model row is often a main-table cell).  Pre-training runs are never shared (a
+    fine-tuning loads their checkpoint, which a shared copy does not have), nor are copies."""
+    index: dict[tuple[str, int], Path] = {}
     layouts = ("*/*/*/reproduce.json", "*/ablation/*/*/*/reproduce.json")
     for root in roots:
         for meta_path in [m for pattern in layouts for m in sorted(Path(root).glob(pattern))]:
             d = meta_path.parent
-            if d == run.run_dir or d.parent.name == "pretrain" or not (d / "test_metrics.json").is_file():
+            if d.parent.name == "pretrain" or not (d / "test_metrics.json").is_file():
                 continue
             try:
                 meta = json.loads(meta_path.read_text())
             except (OSError, ValueError):
                 continue
-            if meta.get("config_hash") == run.hash and meta.get("seed") == run.seed and meta.get("status") == "done" \
-                    and "twin_of" not in meta:
-                return d
-    return None
+            if meta.get("status") == "done" and "twin_of" not in meta and "config_hash" in meta:
+                index.setdefault((meta["config_hash"], meta.get("seed")), d)
+    return index
+
+
+def find_twin(run: Run, roots: Iterable[Path], index: dict[tuple[str, int], Path] | None = None) -> Path | None:
+    """A finished run elsewhere under ``roots`` with this run's config hash and seed (see :func:`twin_index`)."""
+    twin = (index if index is not None else twin_index(roots)).get((run.hash, run.seed))
+    return None if twin == run.run_dir else twin
 
 
 def _stored_meta(run: Run) -> dict[str, Any]:
@@ -445,6 +450,7 @@ def make_plan(cells: list[Cell], opts: Options) -> list[Step]:
     will run earlier in this plan) elsewhere are shared, cells without data are skipped."""
     roots = [opts.out, *opts.share]
     measured = measured_timings(r for r in roots if r.is_dir())
+    twins = twin_index(r for r in roots if r.is_dir()) if not opts.force else {}
     steps: list[Step] = []
     by_dir: dict[Path, Step] = {}
     planned: dict[tuple[str, int], Path] = {}  # (config hash, seed) of cells this plan runs
@@ -458,7 +464,7 @@ def make_plan(cells: list[Cell], opts: Options) -> list[Step]:
         else:
             twin = None
             if not pretrain and not opts.force:
-                twin = planned.get((run.hash, run.seed)) or find_twin(run, roots)
+                twin = planned.get((run.hash, run.seed)) or find_twin(run, roots, twins)
             if twin is not None:
                 step = Step(run, "share", label, source=twin)
             else:
@@ -599,7 +605,6 @@ def fit(step: Step, n: int, opts: Options) -> dict[str, Any]:
     """Run ``zoo fit`` for one planned step (its own process, log in ``<run_dir>/zoo.log``)."""
     run = step.run
     meta_path = run.run_dir / "reproduce.json"
-    created = not run.run_dir.exists()
     run.run_dir.mkdir(parents=True, exist_ok=True)
     recipe_path = run.run_dir / "recipe.yaml"
     atomic_write(recipe_path, f"# materialised by zoo/experiments/reproduce.py; config hash {run.hash}\n"
@@ -632,9 +637,7 @@ def fit(step: Step, n: int, opts: Options) -> dict[str, Any]:
     atomic_write(meta_path, json.dumps(meta, indent=2))
     if not ok:
         why = _failure_reason(run.run_dir / "zoo.log") or f"zoo fit exited {rc}"
-        _remove_empty_dirs(run.run_dir, opts.out)
-        if created and {p.name for p in run.run_dir.iterdir()} <= {"recipe.yaml", "reproduce.json"}:
-            shutil.rmtree(run.run_dir)  # nothing of the run to look at: leave no folder behind
+        _remove_empty_dirs(run.run_dir, opts.out)  # the log and the reason stay; no empty logs/ or wandb/
         opts.log(f"[{step.index}/{n}] FAILED {step.label} after {fmt_s(wall)} (exit {rc}): {why} "
                  f"- see {run.run_dir / 'zoo.log'}")
         return {**meta, "reason": f"zoo fit exited {rc}: {why} (see {run.run_dir / 'zoo.log'})"}
