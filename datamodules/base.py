@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from datamodules.processing import (
     ProcessingOptions,
     cache_key,
     cached_cache_dir,
+    explain_new_cache,
     load_cache,
     process,
     write_cache,
@@ -78,10 +80,14 @@ def prepare_dataset(
         if verbose:
             print(f"[zoo] loaded processed cache {target} (no reprocessing)")
         return load_cache(target)
+    note = explain_new_cache(target, format, paths, format_options, opts, extra)
+    if note:  # a recipe that differs in one option would otherwise rebuild silently
+        print(note, file=sys.stderr, flush=True)
     if verbose:
         print(f"[zoo] processing {format} {paths or ''} -> {target}")
     raw = read_raw(format, name=name, **paths, **format_options)
     result = process(raw, opts)
+    result["stats"]["format_options"] = format_options  # with "options": what explain_new_cache compares
     write_cache(result, target)
     if verbose:
         print((target / "summary.md").read_text(encoding="utf-8"))

@@ -95,19 +95,35 @@ class TopKWriter(BasePredictionWriter):
         self.run_dir = Path(run_dir)
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        """Columns (docs/cli.md, "Predictions"): ``user_id`` (the publisher's user id),
+        ``user_index`` (the zoo's 0-based user index in the cache), ``items`` (top-K item ids of
+        the publisher, best first, space-separated) and ``scores`` (their scores, same order)."""
+        import csv
+        import io
+
         import torch
 
         dm = trainer.datamodule
         item_ids = ["<pad>"] + list(dm.data.item_ids)
+        if hasattr(dm, "original_user_ids"):
+            user_ids = dm.original_user_ids()
+        else:  # each domain cache's user_ids.json: user index -> the publisher's id
+            domains = getattr(dm, "domains", [dm.data])
+            user_ids = []
+            for d in domains:
+                own = json.loads((Path(d.path) / "user_ids.json").read_text(encoding="utf-8"))
+                user_ids += [f"{d.stats['name']}:{u}" for u in own] if len(domains) > 1 else own
         suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        lines = ["user,items,scores"]
+        buf = io.StringIO()
+        rows = csv.writer(buf, lineterminator="\n")  # quotes an id that holds a comma or a quote
+        rows.writerow(["user_id", "user_index", "items", "scores"])
         interests = []
         for out in predictions:
             for u, items, scores in zip(out["user"].tolist(), out["items"].tolist(), out["scores"].tolist()):
-                lines.append(f"{u},{' '.join(item_ids[i] for i in items)},{' '.join(f'{x:.5g}' for x in scores)}")
+                rows.writerow([user_ids[u], u, " ".join(item_ids[i] for i in items), " ".join(f"{x:.5g}" for x in scores)])
             if "interests" in out:
                 interests.append(out["interests"].cpu())
-        atomic_write_text(self.run_dir / f"predictions{suffix}.csv", "\n".join(lines) + "\n")
+        atomic_write_text(self.run_dir / f"predictions{suffix}.csv", buf.getvalue())
         if interests:
             tmp = self.run_dir / f".interests{suffix}.pt.tmp"
             torch.save(torch.cat(interests), tmp)
