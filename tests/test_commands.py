@@ -236,6 +236,7 @@ GOOD = [  # what the full parser accepts, or what only it can judge: no false al
     ["--config", "/no/such/file.yaml"],  # the full parser says the file is missing
     ["--model.help", "zoo.models.sasrec.SASRec"],
     ["--print_config"],
+    ["--model", "zoo.yaml", "--model.init_args.whatever", "1"],  # a config file for the model, not a class path
 ]
 
 

@@ -68,6 +68,8 @@ class Group:
 
     def set_class(self, class_path: Any, where: _Where) -> None:
         class_path = None if class_path is None else str(class_path)
+        if class_path and (class_path.endswith((".yaml", ".yml", ".json")) or Path(class_path).is_file()):
+            class_path = f"<config file {class_path}>"  # jsonargparse reads the class from it: unknown here
         if class_path != self.class_path:
             # jsonargparse keeps earlier init_args the new class accepts and drops the others
             # silently, so only settings from here on are checked
@@ -99,7 +101,7 @@ def _lightning_subcommand_skips() -> dict[str, set[str]] | None:
 
 def zoo_options() -> tuple[set[str], bool]:
     """The ``--name`` options ``ZooCLI.add_arguments_to_parser`` adds; False when it does more than
-    ``parser.add_argument`` / ``link_arguments`` (then the set may be incomplete)."""
+    ``parser.add_argument`` / ``link_arguments`` / ``set_defaults`` (then the set may be incomplete)."""
     node = catalog.class_node(("zoo.cli", "ZooCLI"))
     fn = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "add_arguments_to_parser"),
               None) if node else None
@@ -114,7 +116,7 @@ def zoo_options() -> tuple[set[str], bool]:
                 names.add(long[0][2:].replace("-", "_"))
             else:
                 complete = False
-        elif call.func.attr != "link_arguments" and isinstance(call.func.value, ast.Name) \
+        elif call.func.attr not in ("link_arguments", "set_defaults") and isinstance(call.func.value, ast.Name) \
                 and call.func.value.id == "parser":
             complete = False
     return names, complete
@@ -329,7 +331,7 @@ def _is_number(value: str) -> bool:
 
 
 def _check_group(group: str, g: Group, subcommand: str) -> None:
-    if not g.class_path:
+    if not g.class_path or g.class_path.startswith("<"):
         return
     where_cls = _resolve(group, g.class_path, g.class_where)
     if where_cls is None:
@@ -352,7 +354,7 @@ def _check_group(group: str, g: Group, subcommand: str) -> None:
 def check(subcommand: str, argv: list[str]) -> None:
     """Raise :class:`RecipeError` for a mistake in ``zoo <subcommand> <argv>`` that is certain
     without importing torch; return silently otherwise (the full parse decides)."""
-    if any(a in HELP_FLAGS or a.endswith(".help") or a.startswith("--print_config") for a in argv):
+    if any(a in HELP_FLAGS or a.endswith(".help") for a in argv):
         return
     inputs = _Inputs(subcommand)
     try:
