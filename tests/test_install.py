@@ -31,6 +31,7 @@ site, checkout = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()
 assert not any(Path(p or ".").resolve() == checkout for p in sys.path), sys.path
 from zoo.entry import main  # the console script's entry point
 rc = main(["reproduce", "--paper", "horae", "--dry-run"])
+assert main(["models"]) == 0 and main(["recipes"]) == 0  # read from the installed sources and recipes
 mods = {n: m.__file__ for n, m in list(sys.modules.items())
         if n.split(".")[0] in ("zoo", "datamodules") and getattr(m, "__file__", None)}
 outside = {n: f for n, f in mods.items() if site not in Path(f).resolve().parents}
@@ -75,4 +76,6 @@ def test_reproduce_dry_run_from_a_non_editable_install(tmp_path):
     else:
         assert "missing raw data: expected " + str(Path.home() / ".cache" / "zoo" / "raw" / "ml-100k") in r.stdout
     assert "| HORAE |" in r.stdout  # the table with the paper's numbers beside the planned cells
+    assert "HORAE: Temporal Multi-Interest Pre-training for Sequential Recommendation (Hu et al., ACM TOIS 2025)" \
+        in r.stdout and f"recipes in {site / 'zoo' / 'recipes'}" in r.stdout  # zoo models / zoo recipes
     assert not list(work.iterdir())  # a dry run writes nothing

@@ -21,7 +21,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-PACKAGE = Path(__file__).resolve().parent  # zoo/
 RECOMMENDER = ("zoo.models.base", "SequentialRecommender")
 DATAMODULE = ("datamodules.base", "SequentialDataModule")
 
@@ -225,12 +224,10 @@ def _safe_loader() -> type:
 
 
 def recipes_folder() -> Path:
-    """``zoo/recipes`` (package data of an installed wheel) if it holds recipes, else the source
-    checkout's ``recipes/``."""
-    for folder in (PACKAGE / "recipes", PACKAGE.parent / "recipes"):
-        if any(folder.glob("*.yaml")):
-            return folder
-    return PACKAGE.parent / "recipes"
+    """The zoo's recipes: ``zoo/recipes`` of an installed wheel, else the checkout's ``recipes/``."""
+    from zoo.experiments.reproduce import default_recipes  # stdlib + yaml only
+
+    return default_recipes()
 
 
 @dataclass
@@ -353,9 +350,12 @@ def recipes_main(argv: list[str]) -> int:
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     p.add_argument("-v", "--verbose", action="store_true", help="add each recipe's first comment line")
     a = p.parse_args(argv)
-    folder = Path(a.recipes or recipes_folder())
-    if not folder.is_dir():
-        print(f"zoo recipes: error: no recipes folder {folder}", file=sys.stderr)
+    try:
+        folder = Path(a.recipes or recipes_folder())
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no recipes folder {folder}")
+    except FileNotFoundError as e:
+        print(f"zoo recipes: error: {e}", file=sys.stderr)
         return 1
     header = ["recipe", "stage", "model", "data", "protocol"] + (["about"] if a.verbose else [])
     rows = [[r.name, r.stage, r.model.rsplit(".", 1)[-1], r.data, r.protocol] + ([r.about] if a.verbose else [])

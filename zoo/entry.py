@@ -16,21 +16,20 @@ from typing import NamedTuple
 
 class Command(NamedTuple):
     module: str  # imported only when the command runs
-    function: str  # called with the arguments after the command name (with_name: including it)
+    function: str  # called with the arguments after the command name (LIGHTNING: zoo.cli.main(argv))
     description: str  # one line for `zoo --help`
-    with_name: bool = False
 
 
 LIGHTNING = ("fit", "validate", "test", "predict")  # LightningCLI subcommands: recipe pre-check first
 
 COMMANDS: dict[str, Command] = {
-    "fit": Command("zoo.cli", "main", "train a recipe (best/last checkpoints, early stopping), then test the best checkpoint", True),
-    "validate": Command("zoo.cli", "main", "evaluate a checkpoint on the validation split", True),
-    "test": Command("zoo.cli", "main", "evaluate a checkpoint on the test split: metrics and per-user ranks", True),
-    "predict": Command("zoo.cli", "main", "write every test user's top-K items (the publisher's ids) to a CSV", True),
+    "fit": Command("zoo.cli", "main", "train a recipe (best/last checkpoints, early stopping), then test the best checkpoint"),
+    "validate": Command("zoo.cli", "main", "evaluate a checkpoint on the validation split"),
+    "test": Command("zoo.cli", "main", "evaluate a checkpoint on the test split: metrics and per-user ranks"),
+    "predict": Command("zoo.cli", "main", "write every test user's top-K items (the publisher's ids) to a CSV"),
     "data": Command("zoo.data_cli", "data_main", "prepare a dataset's processed cache, or print a cache's summary"),
-    "reproduce": Command("zoo.reproduce_cli", "main", "re-run a paper's result table (--dry-run: the plan)", True),
-    "ablate": Command("zoo.reproduce_cli", "main", "run a paper's ablation rows (--dry-run: the plan)", True),
+    "reproduce": Command("zoo.experiments.reproduce", "main", "re-run a paper's result table (--dry-run: the plan)"),
+    "ablate": Command("zoo.experiments.ablate", "main", "run a paper's ablation rows (--dry-run: the plan)"),
     "compare": Command("zoo.experiments.compare", "main", "compare runs: metrics with CIs, paired tests over users"),
     "tune": Command("zoo.experiments.tune", "main", "hyper-parameter search with Optuna over a recipe's tune: block"),
     "models": Command("zoo.catalog", "models_main", "list the models: paper, venue, recipes, default protocol"),
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if name in LIGHTNING:
         return fn(argv)  # None: LightningCLI reads sys.argv itself, as before
     try:
-        return fn(args if cmd.with_name else args[1:])
+        return fn(args[1:])
     except BrokenPipeError:  # `zoo recipes | head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
