@@ -206,6 +206,8 @@ BAD = [  # (extra args after `fit --config recipes/sasrec.yaml`, substrings of t
     (lambda t: ["--config", write(t, "trainer:\n  max_epoch: 3\n")], ["line 2: trainer.max_epoch", "Trainer",
                                                                        "'max_epochs'"]),
     (lambda t: ["--trainer.max_epochz", "3"], ["command line --trainer.max_epochz", "'max_epochs'"]),
+    (lambda t: ["--config", write(t, "seed_everything: 1\nmodel.init_args.d_model: 16\n")],
+     ["recipe.yaml, line 2: model.init_args.d_model", "'d_model' is not accepted"]),
     (lambda t: ["--config", write(t, "model:\n  class_path: zoo.models.sasrek.SASRec\n")],
      ["line 2: model.class_path", "no module zoo.models.sasrek", "did you mean 'zoo.models.sasrec.SASRec'?"]),
     (lambda t: ["--model", "zoo.models.sasrec.SasRec"], ["zoo.models.sasrec has no class SasRec"]),
@@ -237,12 +239,14 @@ GOOD = [  # what the full parser accepts, or what only it can judge: no false al
     ["--model.help", "zoo.models.sasrec.SASRec"],
     ["--print_config"],
     ["--model", "zoo.yaml", "--model.init_args.whatever", "1"],  # a config file for the model, not a class path
+    "trainer.max_epochs: 3\nmodel.init_args.d: 8\nmodel:\n  init_args.n_layers: 1\n",  # dotted keys in a file
 ]
 
 
 @pytest.mark.parametrize("case", range(len(GOOD)))
-def test_precheck_leaves_valid_or_unknown_inputs_to_the_full_parser(case):
-    precheck.check("fit", ["--config", "recipes/sasrec.yaml", *GOOD[case]])
+def test_precheck_leaves_valid_or_unknown_inputs_to_the_full_parser(case, tmp_path):
+    extra = ["--config", write(tmp_path, GOOD[case])] if isinstance(GOOD[case], str) else GOOD[case]
+    precheck.check("fit", ["--config", "recipes/sasrec.yaml", *extra])
 
 
 def test_precheck_knows_exactly_what_the_real_parser_accepts(tmp_path, capsys):

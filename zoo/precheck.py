@@ -157,15 +157,17 @@ def key_line(path: Path, keys: tuple[str, ...]) -> int | None:
     """1-based line of the mapping key ``keys`` (a path of nested keys) in a YAML file."""
     import yaml
 
-    node = _compose(path)
-    line = None
-    for k in keys:
+    node, line, i = _compose(path), None, 0
+    while i < len(keys):
         if not isinstance(node, yaml.MappingNode):
             return line
-        match = next(((kn, vn) for kn, vn in node.value if isinstance(kn, yaml.ScalarNode) and kn.value == k), None)
-        if match is None:
+        found = {kn.value: (kn, vn) for kn, vn in node.value if isinstance(kn, yaml.ScalarNode)}
+        # the key itself, or a dotted key spelling several levels at once (`trainer.max_epochs: 3`)
+        j = next((j for j in range(len(keys), i, -1) if ".".join(keys[i:j]) in found), None)
+        if j is None:
             return line
-        line, node = match[0].start_mark.line + 1, match[1]
+        kn, node = found[".".join(keys[i:j])]
+        line, i = kn.start_mark.line + 1, j
     return line
 
 
@@ -197,7 +199,7 @@ class _Inputs:
             return
         if not isinstance(cfg, dict):
             raise _Defer
-        for key, value in cfg.items():
+        for key, value in _nested(cfg).items():
             key = str(key)
             self.top_keys.append((key, _where(path, (key,))))
             if key == "trainer" and isinstance(value, dict):
@@ -244,6 +246,25 @@ class _Inputs:
                 g.settings.append(Setting(first.rstrip("+"), _yaml_value(value), where, False))
         elif head == "trainer" and rest:
             self.trainer_keys.append((rest.split(".")[0].rstrip("+"), where, False))
+
+
+def _nested(cfg: dict[Any, Any]) -> dict[str, Any]:
+    """Dotted keys as jsonargparse reads them in a config file: ``{"trainer.max_epochs": 3}`` ->
+    ``{"trainer": {"max_epochs": 3}}`` (at every level; later keys win, as in the parser)."""
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        value = _nested(value) if isinstance(value, dict) else value
+        *parents, last = str(key).split(".")
+        at = out
+        for part in parents:
+            if not isinstance(at.get(part), dict):
+                at[part] = {}
+            at = at[part]
+        if isinstance(value, dict) and isinstance(at.get(last), dict):
+            at[last] = {**at[last], **value}
+        else:
+            at[last] = value
+    return out
 
 
 class _Defer(Exception):
