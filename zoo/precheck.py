@@ -12,7 +12,7 @@ data init-argument key, a ``zoo.models`` / ``datamodules`` class path that does 
 non-numeric value for an ``int``/``float`` argument.  Anything it cannot resolve (a user's own
 class, ``**kwargs`` it cannot follow, a key given before the class that takes it, an abbreviated
 ``--trainer`` flag) is left to the full LightningCLI parse, which runs next as before.  A test
-(``tests/test_cli_fast.py``) checks that every recipe passes and that the names agree with the
+(``tests/test_commands.py``) checks that every recipe passes and that the names agree with the
 real parser's.
 """
 
