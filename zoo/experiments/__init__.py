@@ -1,0 +1,1 @@
+"""Experiments over finished runs: paper tables, ablations, comparisons with confidence intervals, tuning."""
