@@ -11,6 +11,10 @@ def main(argv: list[str] | None = None) -> int:
         from zoo.data_cli import data_main
 
         return data_main(args[1:])
+    if args and args[0] == "compare":
+        from zoo.experiments.compare import main as compare_main
+
+        return compare_main(args[1:])
     if args and args[0] in ("reproduce", "ablate"):
         from zoo.reproduce_cli import main as reproduce_main
 
