@@ -99,7 +99,8 @@ def runs(tmp_path_factory):
     return {
         "sasrec-s0": fake_run(root / "sasrec-s0", "zoo.models.sasrec.SASRec", 0, base),
         "sasrec-s1": fake_run(root / "sasrec-s1", "zoo.models.sasrec.SASRec", 1, np.maximum(base + rng.integers(-3, 4, 60), 0)),
-        "gru4rec": fake_run(root / "gru4rec", "zoo.models.gru4rec.GRU4Rec", 0, base + 15),
+        # users stored in another order: compare aligns them by id
+        "gru4rec": fake_run(root / "gru4rec", "zoo.models.gru4rec.GRU4Rec", 0, (base + 15)[::-1], users=USERS[::-1]),
         "horae": fake_run(root / "horae", "zoo.models.horae.HORAE", 0, np.maximum(base - 8, 0), max_epochs=12),
     }
 
@@ -139,6 +140,17 @@ def test_compare_table_on_synthetic_runs(runs, tmp_path):
     # --reference by folder or label; the reference gets no test
     t2 = compare_runs(dirs, reference=runs["gru4rec"], metrics=["ndcg@10"], n_boot=200)
     assert t2.reference == "gru4rec" and math.isnan(t2.row("gru4rec", "ndcg@10").p_value)
+
+
+def test_compare_pairs_users_by_id(tmp_path):
+    """Every user one place worse, stored in reverse order: paired by id, every per-user difference
+    is <= 0 and the test sees it; paired by position it would be noise."""
+    base = np.random.default_rng(2).integers(0, 40, len(USERS))
+    a = fake_run(tmp_path / "a", "zoo.models.sasrec.SASRec", 0, base)
+    b = fake_run(tmp_path / "b", "zoo.models.sasrec.SASRec", 0, (base + 1)[::-1], users=USERS[::-1])
+    r = compare_runs([a, b], reference=a, metrics=["ndcg@20"], n_boot=4000).row("b", "ndcg@20")
+    hits = int((base < 20).sum())
+    assert r.delta < 0 and r.delta_high <= 0 and r.p_value == pytest.approx(2 / 2**hits, abs=2e-3)
 
 
 def test_compare_refuses_runs_on_other_users(runs, tmp_path):

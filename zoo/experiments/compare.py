@@ -278,11 +278,10 @@ def check_same_users(runs: list[Run]) -> np.ndarray:
     return users
 
 
-def aligned(run: Run, users: np.ndarray, metric: str) -> np.ndarray:
-    """``[U]`` per-user ``metric`` of ``run`` in the order of ``users``."""
+def alignment(run: Run, users: np.ndarray) -> np.ndarray:
+    """Indices ``i`` with ``run.ranks.user_id[i] == users`` (``users`` sorted, the same set)."""
     order = np.argsort(run.ranks.user_id)
-    values = per_user(run.ranks, metric)[order]  # sorted by user id
-    return values[np.searchsorted(run.ranks.user_id[order], users)]
+    return order[np.searchsorted(run.ranks.user_id[order], users)]
 
 
 def default_metrics(runs: list[Run]) -> list[str]:
@@ -461,8 +460,9 @@ def compare_runs(
     V = np.zeros((U, G * M))
     per_seed: dict[tuple[str, str], list[float]] = {}
     for g, m in enumerate(models):
+        where = [alignment(r, users) for r in m.runs]
         for j, metric in enumerate(metrics):
-            vals = [aligned(r, users, metric) for r in m.runs]
+            vals = [per_user(r.ranks, metric)[w] for r, w in zip(m.runs, where)]
             V[:, g * M + j] = np.mean(vals, axis=0)
             per_seed[m.label, metric] = [float(v.mean()) for v in vals]
             for r, v in zip(m.runs, vals):
