@@ -163,6 +163,18 @@ def test_compare_refuses_runs_on_other_users(runs, tmp_path):
         compare_runs([tmp_path / "old"], n_boot=10)
 
 
+def test_compare_reads_a_zoo_test_stamped_result(runs, tmp_path):
+    import shutil
+
+    stamped = tmp_path / "tested"
+    stamped.mkdir()
+    shutil.copy(runs["horae"] / "test_metrics.json", stamped / "test-20261130-010101.json")
+    shutil.copy(runs["horae"] / "ranks.npz", stamped / "ranks-20261130-010101.npz")
+    t = compare_runs([runs["horae"], stamped], reference=runs["horae"], metrics=["ndcg@10"], n_boot=100)
+    r = t.row("tested", "ndcg@10")
+    assert r.delta == 0.0 and r.p_value == 1.0 and r.mean == t.row("horae", "ndcg@10").mean
+
+
 def test_compare_command(runs, tmp_path, capsys):
     rc = main([str(runs["horae"]), str(runs["sasrec-s0"]), "--metrics", "ndcg@10", "--n-boot", "500",
                "--out", str(tmp_path / "o"), "--no-figure"])

@@ -101,7 +101,7 @@ class SequentialRecommender(L.LightningModule):
             }
         )
         self._used_metrics: set[str] = set()
-        # per-user ranks of the last test (rank 0 holds every process's users), see zoo.ranks
+        # per-user ranks of the last test, every process's users (gathered), see zoo.ranks
         self.test_ranks: dict[str, Any] | None = None
         self._rank_parts: dict[str, list[dict[str, Any]]] = {}
 
@@ -288,8 +288,6 @@ class SequentialRecommender(L.LightningModule):
     def _gather_test_ranks(self) -> None:
         """Every process's per-user ranks to each process (rank-ordered, so the users come in the
         single-process order): ``self.test_ranks = {"protocol", "n_candidates", "ks", "parts"}``."""
-        import numpy as np
-
         from zoo.ranks import concat_parts
 
         for kind in ("full", "sampled", "multi"):
@@ -304,9 +302,11 @@ class SequentialRecommender(L.LightningModule):
         if len(protocols) != 1:
             return  # nothing tested (or a mix no datamodule produces)
         parts = [p for d in per_rank for p in d.get(protocols[0], [])]
-        n_cand = {int(p.pop("n_candidates")) for p in parts}
-        self.test_ranks = {"protocol": protocols[0], "n_candidates": max(n_cand), "ks": list(self.topk),
-                           "parts": concat_parts(parts) if parts else {"user": np.zeros(0, np.int64)}}
+        if not parts:
+            return
+        n_cand = max(int(p.pop("n_candidates")) for p in parts)
+        self.test_ranks = {"protocol": protocols[0], "n_candidates": n_cand, "ks": list(self.topk),
+                           "parts": concat_parts(parts)}
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Top-K item ids (K = max(topk)) per user, and the interests of multi-interest models."""
