@@ -173,6 +173,11 @@ def test_compare_reads_a_zoo_test_stamped_result(runs, tmp_path):
     t = compare_runs([runs["horae"], stamped], reference=runs["horae"], metrics=["ndcg@10"], n_boot=100)
     r = t.row("tested", "ndcg@10")
     assert r.delta == 0.0 and r.p_value == 1.0 and r.mean == t.row("horae", "ndcg@10").mean
+    from zoo.ranks import load_ranks
+
+    one = compare_runs([stamped], metrics=["mrr@5"], n_boot=50)  # a cut-off the test did not log: from the ranks
+    assert one.reference == "tested" and "Paired test" not in one.to_markdown()
+    assert one.row("tested", "mrr@5").mean == pytest.approx(per_user(load_ranks(stamped / "ranks-20261130-010101.npz"), "mrr@5").mean())
 
 
 def test_compare_command(runs, tmp_path, capsys):

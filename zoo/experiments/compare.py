@@ -38,7 +38,7 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -363,6 +363,8 @@ class Table:
             seeds = f"{len(m.runs)}" if len(m.runs) > 1 else "1 (single seed)"
             name = f"**{m.label}** (reference)" if m.label == self.reference else m.label
             out.write(f"| {name} | {seeds} | " + " | ".join(cells) + " |\n")
+        if len(self.models) == 1:
+            return out.getvalue() + "".join(f"\n- {n}" for n in self.notes) + ("\n" if self.notes else "")
         out.write(f"\nPaired test against **{self.reference}** ({self.reference_reason}): Δ = model − reference "
                   f"[{pct} paired bootstrap CI]; p = two-sided sign-flip permutation test over users; "
                   f"p_Holm = Holm-corrected over all {sum(1 for r in self.rows if not math.isnan(r.p_value))} tests "
@@ -382,6 +384,10 @@ class Table:
         if self.notes:
             out.write("\nNotes:\n\n" + "".join(f"- {n}\n" for n in self.notes))
         return out.getvalue()
+
+    def records(self) -> list[dict[str, Any]]:
+        """The rows as plain dicts (for JSON)."""
+        return [asdict(r) for r in self.rows]
 
     def to_csv(self) -> str:
         out = io.StringIO()
@@ -443,11 +449,8 @@ def compare_runs(
     metrics = [f"{n}@{k}" for n, k in map(parse_metric, metrics)] if metrics else default_metrics(runs)
     if not metrics:
         raise ValueError("zoo compare: the runs share no metric")
-    for r in runs:
-        missing = [m for m in metrics if m not in r.ranks.metric_names()]
-        if missing:
-            per_user(r.ranks, missing[0])  # raises a clear error for an unknown name
-            raise ValueError(f"run '{r.path}': metric(s) {missing} not computable from its ranks (cut-offs {r.ranks.ks})")
+    for m in metrics:  # any K works (the ranks are kept); an unknown name stops here with the choices
+        per_user(runs[0].ranks, m)
     if primary is None:
         monitor = str(runs[0].config.get("monitor") or "").removeprefix("val/")
         primary = monitor if monitor in metrics else metrics[0]
