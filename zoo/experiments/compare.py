@@ -230,7 +230,8 @@ class Model:
         notes = set()
         for r in self.runs:
             t = r.config.get("trainer") or {}
-            if r.epochs is not None and t.get("max_epochs") not in (None, -1) and r.epochs >= t["max_epochs"]:
+            cap = t.get("max_epochs")
+            if r.epochs is not None and isinstance(cap, int) and cap > 0 and r.epochs >= cap:  # 0: nothing to train (Pop)
                 notes.add(f"ran to max_epochs={t['max_epochs']} (not early-stopped)")
             if t.get("max_time"):
                 notes.add(f"time limit max_time={t['max_time']}")
