@@ -564,6 +564,17 @@ class SequentialDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
 
+    def original_user_ids(self) -> list[str]:
+        """The publisher's user id of every user index (``<domain>:<id>`` when domains are merged)."""
+        ids: list[str] = []
+        for d in self.domains:
+            with open(Path(d.path) / "user_ids.json", encoding="utf-8") as f:
+                own = json.load(f)
+            ids += [f"{d.stats['name']}:{u}" for u in own] if len(self.domains) > 1 else own
+        if len(ids) != self.data.num_users:
+            raise ValueError(f"{self.data.path}/user_ids.json: {len(ids)} ids for {self.data.num_users} users")
+        return ids
+
     # ------------------------------------------------------------------ side info
     def side_info(self) -> dict[str, torch.Tensor]:
         """Item-side tensors for ``model.attach_side_info`` (see zoo/models/base.py)."""

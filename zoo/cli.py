@@ -356,10 +356,27 @@ class ZooCLI(LightningCLI):
     def _plain_config(self) -> dict[str, Any]:
         return json.loads(json.dumps(self._cfg().as_dict(), default=str))
 
+    def _write_test_ranks(self, metrics_path: Path) -> None:
+        """The per-user ranks of the test just run, beside its metrics file (``zoo.ranks``); written
+        before the metrics so a metrics file always has its ranks."""
+        tr = getattr(self.model, "test_ranks", None)
+        if not tr:
+            return
+        from zoo.ranks import make_ranks, save_ranks
+        from zoo.runfiles import ranks_path_for
+
+        user_ids = self.datamodule.original_user_ids() if hasattr(self.datamodule, "original_user_ids") else \
+            [str(u) for u in range(int(tr["parts"]["user"].max(initial=-1)) + 1)]
+        ranks = make_ranks(tr["protocol"], tr["parts"], user_ids, tr["n_candidates"], tr["ks"])
+        save_ranks(ranks_path_for(metrics_path), ranks)
+
     def _write_metrics(self, stage: str, results: list[dict[str, float]]) -> None:
         if self.trainer.is_global_zero and results:
             out = {stage: {k: float(v) for k, v in results[0].items()}, "config": self._plain_config()}
-            atomic_write_text(self.run_dir() / f"{stage}_metrics.json", json.dumps(out, indent=2))
+            path = self.run_dir() / f"{stage}_metrics.json"
+            if stage == "test":
+                self._write_test_ranks(path)
+            atomic_write_text(path, json.dumps(out, indent=2))
 
     def after_validate(self) -> None:
         self._write_metrics("validate", self.trainer.callback_metrics and [dict(self.trainer.callback_metrics)])
@@ -383,6 +400,7 @@ class ZooCLI(LightningCLI):
                 "epochs": self.trainer.current_epoch,
                 "config": self._plain_config(),
             }
+            self._write_test_ranks(self.run_dir() / "test_metrics.json")
             atomic_write_text(self.run_dir() / "test_metrics.json", json.dumps(out, indent=2))
             print(f"[zoo] test metrics of {out['best_checkpoint'] or 'the last weights'}:")
             for k in sorted(out["test"]):
