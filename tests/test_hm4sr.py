@@ -138,7 +138,7 @@ def test_checkpoint_round_trip(batch, tmp_path):
         ({"use_pcl": False}, "loss"),
         ({"cp_weight": 0.5}, "loss"),
         ({"idcl_temperature": 0.5}, "loss"),
-        ({"pcl_ratio": 0.6}, "loss"),
+        ({"pcl_ratio": 0.0}, "loss"),  # no placeholders: the views differ by dropout only
         ({"mask_pad_logit": True}, "loss"),
     ],
 )
