@@ -38,8 +38,8 @@ here), ``train_mask_token``, the loss forms) carry over with the same defaults:
 | ``intra_mode`` | ``"paper"``: mean over real positions of ``‖h_hat_i - h_i‖₂`` (Eq. 32) | ``"code"``: ``‖H2_i - u_(a_i)‖₂``, H2 a second encoder pass, PRE-refined capsule, mean per (user, capsule), then over active pairs | ``"code"`` | produced the tables (H7); the code's pads in the mean are a bug and left out |
 | ``anchor_capsule`` | ``"maxpool"``: max over capsules in each likelihood (Eqs. 40/42) | ``"target_argmax"``: one capsule per user, the argmax of the post-refined own-target score, for all three | ``"target_argmax"`` (code) | produced the tables (H8) |
 | ``anchor_mask_items`` | ``False``: only F0 entries are [MASK_1] (Eq. 41) | ``True``: the same items are also [MASK_2] in the gate GRU's input | ``True`` (code) | produced the tables (H9) |
-| ``contrastive_weight`` | 0.05: theta_4, the best value of Sec. 5.3 | 0.001 (``seq_cons_alpha``) | 0.001 (code) | produced the tables (H11) |
-| ``orthogonality_weight`` | 10: one theta_2 (theta_5) on L_inter = L_c + L_b (Eqs. 46, 48) | 0.01 on L_c, 10 on L_b | 0.01 (code) | produced the tables (H12, H13) |
+| ``contrastive_weight`` | 0.05: theta_4, the best value of Sec. 5.3 | 0.001 (``seq_cons_alpha``) | ``0.001`` (code) | produced the tables (H11) |
+| ``orthogonality_weight`` | 10: one theta_2 (theta_5) on L_inter = L_c + L_b (Eqs. 46, 48) | 0.01 on L_c, 10 on L_b | ``0.01`` (code) | produced the tables (H12, H13) |
 | ``gru_zero_pads`` | silent | ``False``: the gate GRU runs over the encoder's outputs at the left pads first | ``False`` (code) | produced the tables (H6); ``True`` zeroes them (an empty prefix) |
 | ``refine_causal`` | silent ("another Transformer with RoPE") | ``True``: causal refine encoder, no input LN / dropout / positions | ``True`` (code) | H5 |
 | ``target_time_source`` | ``"target"``: d^t uses the target's timestamp | ``"target"`` | ``"target"`` (both) | ``"last_history"`` is the zoo's leakage-free variant (H19) |

@@ -15,6 +15,12 @@ from zoo.models.base import SequentialRecommender
 
 
 class Pop(SequentialRecommender):
+    """Most popular items (see the module docstring).
+
+    Args:
+        **kwargs: :class:`SequentialRecommender` options (num_items, topk, ...).
+    """
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters()

@@ -35,7 +35,7 @@ Paper vs official code (ReChorus ``TiMiRec.py``, maintained by the authors; spec
 
 | switch | paper form | code form | default | why |
 |---|---|---|---|---|
-| ``head_layers`` | 2: the "2-layer projection MLP head" of Eq. 15 | ``--n_layers``: 1 in the Beauty run, 2 in the ML-1M run (``run.sh``); the 2-layer head has Dropout(0.5) before the ReLU | 2 (code's ML-1M run and paper) | the MovieLens default follows the code's ML-1M run; the Beauty recipes set 1, the code's Beauty run (B1) |
+| ``head_layers`` | 2: the "2-layer projection MLP head" of Eq. 15 | ``--n_layers``: 1 in the Beauty run, 2 in the ML-1M run (``run.sh``); the 2-layer head has Dropout(0.5) before the ReLU | ``2`` (the code's ML-1M run, and the paper) | the MovieLens default follows the code's ML-1M run; the Beauty recipes set 1, the code's Beauty run (B1) |
 | ``stop_grad`` | ``True``: stop-gradient on the soft label (Eq. 9) | ``True`` (``.detach()``) | ``True`` (both) | ``False`` is the paper's "w/o stopgrad" ablation (Eq. 8) |
 | (no switch) W1 / W2, D_a | bias-free, D_a not given (Eq. 12) | with biases, D_a = 8 (``d_a``) | code | B5 |
 | (no switch) reductions | sums over u, t (Eqs. 9-10) | batch means | code | B7, B8 |
