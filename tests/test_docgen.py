@@ -58,7 +58,10 @@ def test_defaults_changed_to_the_official_code():
     """Issue #15 item 0: the defaults where paper and code disagree (code, except clear bugs)."""
     index = docgen._class_index()
     expect = {
-        "MIRACLE": {"score_with_id": "True", "attention_activation": "'leaky_relu'", "train_mask_token": "False"},
+        "MIRACLE": {
+            "score_with_id": "True", "attention_activation": "'leaky_relu'", "train_mask_token": "False",
+            "mask_pad_logit": "False",
+        },
         "HORAE": {
             "rope": "'qk'", "overflow_to_pad": "False",  # the code's two bugs stay switches
             "intra_mode": "'code'", "anchor_capsule": "'target_argmax'", "anchor_mask_items": "True",

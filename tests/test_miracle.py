@@ -171,6 +171,7 @@ def test_interest_contrastive_is_zero_without_maskable_items():
         ({"attention_activation": "tanh"}, "scores", {}),  # paper Eq. 9 vs code (default)
         ({"score_with_id": False}, "scores", {"stage": "finetune"}),  # paper Eq. 17 vs code (default)
         ({"setting": "inductive"}, "scores", {"stage": "finetune"}),  # text only vs text + ID
+        ({"mask_pad_logit": True}, "loss", {"stage": "finetune"}),  # paper Eq. 23 vs code (default)
         ({"stage": "finetune"}, "loss", {}),  # full CE vs in-batch CE
         ({"balance_weight": 0.0}, "loss", {}),
         ({"orthogonality_weight": 0.0}, "loss", {"orthogonality_weight": 10.0}),
@@ -213,8 +214,13 @@ def check_candidates_follow_score_with_id(cls=MIRACLE) -> None:
             model.capsules.similarity = lambda h: seen.append(h) or similarity(h)
             torch.manual_seed(3)
             terms = model.training_loss(batch)
-            torch.testing.assert_close(seen[-1], y[1:])  # the catalogue balance term's candidates
-            logits = expected[:, 1:]  # Eq. 23 over the items (pad row excluded)
+            torch.testing.assert_close(seen[-1], y)  # the catalogue balance term's candidates (pad row in: code)
+            torch.testing.assert_close(terms["rec"], torch.nn.functional.cross_entropy(expected, batch["target"]))
+            model.mask_pad_logit = True  # Eq. 23 over the items only: the pad row leaves both
+            torch.manual_seed(3)
+            terms = model.training_loss(batch)
+            torch.testing.assert_close(seen[-1], y[1:])
+            logits = expected[:, 1:]
             torch.testing.assert_close(terms["rec"], torch.nn.functional.cross_entropy(logits, batch["target"] - 1))
     assert not torch.allclose(tables[True], tables[False])
 

@@ -29,7 +29,8 @@ paper's [P, FFN, RoMHA, GRU] + temporal encoder; the code also freezes W_6 insid
 Paper vs official code (``WHUIR/Horae`` 605b1fc; spec ``horae.md`` §9).  The default is what
 produced the paper's tables, the authors' code, except clear bugs (DESIGN.md "Decisions"); the
 other form is a switch.  MIRACLE's rows (``score_with_id``, ``attention_activation`` (Eq. 16
-here), ``train_mask_token``, the loss forms) carry over with the same defaults:
+here), ``train_mask_token``, ``mask_pad_logit``, the loss forms) carry over with the same
+defaults:
 
 | switch | paper form | code form | default | why |
 |---|---|---|---|---|

@@ -32,7 +32,8 @@ other form is a switch:
 | (no switch) balance loss l_b | ``C w^T r`` with ``m in {0, -inf}`` (Eqs. 19-21) | Switch-style ``sum f p`` over history and candidate items, no factor C | code | the printed form does not compute (A7) |
 | (no switch) orthogonality l_c | ``-log(cos / sum cos)``, no exp (Eq. 18) | InfoNCE over normalised base vectors, tau = 0.1 | code | the printed form is undefined for negative cosines (A8) |
 | (no switch) routing agreement | ``<h_i, u_j>`` (Eq. 14) | ``<q_i, u_j>`` | code | HORAE's Eq. 22 prints q_i too (A5) |
-| (no switch) pad item 0 | silent | ranked, and in the fine-tuning softmax and the catalogue balance term | masked | a padding row is not an item; the zoo's protocol masks it for every model (A18; measured negligible) |
+| ``mask_pad_logit`` | ``True``: the fine-tuning softmax runs over the items (Eq. 23) | ``False``: the pad row 0 is in the softmax and in the catalogue balance term | ``False`` (code) | produced the tables; the difference is negligible (A18) |
+| (no switch) pad item 0 in the ranking | silent | ranked like an item | masked | a padding row is not an item; the zoo's protocol masks it for every model (A18) |
 
 Where the paper gives no value or form, the code's: loss weights theta_1..5 = 10, 0.01, 1e-3, 10,
 0.01; noise ``s + z (0.2 s + 0.01)``; a per-sequence activation mask (A1); input LayerNorm +
@@ -103,6 +104,8 @@ class MIRACLE(SequentialRecommender):
         contrastive_weight: theta_3 = 1e-3.  contrastive_tau: 1 (raw dot products).
         mask_ratio: item mask probability in l_i (0.2).  mask_min_len: sequences shorter are
             never masked (5).  train_mask_token: learn the [MASK] vector (code: never trained).
+        mask_pad_logit: leave the pad row out of the fine-tuning softmax and the catalogue
+            balance term (Eq. 23 sums over the items); default False keeps it in (code).
         **kwargs: :class:`SequentialRecommender` options (num_items, data_info, lr, freeze,
             pretrained_ckpt, ...).  With ``stage="finetune"``, a ``pretrained_ckpt`` and no
             ``freeze`` given, the paper's frozen modules (``PAPER_FREEZE``) are used.
@@ -140,6 +143,7 @@ class MIRACLE(SequentialRecommender):
         mask_ratio: float = 0.2,
         mask_min_len: int = 5,
         train_mask_token: bool = False,
+        mask_pad_logit: bool = False,
         **kwargs: Any,
     ) -> None:
         if stage not in ("pretrain", "finetune"):
@@ -158,7 +162,7 @@ class MIRACLE(SequentialRecommender):
             )
         self.stage, self.setting = stage, setting
         self.use_id = stage == "finetune" and setting == "transductive"
-        self.score_with_id = score_with_id
+        self.score_with_id, self.mask_pad_logit = score_with_id, mask_pad_logit
         self.interest_contrastive = interest_contrastive
         self.inter_losses = True  # l_b + l_c (HORAE's "w/o L_inter" turns them off)
         self.balance_weight, self.orthogonality_weight = balance_weight, orthogonality_weight
@@ -275,10 +279,11 @@ class MIRACLE(SequentialRecommender):
             terms["rec"] = F.cross_entropy(logits, torch.arange(len(y), device=y.device))  # Eq. 16
             candidates = y
         else:
-            y_all = self.candidate_embeddings()  # [N+1, d]
-            logits = max_interest_scores(state.interests, y_all[1:], state.active, self.eval_chunk_size)  # [B, N]
-            terms["rec"] = F.cross_entropy(logits, batch["target"] - 1)  # Eq. 23, pad row excluded
-            candidates = y_all[1:]
+            first = 1 if self.mask_pad_logit else 0  # Eq. 23 over the items, or with the pad row (code)
+            y_all = self.candidate_embeddings()[first:]  # [N+1-first, d]
+            logits = max_interest_scores(state.interests, y_all, state.active, self.eval_chunk_size)  # [B, N+1-first]
+            terms["rec"] = F.cross_entropy(logits, batch["target"] - first)  # Eq. 23
+            candidates = y_all
         if self.inter_losses and self.balance_weight:
             s_cand = self.capsules.similarity(candidates)  # [B or N, C]
             terms["balance"] = self.balance_weight * (
