@@ -81,9 +81,9 @@ def _class_index() -> dict[str, ModelDoc]:
                 if isinstance(item, ast.FunctionDef) and item.name == "__init__":
                     params = _signature(item.args)
             parent = ast.unparse(node.bases[0]) if node.bases else None
-            doc = ModelDoc(node.name, path.name, module_doc, ast.get_docstring(node) or "", params, parent)
-            doc.args = parse_args_section(doc.class_doc, [p.name for p in params])
-            index[node.name] = doc
+            index[node.name] = ModelDoc(node.name, path.name, module_doc, ast.get_docstring(node) or "", params, parent)
+    for name, doc in index.items():  # entries may also name inherited options (they end the one before)
+        doc.args = parse_args_section(doc.class_doc, [p.name for p, _ in options(name, index)])
     return index
 
 
