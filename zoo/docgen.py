@@ -83,7 +83,8 @@ def _class_index() -> dict[str, ModelDoc]:
             parent = ast.unparse(node.bases[0]) if node.bases else None
             index[node.name] = ModelDoc(node.name, path.name, module_doc, ast.get_docstring(node) or "", params, parent)
     for name, doc in index.items():  # entries may also name inherited options (they end the one before)
-        doc.args = parse_args_section(doc.class_doc, [p.name for p, _ in options(name, index)])
+        names = [p.name for p, _ in options(name, index)] or [p.name for p in doc.params]  # the base: its own
+        doc.args = parse_args_section(doc.class_doc, names)
     return index
 
 
@@ -182,6 +183,8 @@ def options(name: str, index: dict[str, ModelDoc]) -> list[tuple[Param, ModelDoc
 
 def undocumented(name: str, index: dict[str, ModelDoc]) -> list[str]:
     """Options of a model described neither in an Args section nor in a paper-vs-code table."""
+    if name == BASE[0]:
+        return [p.name for p in index[name].params if p.name not in index[name].args]
     chain = lineage(name, index)
     tabled = {table_switch(r) for doc in chain for r in switch_table(doc.module_doc)}
     return [p.name for p, doc in options(name, index) if p.name not in doc.args and p.name not in tabled]
