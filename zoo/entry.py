@@ -15,6 +15,10 @@ def main(argv: list[str] | None = None) -> int:
         from zoo.reproduce_cli import main as reproduce_main
 
         return reproduce_main(args)
+    if args and args[0] == "ckpt":
+        from zoo.ckpt_cli import ckpt_main
+
+        return ckpt_main(args[1:])
     from zoo.cli import main as cli_main
 
     return cli_main(argv)
