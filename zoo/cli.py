@@ -242,13 +242,21 @@ class ReplaceOldRun(Callback):
 
 
 class RunConfig(SaveConfigCallback):
-    """Also saves the fit's full config as ``<run folder>/config.yaml`` (atomically), the file
-    ``zoo test --run DIR`` / ``zoo predict --run DIR`` read back."""
+    """Also saves the fit's full config as ``<run folder>/config.yaml`` (atomically, with the first
+    checkpoint, so a fit that fails before it replaces nothing), the file ``zoo test --run DIR`` /
+    ``zoo predict --run DIR`` read back."""
+
+    _pending: tuple[Path, str] | None = None
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
         if stage == "fit" and trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
-            text = self.parser.dump(self.config, skip_none=False)
-            atomic_write_text(Path(trainer.checkpoint_callback.dirpath) / "config.yaml", text)
+            self._pending = (Path(trainer.checkpoint_callback.dirpath) / "config.yaml",
+                             self.parser.dump(self.config, skip_none=False))
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if self._pending is not None and trainer.is_global_zero:
+            atomic_write_text(*self._pending)
+        self._pending = None
 
 
 class RunGuard:

@@ -141,7 +141,7 @@ class SequentialRecommender(L.LightningModule):
             )
         from zoo.safe_load import torch_load_weights
 
-        ckpt = torch_load_weights(path, "model.pretrained_ckpt")  # never unpickles code (zoo ckpt convert)
+        ckpt = torch_load_weights(path, "model.init_args.pretrained_ckpt")  # never unpickles code (zoo ckpt convert)
         state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ValueError(f"model.pretrained_ckpt: '{path}' holds no state_dict of tensors (not a checkpoint?)")
