@@ -391,10 +391,8 @@ class ZooCLI(LightningCLI):
         folder, cfg = self.run_dir(), self._cfg()
         self._stale: list[Path] = []
         if self.subcommand == "fit":
-            resuming = bool(cfg.get("ckpt_path"))
-            stale = check_fit_folder(folder, bool(cfg.get("overwrite")), resuming)
-            RunGuard(folder, lock=True)
-            self._stale = stale
+            RunGuard(folder, lock=True)  # first: a concurrent fit of the same folder is told it is busy
+            self._stale = check_fit_folder(folder, bool(cfg.get("overwrite")), bool(cfg.get("ckpt_path")))
         else:
             RunGuard(folder, lock=False)
 
