@@ -102,14 +102,19 @@ class TopKWriter(BasePredictionWriter):
         dm = trainer.datamodule
         item_ids = ["<pad>"] + list(dm.data.item_ids)
         suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        lines = ["user,items,scores"]
+        import csv
+        import io
+
+        buf = io.StringIO()
+        rows = csv.writer(buf, lineterminator="\n")  # quotes an id holding a comma, quote or newline
+        rows.writerow(["user", "items", "scores"])
         interests = []
         for out in predictions:
             for u, items, scores in zip(out["user"].tolist(), out["items"].tolist(), out["scores"].tolist()):
-                lines.append(f"{u},{' '.join(item_ids[i] for i in items)},{' '.join(f'{x:.5g}' for x in scores)}")
+                rows.writerow([u, " ".join(item_ids[i] for i in items), " ".join(f"{x:.5g}" for x in scores)])
             if "interests" in out:
                 interests.append(out["interests"].cpu())
-        text = "\n".join(lines) + "\n"
+        text = buf.getvalue()
         if trainer.world_size > 1:  # one stamp for all ranks, chosen by rank 0
             stem = trainer.strategy.broadcast(stamped_path(self.run_dir, "predictions-", ".csv").stem)
             out = self.run_dir / f"{stem}{suffix}.csv"
@@ -367,14 +372,14 @@ class ZooCLI(LightningCLI):
         return self.config[self.subcommand] if self.subcommand else self.config
 
     def run_dir(self) -> Path:
-        """fit: ``--run_dir`` or ``runs/<recipe name>``; test/validate/predict: the folder of the
-        checkpoint they were given (their outputs have stamped names beside it)."""
+        """``--run_dir`` if given; else fit: ``runs/<recipe name>``, test/validate/predict: the folder of
+        the checkpoint they were given (their outputs have stamped names, so nothing is replaced)."""
         cfg = self._cfg()
         ckpt = cfg.get("ckpt_path")
-        if self.subcommand != "fit" and ckpt and Path(ckpt).is_file():
-            return Path(ckpt).parent
         if cfg.get("run_dir"):
             return Path(cfg["run_dir"])
+        if self.subcommand != "fit" and ckpt and Path(ckpt).is_file():
+            return Path(ckpt).parent
         configs = cfg.get("config") or []
         if configs:
             name = Path(str(configs[0])).stem

@@ -68,15 +68,18 @@ def to_weights_only(obj: Any, where: str = "", dropped: list[str] | None = None)
     import torch
 
     dropped = dropped if dropped is not None else []
-    if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes, torch.Tensor, torch.dtype,
-                                       torch.device, torch.Size)):
-        return obj
+    if isinstance(obj, np.generic):  # before the builtins: np.float64 is a float subclass
+        return to_weights_only(obj.item(), where, dropped)
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind in "biufc":
             return torch.from_numpy(np.ascontiguousarray(obj))
         return [to_weights_only(x, f"{where}[{i}]", dropped) for i, x in enumerate(obj.tolist())]
-    if isinstance(obj, np.generic):
-        return obj.item()
+    if obj is None or type(obj) in (bool, int, float, complex, str, bytes) or isinstance(
+            obj, (torch.Tensor, torch.dtype, torch.device, torch.Size)):
+        return obj
+    for base in (bool, int, float, str, bytes):  # subclasses (IntEnum, str enums...) -> the plain value
+        if isinstance(obj, base):
+            return base(obj)
     if isinstance(obj, dict):
         return {(k if isinstance(k, (str, int, float, bool)) or k is None else repr(k)):
                 to_weights_only(v, f"{where}.{k}" if where else str(k), dropped) for k, v in obj.items()}
@@ -122,6 +125,9 @@ def convert_trusted(src: str | Path, dst: str | Path) -> list[str]:
         else:
             torch.load(str(tmp), map_location="cpu", weights_only=True)  # the copy must read safely
         os.replace(tmp, dst)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"zoo ckpt convert: the copy of '{src}' still needs unpickling ({first_line(e)}); "
+                         "please report the object type") from e
     finally:
         if tmp.exists():
             tmp.unlink()
