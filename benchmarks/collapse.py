@@ -51,7 +51,7 @@ def consensus_overlap(lists: list[list[str]], k: int) -> tuple[float, int]:
 
 def interest_stats(path: Path) -> dict[str, float]:
     """Norms and shared direction of ``interests.pt`` ``[U, K, d]``."""
-    V = torch.load(path, map_location="cpu").float()  # [U, K, d]
+    V = torch.load(path, map_location="cpu", weights_only=True).float()  # [U, K, d]
     if V.dim() != 3:
         raise ValueError(f"{path}: expected [users, interests, d], got {tuple(V.shape)}")
     norms = V.norm(dim=-1)  # [U, K]

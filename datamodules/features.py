@@ -471,7 +471,12 @@ def _load_timm_checkpoint(model: torch.nn.Module, path: Path) -> None:
 
         state = load_file(str(path))
     else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        from zoo.safe_load import torch_load_weights
+
+        try:
+            state = torch_load_weights(path, "image-encoder checkpoint")  # never unpickles code
+        except ValueError as e:
+            raise FeatureFileError(str(e)) from e
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -81,7 +81,7 @@ def test_last_ckpt_is_the_latest_epoch_even_without_improvement(ml_folder, tmp_p
     last.ckpt must follow every epoch (Lightning 2.6 alone leaves it at the best epoch)."""
     tiny_sasrec_fit(ml_folder, tmp_path, "flat", "--trainer.max_epochs", "3", "--patience", "0",
                     "--model.init_args.lr", "0.0")
-    epoch = {name: torch.load(tmp_path / "flat" / f"{name}.ckpt", map_location="cpu", weights_only=False)["epoch"]
+    epoch = {name: torch.load(tmp_path / "flat" / f"{name}.ckpt", map_location="cpu", weights_only=True)["epoch"]
              for name in ("best", "last")}
     assert epoch == {"best": 0, "last": 2}
 
