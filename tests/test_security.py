@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -104,6 +105,22 @@ def test_fit_refuses_a_finished_run(fitted, ml_folder):
     msg = one_error(r)
     assert "already holds a run" in msg and "--overwrite true" in msg and "--ckpt_path last" in msg
     assert digest(run) == before
+
+
+def test_overwrite_replaces_a_finished_run(fitted, ml_folder, tmp_path):
+    """`--overwrite true` is the explicit way to fit again into a finished run's folder: the new run's
+    files replace the old ones (test_metrics.json holds the new config)."""
+    out, run = fitted
+    again = tmp_path / "again"
+    shutil.copytree(run, again)
+    old = json.loads((again / "test_metrics.json").read_text())
+    r = zoo("fit", "--config", "recipes/sasrec.yaml", *tiny_data_args(ml_folder, out / "cache"), *QUICK,
+            "--model.init_args.lr", "0.0005", "--run_dir", str(again), "--overwrite", "true")
+    assert r.returncode == 0, r.stderr[-3000:]
+    new = json.loads((again / "test_metrics.json").read_text())
+    assert new["config"]["model"]["init_args"]["lr"] == 0.0005 != old["config"]["model"]["init_args"]["lr"]
+    assert new["epochs"] == 1 and not (again / ".zoo.lock").exists()
+    assert "lr: 0.0005" in (again / "config.yaml").read_text()
 
 
 def test_test_and_predict_write_stamped_files_beside_the_checkpoint(fitted, ml_folder, tmp_path):

@@ -1,16 +1,20 @@
 """The ``zoo`` command: one YAML recipe per experiment.
 
     zoo fit --config recipes/sasrec.yaml          # train, early-stop, test the best checkpoint
-    zoo test --config recipes/sasrec.yaml --ckpt_path runs/sasrec/best.ckpt
+    zoo test --run runs/sasrec                    # the run's config.yaml + best.ckpt -> runs/sasrec/test-<stamp>.json
+    zoo test --config recipes/sasrec.yaml --ckpt_path runs/sasrec/best.ckpt   # writes beside the checkpoint
     zoo fit --config recipes/sasrec.yaml --ckpt_path last     # resume an interrupted run
+    zoo fit --config recipes/sasrec.yaml --overwrite true     # replace the finished run in runs/sasrec
+    zoo ckpt convert --trust-pickle old.ckpt old.safe.ckpt    # weights-only copy of a trusted legacy file
     zoo data prepare --format movielens --path ml-1m/ --k 5   # process + summarise a dataset
     zoo data stats ~/.cache/zoo/<dataset>-<key>
 
 ``ZooCLI`` is a ``LightningCLI``: the recipe picks the model and datamodule by ``class_path``;
 ``data.num_items`` and ``data.info`` (the processed cache's stats) are linked into the model when
 it is built.  Top-level recipe keys beyond Lightning's: ``monitor``, ``monitor_mode``,
-``patience``, ``test_after_fit``, ``run_dir``, ``wandb``, ``last_every_n_steps``, ``compile``,
-``compile_backend``.
+``patience``, ``test_after_fit``, ``run_dir``, ``overwrite``, ``wandb``, ``last_every_n_steps``, ``compile``,
+``compile_backend``.  Run-folder rules (lock, no overwriting, stamped outputs): ``zoo/runfiles.py``
+and docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -397,7 +401,10 @@ class ZooCLI(LightningCLI):
         self._stale: list[Path] = []
         if self.subcommand == "fit":
             RunGuard(folder, lock=True)  # first: a concurrent fit of the same folder is told it is busy
-            self._stale = check_fit_folder(folder, bool(cfg.get("overwrite")), bool(cfg.get("ckpt_path")))
+            ckpt = cfg.get("ckpt_path")  # resuming this folder's own run: `last`, or one of its checkpoints
+            resuming = bool(ckpt) and (str(ckpt) in ("last", "best", "hpc")
+                                       or Path(ckpt).resolve().is_relative_to(folder.resolve()))
+            self._stale = check_fit_folder(folder, bool(cfg.get("overwrite")), resuming)
         else:
             RunGuard(folder, lock=False)
 
