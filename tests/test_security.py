@@ -69,13 +69,19 @@ def test_ranks_path_and_stamped_names(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))
 
 
+def hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process holding ``folder``'s run lock (as a running fit does)."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from zoo.runfiles import RunLock; "
+                               "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(120)", str(folder)],
+                              stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def test_run_lock_busy_then_stale(tmp_path):
     """A live holder -> RunFolderBusy naming its pid; once it is killed, the lock is taken over."""
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from zoo.runfiles import RunLock; "
-                               f"RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)", str(tmp_path)],
-                              stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    holder = hold_lock(tmp_path)
     try:
-        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunFolderBusy, match=f"pid {holder.pid}"):
             RunLock(tmp_path).acquire()
     finally:
@@ -195,6 +201,21 @@ def test_concurrent_fits_share_an_uncached_dataset_but_not_a_run_folder(ml_folde
     assert (dataset / "stats.json").is_file()
     assert (tmp_path / "a" / "last.ckpt").is_file() and not (tmp_path / "a" / ".zoo.lock").exists()
     torch.load(tmp_path / "a" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def test_fit_into_a_folder_in_use_is_refused(ml_folder, tmp_path):
+    """Deterministic form of the race above: the folder is held while `zoo fit` starts."""
+    run = tmp_path / "run"
+    holder = hold_lock(run)
+    try:
+        msg = one_error(zoo("fit", "--config", "recipes/sasrec.yaml", *tiny_data_args(ml_folder, tmp_path / "c"), *QUICK,
+                            "--run_dir", str(run)))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"is in use by another zoo process (pid {holder.pid}" in msg
+    assert [p.name for p in run.iterdir()] == [".zoo.lock"]  # nothing written beside the holder's lock
+    assert not (tmp_path / "c").exists()  # refused before any data was read
 
 
 # -------------------------------------------------------------------- zoo ckpt convert
