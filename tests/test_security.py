@@ -150,7 +150,7 @@ def test_test_and_predict_write_stamped_files_beside_the_checkpoint(fitted, ml_f
     r4 = zoo("predict", "--run", str(run))
     assert r4.returncode == 0, r4.stderr[-3000:]
     (pred,) = run.glob("predictions-*.csv")
-    assert pred.read_text().startswith("user,items,scores")
+    assert pred.read_text().startswith("user_id,user_index,items,scores")
     after = digest(run)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing the fit wrote changed
 

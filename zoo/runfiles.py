@@ -27,18 +27,21 @@ _STAMP = re.compile(r"^(?P<prefix>[A-Za-z_]+)-(?P<stamp>\d{8}-\d{6}(?:-\d+)?)$")
 
 
 def ranks_path_for(metrics_path: Path) -> Path:
-    """The per-user ranks file that belongs to a metrics file:
+    """The per-user ranks file that belongs to a test metrics file:
     ``test_metrics.json -> ranks.npz``, ``test-<stamp>.json -> ranks-<stamp>.npz``."""
     metrics_path = Path(metrics_path)
+    if metrics_path.name == "test_metrics.json":
+        return metrics_path.with_name("ranks.npz")
     m = _STAMP.match(metrics_path.stem)
-    if m:
+    if m and m.group("prefix") == "test" and metrics_path.suffix == ".json":
         return metrics_path.with_name(f"ranks-{m.group('stamp')}.npz")
-    return metrics_path.with_name("ranks.npz")
+    raise ValueError(f"'{metrics_path}': expected a test metrics file named test_metrics.json or test-<stamp>.json")
 
 
 def _ranks_taken(metrics_path: Path) -> bool:
-    """A metrics name whose ranks file already exists (left by another run) is not reused."""
-    return metrics_path.suffix == ".json" and ranks_path_for(metrics_path).exists()
+    """A test metrics name whose ranks file already exists (left by another run) is not reused."""
+    return metrics_path.name.startswith("test-") and metrics_path.suffix == ".json" \
+        and ranks_path_for(metrics_path).exists()
 
 
 def _stamp_names(prefix: str, suffix: str, now: float | None = None):
