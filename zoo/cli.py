@@ -10,7 +10,7 @@
 ``data.num_items`` and ``data.info`` (the processed cache's stats) are linked into the model when
 it is built.  Top-level recipe keys beyond Lightning's: ``monitor``, ``monitor_mode``,
 ``patience``, ``test_after_fit``, ``run_dir``, ``wandb``, ``last_every_n_steps``, ``compile``,
-``compile_backend``.
+``compile_backend``, ``tune`` (the ``zoo tune`` search space; fit ignores it).
 """
 
 from __future__ import annotations
@@ -235,6 +235,8 @@ class ZooCLI(LightningCLI):
         parser.add_argument("--compile_backend", type=str, default="inductor", help="torch.compile backend")
         parser.add_argument("--run_dir", type=str | None, default=None, help="output folder (default runs/<recipe name>)")
         parser.add_argument("--wandb", type=str, default="off", help="W&B logging: off, offline or online (WANDB_MODE overrides)")
+        parser.add_argument("--tune", type=dict[str, Any] | None, default=None,
+                            help="search space for `zoo tune` (ignored by fit/validate/test/predict), see docs/tune.md")
         parser.link_arguments("data.num_items", "model.init_args.num_items", apply_on="instantiate")
         parser.link_arguments("data.info", "model.init_args.data_info", apply_on="instantiate")
 
@@ -376,14 +378,15 @@ class ZooCLI(LightningCLI):
 CLEAR_ERRORS = (FileNotFoundError, ValueError, KeyError, FloatingPointError, NotADirectoryError, PermissionError)
 
 
-def run_cli(args: list[str] | None = None) -> ZooCLI:
+def run_cli(args: list[str] | None = None, callbacks: list[Callback] | None = None) -> ZooCLI:
+    """Parse ``args`` (default ``sys.argv``) and run; ``callbacks`` are added to the trainer (``zoo tune``'s pruning)."""
     return ZooCLI(
         SequentialRecommender,
         SequentialDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"use_distributed_sampler": False},
+        trainer_defaults={"use_distributed_sampler": False, **({"callbacks": list(callbacks)} if callbacks else {})},
         args=args,
         auto_configure_optimizers=False,
         parser_kwargs={"exit_on_error": False},

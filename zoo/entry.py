@@ -15,6 +15,10 @@ def main(argv: list[str] | None = None) -> int:
         from zoo.reproduce_cli import main as reproduce_main
 
         return reproduce_main(args)
+    if args and args[0] == "tune":
+        from zoo.experiments.tune import main as tune_main
+
+        return tune_main(args[1:])
     from zoo.cli import main as cli_main
 
     return cli_main(argv)
