@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -219,3 +220,27 @@ def test_every_recipe_tune_block_parses_and_names_recipe_keys():
             for p in parse_space(doc["tune"], recipe.name):
                 get_dotted(doc, p.key)  # declared in the recipe file itself
     assert with_grid >= 10
+
+
+def test_reproduce_tune_trials_reports_tuned_beside_untuned(ml_folder, tmp_path):
+    """`zoo reproduce --tune-trials 2`: the untuned row, then the same row tuned (SASRec names no grid: the
+    fallback space lr/dropout) with the same budget, its best config tested, both in tuned.md."""
+    sets = {"data.init_args.format": "movielens", "data.init_args.paths": f"{{path: {ml_folder}}}",
+            "data.init_args.cache_dir": str(tmp_path / "cache"), "data.init_args.max_len": "10",
+            "data.init_args.batch_size": "32", "data.init_args.text_encoder": "null",
+            "data.init_args.require_text": "false", "model.init_args.d": "16"}
+    out = tmp_path / "repro"
+    r = run_zoo("reproduce", "--paper", "horae", "--models", "SASRec", "--datasets", "default", "--seeds", "1",
+                "--out", str(out), "--max-epochs", "2", "--limit-train-batches", "3", "--wandb", "off",
+                "--tune-trials", "2", *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")], timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    study = out / "horae" / "tuned" / "default-SASRec"
+    assert yaml.safe_load((study / "space.yaml").read_text())["tune"].keys() == {"model.init_args.lr",
+                                                                                 "model.init_args.dropout"}
+    trials = load_trials(study, "default-SASRec")
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 2
+    assert (study / "best" / "seed-0" / "test_metrics.json").is_file()
+    md = (out / "horae" / "tuned.md").read_text()
+    assert "R@10 untuned | R@10 tuned" in md and "with 2 trials" in md
+    line = next(l for l in md.splitlines() if l.startswith("| SASRec |"))
+    assert len(re.findall(r"\b[01]\.\d{4}\b", line)) >= 8, line  # 4 metrics x (untuned, tuned)

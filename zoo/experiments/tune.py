@@ -33,6 +33,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -446,7 +447,8 @@ def count_done(study: Any) -> int:
 def tune(recipe: Path, trials: int, *, space: Path | None = None, timeout: float | None = None,
          study_name: str | None = None, storage: str | None = None, out: Path | None = None,
          extra: list[str] | None = None, wandb: str = "offline", sampler_seed: int | None = None,
-         pruner: str = "median", test_seeds: list[int] | None = None, log=print) -> dict[str, Any]:
+         pruner: str = "median", test_seeds: list[int] | None = None, group: str | None = None,
+         log=print) -> dict[str, Any]:
     """Run (or resume, or join) a study until ``trials`` trials have finished; write the outputs.
 
     Returns ``summary.json``'s content: best value and values, ``best_yaml``, trial counts."""
@@ -483,7 +485,7 @@ def tune(recipe: Path, trials: int, *, space: Path | None = None, timeout: float
         elif old != v:
             raise TuneError(f"study '{name}' in {storage or default_storage(out)} was started with another {k} "
                             f"({old} vs {v}); pick another --study name or --out folder")
-    ctx = Study(recipe, extra, params, out, monitor, wandb, f"tune-{recipe.stem}")
+    ctx = Study(recipe, extra, params, out, monitor, wandb, group or f"tune-{recipe.stem}")
     done = count_done(study)
     log(f"[zoo tune] study '{name}' ({direction} {monitor}): {done}/{trials} trials done; space: "
         + ", ".join(f"{p.key} in {p.describe()}" for p in params))
@@ -516,6 +518,100 @@ def tune(recipe: Path, trials: int, *, space: Path | None = None, timeout: float
     if not completed:
         raise TuneError(f"study '{name}': no trial completed (see {out / 'trials.md'} and the trial folders)")
     return summary
+
+
+# ----------------------------------------------------------------------------- `zoo reproduce --tune-trials N`
+# Models whose recipe names no grid (SASRec, GRU4Rec, ...) get this space, so that every row of a table is tuned
+# with the same budget; keys the model lacks are dropped (Pop has none: it is reported untuned).
+FALLBACK_SPACE = {"model.init_args.lr": {"log": [1.0e-4, 1.0e-2]}, "model.init_args.dropout": {"float": [0.0, 0.5]}}
+
+
+def _fmt_mean_std(xs: list[float]) -> str:
+    if not xs:
+        return "—"
+    m, sd = mean_std(xs)
+    return f"{m:.4f} ± {sd:.4f}" if len(xs) > 1 else f"{m:.4f}"
+
+
+def _cell_recipe(rec: dict[str, Any]) -> Path | None:
+    """The materialised recipe of a reproduce run (or of the twin run it reused)."""
+    run_dir = Path(rec["run_dir"])
+    if (run_dir / "recipe.yaml").is_file():
+        return run_dir / "recipe.yaml"
+    meta = run_dir / "reproduce.json"
+    twin = json.loads(meta.read_text()).get("twin_of") if meta.is_file() else None
+    return Path(twin) / "recipe.yaml" if twin and (Path(twin) / "recipe.yaml").is_file() else None
+
+
+def tune_table(records: list[dict[str, Any]], metrics: dict[str, str], out: Path, trials: int,
+               timeout: float | None, seeds: list[int], wandb: str = "offline", log=print) -> list[dict[str, Any]]:
+    """``zoo reproduce --tune-trials N``: tune every (dataset, model) row of a reproduced table with the same
+    number of trials and the same timeout (its recipe's ``tune:`` block, else ``FALLBACK_SPACE``), fit the best
+    config with the table's seeds, and write ``<out>/tuned.md`` / ``tuned.json``: untuned beside tuned rows.
+
+    ``records`` are the reproduce rows (``dataset``, ``model``, ``seed``, ``status``, ``run_dir``, ``test/...``)."""
+    from zoo.cli import atomic_write_text
+
+    rows: list[dict[str, Any]] = []
+    cells = list(dict.fromkeys((r["dataset"], r["model"]) for r in records))
+    for ds, model in cells:
+        recs = [r for r in records if r["dataset"] == ds and r["model"] == model]
+        row: dict[str, Any] = {"dataset": ds, "model": model, "status": "", "trials": "", "values": {},
+                               "untuned": {m: [float(r[f"test/{m}"]) for r in recs if r["status"] == "done"
+                                               and f"test/{m}" in r] for m in metrics}, "tuned": {}}
+        rows.append(row)
+        recipe = next((p for p in map(_cell_recipe, (r for r in recs if r["status"] == "done")) if p), None)
+        if recipe is None:
+            row["status"] = "not tuned: the untuned run did not finish"
+            continue
+        name = re.sub(r"[^A-Za-z0-9+.-]+", "_", f"{ds}-{model}").strip("_")
+        folder = out / "tuned" / name
+        space = None
+        if "tune" not in (load_yaml(recipe, "recipe") or {}):
+            try:
+                base = resolve_config(recipe, [], {})
+            except TuneError as e:
+                row["status"] = f"not tuned: {e}"
+                continue
+            keys = {}
+            for k, v in FALLBACK_SPACE.items():
+                with contextlib.suppress(KeyError):
+                    get_dotted(base, k)
+                    keys[k] = v
+            if not keys:
+                row["status"] = "not tuned: no hyper-parameter of the fallback space"
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            space = folder / "space.yaml"
+            atomic_write_text(space, yaml.safe_dump({"tune": keys}, sort_keys=False))
+        try:
+            summary = tune(recipe, trials, space=space, timeout=timeout, study_name=name, out=folder, wandb=wandb,
+                           test_seeds=seeds, group=f"tune-{name}", log=log)
+        except Exception as e:  # noqa: BLE001 - one row's failure is reported, the table goes on
+            row["status"] = f"failed: {type(e).__name__}: {e}"
+            log(f"[zoo tune] {ds}/{model}: {row['status']}")
+            continue
+        n = summary["trials"]
+        row.update(status="tuned", trials=f"{n['COMPLETE']}+{n['PRUNED']}p+{n['FAIL']}f", values=summary["best_values"])
+        tested = [json.loads((folder / "best" / f"seed-{s}" / "test_metrics.json").read_text())["test"] for s in seeds]
+        row["tuned"] = {m: [t[f"test/{m}"] for t in tested if f"test/{m}" in t] for m in metrics}
+    lines = [f"Tuned beside untuned: every row tuned with {trials} trials"
+             + (f" and a {timeout:g} s timeout per study (time-capped)" if timeout else "")
+             + " on the validation split (Optuna TPE, median pruning), then its best config fitted and tested with "
+             f"seeds {', '.join(map(str, seeds))}; mean ± sample std over seeds. Trials: complete+pruned+failed.", ""]
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        lines += [f"### {ds}", "", "| model | " + " | ".join(f"{lab} untuned | {lab} tuned" for lab in metrics.values())
+                  + " | trials | tuned values |", "|---|" + "---|---|" * len(metrics) + "---|---|"]
+        for r in (r for r in rows if r["dataset"] == ds):
+            cells = [f"{_fmt_mean_std(r['untuned'][m])} | {_fmt_mean_std(r['tuned'].get(m, []))}" for m in metrics]
+            vals = ", ".join(f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+                             for k, v in r["values"].items()) or r["status"]
+            lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {r['trials']} | {vals} |")
+        lines.append("")
+    atomic_write_text(out / "tuned.md", "\n".join(lines))
+    atomic_write_text(out / "tuned.json", json.dumps(rows, indent=2, default=str) + "\n")
+    log(f"[zoo tune] wrote {out / 'tuned.md'}")
+    return rows
 
 
 def build_parser() -> argparse.ArgumentParser:
