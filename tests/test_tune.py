@@ -81,8 +81,8 @@ def test_three_trial_study_on_validation_only(ml_folder, tmp_path, capsys):
     trial_dirs = sorted((out / "trials").iterdir())
     assert len(trial_dirs) == 3
     for d in trial_dirs:
-        served = json.loads((d / "splits.json").read_text())["served"]
-        assert set(served) <= {"train", "val"} and "val" in served, (d, served)
+        rec = json.loads((d / "splits.json").read_text())
+        assert set(rec["served"]) == {"train", "val"} and rec["validations"] == 2, (d, rec)
         assert not (d / "test_metrics.json").exists() and not list(d.glob("ranks*.npz")) and not list(d.glob("test-*"))
         # each trial is an offline W&B run in the group tune-<recipe>
         runs = list((d / "wandb").glob("offline-run-*"))
@@ -112,6 +112,28 @@ def test_three_trial_study_on_validation_only(ml_folder, tmp_path, capsys):
     assert init["dropout"] == pytest.approx(best.params["model.init_args.dropout"])
     assert printed["run_dir"] is None and printed["test_after_fit"] is True
     assert printed["tune"] == SPACE  # kept: best.yaml can seed a further search
+
+
+def test_a_pruned_trial_stops_at_the_validation_that_pruned_it(ml_folder, tmp_path):
+    """The Lightning pruning callback reports the monitored metric and raises from inside fit; the trial is
+    PRUNED after one of its 3 epochs and, like every trial, never touched the test split."""
+    import optuna
+
+    from zoo.experiments.tune import Study
+
+    class AlwaysPrune(optuna.pruners.BasePruner):
+        def prune(self, study, trial) -> bool:
+            return True
+
+    recipe = tiny_recipe(tmp_path, ml_folder, None, epochs=3)
+    ctx = Study(recipe, [], parse_space({"model.init_args.lr": [1e-3]}, "test"), tmp_path / "out", "val/ndcg@10",
+                "off", "tune-tiny")
+    study = optuna.create_study(direction="maximize", pruner=AlwaysPrune())
+    study.optimize(ctx.objective, n_trials=1)
+    (t,) = study.trials
+    assert t.state.name == "PRUNED" and list(t.intermediate_values) == [0] and t.user_attrs["epochs"] == 1
+    rec = json.loads((tmp_path / "out" / "trials" / "trial-0000" / "splits.json").read_text())
+    assert set(rec["served"]) == {"train", "val"} and rec["validations"] == 1
 
 
 def test_killed_study_resumes_with_its_finished_trials(ml_folder, tmp_path):

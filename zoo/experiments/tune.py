@@ -209,28 +209,23 @@ def check_space(params: list[Param], recipe: Path, extra: list[str], source: str
 
 
 # ----------------------------------------------------------------------------- one trial
-def _lightning_callback_base():
-    from lightning.pytorch.callbacks import Callback
-
-    return Callback
-
-
-class SplitRecorder:
+class TrialRecorder:
     """Lightning callback (built lazily: no Lightning import at ``zoo tune --help``) that records which
-    dataloaders the datamodule served and writes them to ``path`` (``{"served": ["train", "val"]}``)."""
+    dataloaders the datamodule served and how many validation rounds ran, written to ``path`` as
+    ``{"served": ["val", "train"], "validations": 2}``: the evidence that a trial never read the test split."""
 
     def __new__(cls, path: Path):
-        Callback = _lightning_callback_base()
+        from lightning.pytorch.callbacks import Callback
 
-        class _SplitRecorder(Callback):
+        class _TrialRecorder(Callback):
             def __init__(self) -> None:
-                self.path, self.served = Path(path), []
+                self.path, self.served, self.validations = Path(path), [], 0
 
             def setup(self, trainer, pl_module, stage: str) -> None:
                 dm = trainer.datamodule
-                if dm is None or getattr(dm, "_zoo_split_recorder", None) is self:
+                if dm is None or getattr(dm, "_zoo_trial_recorder", None) is self:
                     return
-                dm._zoo_split_recorder = self
+                dm._zoo_trial_recorder = self
                 for split in ("train", "val", "test", "predict"):
                     original = getattr(dm, f"{split}_dataloader")
 
@@ -241,12 +236,16 @@ class SplitRecorder:
 
                     setattr(dm, f"{split}_dataloader", served)
 
+            def on_validation_end(self, trainer, pl_module) -> None:
+                if not trainer.sanity_checking:
+                    self.validations += 1
+
             def write(self) -> None:
                 from zoo.cli import atomic_write_text
 
-                atomic_write_text(self.path, json.dumps({"served": self.served}) + "\n")
+                atomic_write_text(self.path, json.dumps({"served": self.served, "validations": self.validations}) + "\n")
 
-        return _SplitRecorder()
+        return _TrialRecorder()
 
 
 @contextlib.contextmanager
@@ -286,7 +285,6 @@ class Study:
 
     def objective(self, trial: Any) -> float:
         """One real ``zoo fit`` on the validation split; returns the best value of the monitored metric."""
-        import optuna
         from optuna_integration import PyTorchLightningPruningCallback
 
         from zoo.cli import atomic_write_text, run_cli
@@ -297,19 +295,16 @@ class Study:
         trial.set_user_attr("run_dir", str(run_dir))
         atomic_write_text(run_dir / "params.json", json.dumps(values, indent=2) + "\n")
         print(f"[zoo tune] trial {trial.number}: " + ", ".join(f"{k}={v}" for k, v in values.items()), flush=True)
-        recorder = SplitRecorder(run_dir / "splits.json")
+        recorder = TrialRecorder(run_dir / "splits.json")
         pruning = PyTorchLightningPruningCallback(trial, self.monitor)
         try:
             with wandb_group(self.group):
                 cli = run_cli(self.trial_args(values, run_dir), callbacks=[recorder, pruning])
-        except optuna.TrialPruned:
-            trial.set_user_attr("epochs", len(trial.storage.get_trial(trial._trial_id).intermediate_values))
-            raise
         finally:
             recorder.write()
+            trial.set_user_attr("epochs", recorder.validations)  # validation rounds, pruned trials included
         if cli.trainer.interrupted:
             raise KeyboardInterrupt(f"trial {trial.number} interrupted")
-        trial.set_user_attr("epochs", int(cli.trainer.current_epoch))
         score = cli.trainer.checkpoint_callback.best_model_score if cli.trainer.checkpoint_callback else None
         if score is None or not math.isfinite(float(score)):
             raise ValueError(f"trial {trial.number}: no finite validation value of {self.monitor} ({score})")
