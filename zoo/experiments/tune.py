@@ -125,6 +125,16 @@ def parse_space(space: Any, source: str) -> list[Param]:
     return params
 
 
+def quiet_warnings() -> None:
+    """Drop two warnings that say nothing here: LightningCLI's "args given while sys.argv holds others" (run_cli
+    is called in-process while sys.argv is `zoo tune ...`, on purpose) and Optuna's "heartbeat is experimental"."""
+    import warnings
+
+    for pattern in (r"LightningCLI's args parameter is intended",
+                    r"Argument ``(heartbeat_interval|grace_period)`` is an experimental"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
 def load_yaml(path: Path, what: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
@@ -452,10 +462,7 @@ def tune(recipe: Path, trials: int, *, space: Path | None = None, timeout: float
 
     from zoo.cli import atomic_write_text
 
-    import warnings
-
-    # run_cli is given its args in-process while sys.argv holds `zoo tune ...`: intended here
-    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    quiet_warnings()
     recipe = Path(recipe)
     if trials < 1:
         raise TuneError(f"--trials must be >= 1, got {trials}")
@@ -547,6 +554,7 @@ def tune_table(records: list[dict[str, Any]], metrics: dict[str, str], out: Path
     ``records`` are the reproduce rows (``dataset``, ``model``, ``seed``, ``status``, ``run_dir``, ``test/...``)."""
     from zoo.cli import atomic_write_text
 
+    quiet_warnings()
     rows: list[dict[str, Any]] = []
     cells = list(dict.fromkeys((r["dataset"], r["model"]) for r in records))
     for ds, model in cells:
