@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from datamodules.processing import (
     ProcessingOptions,
     cache_key,
     cached_cache_dir,
+    explain_new_cache,
     load_cache,
     process,
     write_cache,
@@ -78,10 +80,14 @@ def prepare_dataset(
         if verbose:
             print(f"[zoo] loaded processed cache {target} (no reprocessing)")
         return load_cache(target)
+    note = explain_new_cache(target, format, paths, format_options, opts, extra)
+    if note:  # a recipe that differs in one option would otherwise rebuild silently
+        print(note, file=sys.stderr, flush=True)
     if verbose:
         print(f"[zoo] processing {format} {paths or ''} -> {target}")
     raw = read_raw(format, name=name, **paths, **format_options)
     result = process(raw, opts)
+    result["stats"]["format_options"] = format_options  # with "options": what explain_new_cache compares
     write_cache(result, target)
     if verbose:
         print((target / "summary.md").read_text(encoding="utf-8"))
@@ -557,6 +563,17 @@ class SequentialDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+    def original_user_ids(self) -> list[str]:
+        """The publisher's user id of every user index (``<domain>:<id>`` when domains are merged)."""
+        ids: list[str] = []
+        for d in self.domains:
+            with open(Path(d.path) / "user_ids.json", encoding="utf-8") as f:
+                own = json.load(f)
+            ids += [f"{d.stats['name']}:{u}" for u in own] if len(self.domains) > 1 else own
+        if len(ids) != self.data.num_users:
+            raise ValueError(f"{self.data.path}/user_ids.json: {len(ids)} ids for {self.data.num_users} users")
+        return ids
 
     # ------------------------------------------------------------------ side info
     def side_info(self) -> dict[str, torch.Tensor]:

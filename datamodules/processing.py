@@ -110,6 +110,42 @@ def cache_key(format: str, paths: dict[str, str], format_options: dict[str, Any]
     return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def explain_new_cache(target: Path, format: str, paths: dict[str, str], format_options: dict[str, Any],
+                      opts: ProcessingOptions, extra: Any = None) -> str | None:
+    """Why a cache is about to be built at ``target`` although these raw files already have one.
+
+    A sibling ``<name>-<key>`` cache is made from the SAME raw files (and parser) when its key
+    recomputed with its own stored options (``stats.json``: ``options``, ``format_options``)
+    equals its folder's key; the option(s) that differ from ours are the reason for the new
+    cache.  Returns a one-line note naming the closest such cache and each differing option, or
+    None (no cache of these files yet, or only caches of other/changed raw files)."""
+    prefix, best = target.name.rsplit("-", 1)[0], None
+    for stats_file in sorted(target.parent.glob(f"{prefix}-*/stats.json")):
+        other = stats_file.parent
+        name, _, key = other.name.rpartition("-")
+        if other == target or name != prefix:
+            continue
+        try:
+            stats = json.loads(stats_file.read_text(encoding="utf-8"))
+            theirs = ProcessingOptions(**stats["options"])
+            their_fmt = dict(stats.get("format_options", format_options) or {})
+            if cache_key(format, paths, their_fmt, theirs, extra) != key:
+                continue  # other raw files, a raw file changed since, or another parser version
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        ours, old = asdict(opts), asdict(theirs)
+        diff = [f"{k}: {old[k]!r} -> {ours[k]!r}" for k in ours if ours[k] != old.get(k)]
+        diff += [f"format_options.{k}: {their_fmt.get(k)!r} -> {format_options.get(k)!r}"
+                 for k in sorted(set(their_fmt) | set(format_options)) if their_fmt.get(k) != format_options.get(k)]
+        if diff and (best is None or len(diff) < len(best[1])):
+            best = (other, diff)
+    if best is None:
+        return None
+    return (f"[zoo] building a new cache {target.name}: the cache {best[0]} of the same raw files was made with "
+            f"other processing options ({'; '.join(best[1])}); every combination of options has its own cache "
+            "(the existing one is kept)")
+
+
 def k_core_filter(inter: pd.DataFrame, k_core: int, min_user: int) -> tuple[pd.DataFrame, list[str]]:
     """Iterative k-core over users (>= min_user) and items (>= k_core); returns the log lines."""
     user_code, users = pd.factorize(inter["user"])  # [M] int codes, hashed once

@@ -122,14 +122,18 @@ def test_predict_writes_top_k_in_original_ids(sasrec_run, ml_folder):
             "--ckpt_path", str(out / "sasrec" / "best.ckpt"), "--run_dir", str(out / "pred"))
     assert r.returncode == 0, r.stderr[-3000:]
     lines = (out / "pred" / "predictions.csv").read_text().splitlines()
-    assert lines[0] == "user,items,scores"
-    users = {int(l.split(",")[0]) for l in lines[1:]}
-    assert len(users) == len(lines) - 1 >= 30  # one row per evaluated user
+    assert lines[0] == "user_id,user_index,items,scores"
+    rows = [l.split(",") for l in lines[1:]]
+    users = {int(r[1]) for r in rows}
+    assert len(users) == len(rows) >= 30  # one row per evaluated user
+    user_ids = json.loads(next((out / "cache").glob("*/user_ids.json")).read_text())
+    assert all(r[0] == user_ids[int(r[1])] for r in rows)  # the publisher's id of that user index
+    assert {r[0] for r in rows} <= {str(u) for u in range(1, 41)} and any(r[0] != str(int(r[1]) + 1) for r in rows)
     movies = {str(i) for i in range(1, 61)}  # the fixture's original movieIds
-    first = lines[1].split(",")[1].split()
+    first = rows[0][2].split()
     n_items = json.loads(next((out / "cache").glob("*/stats.json")).read_text())["num_items"]
     assert len(first) == min(50, n_items) == len(set(first)) and set(first) <= movies
-    scores = [float(x) for x in lines[1].split(",")[2].split()]
+    scores = [float(x) for x in rows[0][3].split()]
     assert scores == sorted(scores, reverse=True)
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.reproduce import (
-    NUMBERS, Options, betainc, load_numbers, paired_ttest, plan_cell, resolve_path,
+from zoo.experiments.reproduce import (
+    NUMBERS, Cell, Options, Run, betainc, execute_plan, find_twin, load_numbers, make_plan, paired_ttest, plan_cell,
+    resolve_path,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def reduced(ml_folder, tmp_path_factory):
 
 def test_table_has_every_expected_cell(reduced):
     out, _, first = reduced
-    assert first.stdout.count("[reproduce] run ") == 2
+    assert first.stdout.count("] start ") == 2 and first.stdout.count("] done ") == 2
     md = (out / "horae" / "table.md").read_text()
     labels = ["R@10", "R@50", "N@10", "N@50"]
     assert "| model | " + " | ".join(labels) + " |" in md
@@ -86,7 +87,7 @@ def test_second_invocation_runs_nothing(reduced):
     before = metrics.stat().st_mtime_ns
     again = zoo(*args)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "[reproduce] run " not in again.stdout and "resume" not in again.stdout
+    assert "plan: 0 zoo fit run(s)" in again.stdout and "] start " not in again.stdout
     assert metrics.stat().st_mtime_ns == before
 
 
@@ -108,7 +109,7 @@ def test_missing_dataset_is_reported_with_its_expected_path(tmp_path):
 
 def test_plot_writes_pngs(reduced):
     out, _, _ = reduced
-    from benchmarks.plot import main as plot_main
+    from zoo.experiments.plot import main as plot_main
 
     assert plot_main(["--results", str(out), "--paper", "horae"]) == 0
     for name in ("metrics-default.png", "curves-default.png"):
@@ -116,19 +117,136 @@ def test_plot_writes_pngs(reduced):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
 
 
-def test_ablate_one_row_in_one_group(ml_folder, tmp_path):
-    """A reduced TiMiRec Table 4 row ("joint train": no pre-training) through `zoo ablate`."""
-    r = zoo("ablate", "--paper", "timirec", "--dataset", "default", "--table", "Table 4", "--rows", "joint train",
-            "--seeds", "1", "--out", str(tmp_path), "--max-epochs", "1", "--limit-train-batches", "2",
-            "--wandb", "off", "--set", "data.init_args.eval_negatives=20", *tiny_sets(ml_folder, tmp_path / "cache"))
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+PLANNED = re.compile(r"^\s*\[(\d+)/(\d+)\] (run|resume)\s+.*  est ≤ .* -> (\S+)$", re.M)
+STARTED = re.compile(r"^\[(?:reproduce|ablate)\] \[(\d+)/(\d+)\] start .* -> (\S+)$", re.M)
+
+
+def planned_dirs(stdout: str) -> list[str]:
+    return [m.group(4) for m in PLANNED.finditer(stdout)]
+
+
+def started_dirs(stdout: str) -> list[str]:
+    return [m.group(3) for m in STARTED.finditer(stdout)]
+
+
+def test_the_plan_is_exactly_what_runs(ml_folder, tmp_path):
+    """The dry run's plan equals the fits a real run starts, in order, for `zoo reproduce` (TiMiRec:
+    its pre-training first, then the fine-tuning the old dry run left out) and `zoo ablate` (TiMiRec's
+    Table 4 on the same --out: "joint train" runs without pre-training, the TiMiRec row is the main
+    table's cell, shared and not run again).  Real runs print one line per start, per epoch and per end."""
+    tiny = ["--seeds", "1", "--out", str(tmp_path), "--max-epochs", "2", "--limit-train-batches", "2",
+            "--wandb", "off", "--set", "data.init_args.eval_negatives=20", *tiny_sets(ml_folder, tmp_path / "cache")]
+    rep = ["reproduce", "--paper", "timirec", "--models", "TiMiRec", "--datasets", "default", *tiny]
+    dry = zoo(*rep, "--dry-run")
+    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+    plan = planned_dirs(dry.stdout)
+    assert len(plan) == 2 and "/pretrain/timirec_pretrain-" in plan[0] and plan[1].endswith("/timirec/default/TiMiRec-s0")
+    assert not any(tmp_path.glob("timirec*")) and not (tmp_path / "pretrain").exists()  # a dry run writes nothing
+    real = zoo(*rep)
+    assert real.returncode == 0, real.stdout[-3000:] + real.stderr[-3000:]
+    assert planned_dirs(real.stdout) == plan and started_dirs(real.stdout) == plan
+    for i in (1, 2):  # at most one line per epoch, and the test metric at the end
+        assert len(re.findall(rf"\[{i}/2\] epoch 1/2 ", real.stdout)) == 1, real.stdout
+        assert re.search(rf"\[{i}/2\] done .* in .*: test/ndcg@5 [01]\.\d{{4}}", real.stdout), real.stdout
+
+    abl = ["ablate", "--paper", "timirec", "--dataset", "default", "--table", "Table 4", "--rows", "joint train",
+           "TiMiRec", *tiny]
+    dry = zoo(*abl, "--dry-run")
+    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+    plan = planned_dirs(dry.stdout)
+    assert plan == [str(tmp_path / "timirec" / "ablation" / "Table_4" / "default" / "joint_train-s0")], dry.stdout
+    assert re.search(r"share  timirec Table 4/default/TiMiRec seed 0  = .*/timirec/default/TiMiRec-s0", dry.stdout)
+    real = zoo(*abl)
+    assert real.returncode == 0, real.stdout[-3000:] + real.stderr[-3000:]
+    assert started_dirs(real.stdout) == plan
     md = (tmp_path / "timirec" / "ablation-Table_4-default.md").read_text()
-    line = next(l for l in md.splitlines() if l.startswith("| joint train |"))
-    assert len(re.findall(r"[01]\.\d{4} · paper —", line)) == 2
-    recipe = yaml.safe_load((tmp_path / "timirec" / "ablation" / "Table_4" / "default" / "joint_train-s0"
-                             / "recipe.yaml").read_text())
+    for row in ("joint train", "TiMiRec"):
+        line = next(l for l in md.splitlines() if l.startswith(f"| {row} |"))
+        assert len(re.findall(r"[01]\.\d{4} · paper —", line)) == 2, line
+    recipe = yaml.safe_load(Path(plan[0], "recipe.yaml").read_text())
     assert recipe["model"]["init_args"]["pretrained_ckpt"] is None
-    assert not (tmp_path / "pretrain").exists()
+
+
+def test_default_out_is_outside_version_control_and_a_failed_run_leaves_no_empty_folder(tmp_path):
+    """Without --out, results go to ./runs/reproduce (./runs/ablate for ablate), never to
+    benchmarks/results; a fit that fails leaves its log and reason, and no empty folder."""
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([ZOO, *args], cwd=work, capture_output=True, text=True, timeout=600,
+                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    dry = run("ablate", "--paper", "hpcl4sr", "--rows", "base", "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert planned_dirs(dry.stdout) == [str(work / "runs" / "ablate" / "hpcl4sr" / "ablation" / "Table_3" / "default"
+                                            / "base-s0")]
+    r = run("reproduce", "--paper", "horae", "--models", "Pop", "--datasets", "default", "--wandb", "off",
+            "--set", "trainer.no_such_key=1")
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    out = work / "runs" / "reproduce"
+    assert started_dirs(r.stdout) == [str(out / "horae" / "default" / "Pop-s0")]
+    failed = re.search(r"\[1/1\] FAILED horae Table 7/default/Pop seed 0 after .* \(exit \d+\): (.*) - see", r.stdout)
+    assert failed and "no_such_key" in failed.group(1), r.stdout
+    rows = list(csv.DictReader(open(out / "horae" / "results.csv", newline="")))
+    assert [x["status"] for x in rows] == ["failed"] and "no_such_key" in rows[0]["reason"]
+    assert (out / "horae" / "default" / "Pop-s0" / "zoo.log").is_file()
+    empty = [d for d in work.rglob("*") if d.is_dir() and not any(d.iterdir())]
+    assert not empty, empty
+    assert sorted(p.name for p in work.iterdir()) == ["runs"]
+
+
+def test_every_paper_plans_every_row_once(tmp_path):
+    """For every paper's main table and ablation tables, with no raw data at all: every implemented
+    row of paper_numbers.yaml on every dataset is in the plan (run or skipped with a reason), no run
+    folder appears twice, and each pre-training is planned before the first cell that loads it."""
+    from zoo.experiments.ablate import ablation_cells
+    from zoo.experiments.reproduce import main_cells, main_rows
+
+    numbers = load_numbers()
+    opts = Options(out=tmp_path, quiet=True, data_root=tmp_path / "no-data", seeds=[0, 1])
+    for paper in ("horae", "miracle", "timirec", "hpcl4sr", "hm4sr"):
+        groups = [main_cells(paper, numbers, opts)]
+        table = numbers[paper]["main"]
+        rows, _ = main_rows(paper, numbers, None)
+        assert {(c.dataset, c.row, c.seed) for c in groups[0]} == {
+            (d, r, s) for d in table["datasets"] for r in rows for s in (0, 1)}
+        for abl in numbers[paper].get("ablations") or []:
+            for ds in abl["datasets"]:
+                (_, names, cells), = ablation_cells(paper, ds, numbers, opts, [abl["table"]])
+                assert names == list(abl["rows"]) and [c.row for c in cells] == [r for r in names for _ in (0, 1)]
+                groups.append(cells)
+        for cells in groups:
+            steps = make_plan(cells, opts)
+            dirs = [s.run.run_dir for s in steps if s.run is not None and s.action != "skip"]
+            assert len(dirs) == len(set(dirs)), paper
+            for c in cells:  # every cell is a step of its own (run, share or skip)
+                assert any(s.label == c.label for s in steps), (paper, c.label)
+            for i, s in enumerate(steps):
+                if s.fits and s.run.pretrain is not None:
+                    assert any(t.run is s.run.pretrain or t.run.run_dir == s.run.pretrain.run_dir
+                               for t in steps[:i] if t.run is not None), (paper, s.label)
+            assert [s.index for s in steps if s.fits] == list(range(1, sum(s.fits for s in steps) + 1))
+
+
+def test_dry_run_of_timirec_lists_every_fit_the_real_run_makes(tmp_path):
+    """The reported bug: `zoo reproduce --paper timirec --dry-run` listed 8 runs without TiMiRec and
+    TiMiRec+; `zoo ablate --paper timirec --dry-run` showed 1 of 7 rows and one pre-training twice."""
+    r = zoo("reproduce", "--paper", "timirec", "--dry-run", "--out", str(tmp_path), "--datasets", "default")
+    assert r.returncode == 0, r.stderr[-3000:]
+    plan = planned_dirs(r.stdout)
+    cells = [d.rsplit("/", 1)[1] for d in plan if "/timirec/default/" in d]
+    assert cells == [f"{slug}-s0" for slug in ("GRU4Rec", "MIND", "ComiRec-SA", "TiMiRec", "SASRec", "ComiRec-SA+",
+                                               "TiMiRec+", "Pop")]
+    assert len([d for d in plan if "/pretrain/" in d]) == 2 and len(plan) == 10 == len(set(plan))
+    r = zoo("ablate", "--paper", "timirec", "--dry-run", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    plan = planned_dirs(r.stdout)
+    assert len(plan) == len(set(plan)) == 11  # 6 rows run (Table 4's TiMiRec row shares Table 3's), 5 pre-trainings
+    assert "share  timirec Table 4/default/TiMiRec seed 0" in r.stdout
+    rows = {m for m in re.findall(r"/ablation/Table_\d/default/([^/\s]+)-s0", r.stdout)}
+    assert len(rows) == 6 and "TiMiRec" in rows
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
 
 
 def test_every_cell_and_ablation_row_plans(tmp_path):
@@ -210,37 +328,99 @@ def test_paper_numbers_match_the_papers_tables():
                         assert any(f"{v:.4f}" in line for line in lines), (paper, ds, n, m, v)
 
 
+def _finished(run: Run, metrics: dict) -> Run:
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / "test_metrics.json").write_text(json.dumps({"test": metrics, "epochs": 3}))
+    (run.run_dir / "reproduce.json").write_text(json.dumps({"config_hash": run.hash, "seed": run.seed, "status": "done"}))
+    return run
+
+
 def test_a_run_already_made_for_another_table_is_shared_not_rerun(tmp_path):
     """The same baseline on the embedded default appears in HORAE's and MIRACLE's tables: the
     second table reuses the first one's finished run (same config hash and seed), and --force does not."""
-    from benchmarks.reproduce import Run, execute, find_twin
-
     opts = Options(out=tmp_path, quiet=True)
     cfg = {"model": {"class_path": "zoo.models.sasrec.SASRec"}, "trainer": {"max_epochs": 1}}
-    first = Run(cfg, tmp_path / "horae" / "default" / "SASRec-s0", 0, "g")
-    first.run_dir.mkdir(parents=True)
-    (first.run_dir / "test_metrics.json").write_text(json.dumps({"test": {"test/recall@10": 0.25}, "epochs": 3}))
-    (first.run_dir / "reproduce.json").write_text(json.dumps({"config_hash": first.hash, "seed": 0, "status": "done"}))
+    first = _finished(Run(cfg, tmp_path / "horae" / "default" / "SASRec-s0", 0, "g"), {"test/recall@10": 0.25})
 
     second = Run(cfg, tmp_path / "miracle" / "default" / "SASRec-s0", 0, "g")
-    assert find_twin(second, tmp_path) == first.run_dir
-    assert find_twin(Run(cfg, second.run_dir, 1, "g"), tmp_path) is None  # another seed
+    assert find_twin(second, [tmp_path]) == first.run_dir
+    assert find_twin(Run(cfg, second.run_dir, 1, "g"), [tmp_path]) is None  # another seed
     other = Run({**cfg, "trainer": {"max_epochs": 2}}, second.run_dir, 0, "g")
-    assert find_twin(other, tmp_path) is None  # another config
-    out = execute(second, opts)
-    assert out["status"] == "reused" and out["twin_of"] == str(first.run_dir)
+    assert find_twin(other, [tmp_path]) is None  # another config
+    cells = [Cell("miracle", "Table 2", "default", "SASRec", 0, second), Cell("horae", "Table 7", "default", "SASRec", 0, first)]
+    steps = make_plan(cells, opts)
+    assert [s.action for s in steps] == ["share", "reuse"] and steps[0].source == first.run_dir
+    outcomes = execute_plan(steps, opts)
+    assert outcomes[second.run_dir]["status"] == "reused" and outcomes[second.run_dir]["twin_of"] == str(first.run_dir)
     assert json.loads((second.run_dir / "test_metrics.json").read_text())["test"]["test/recall@10"] == 0.25
-    again = execute(first, opts)  # a finished run is reused, and says so (not the stored "done")
-    assert again["status"] == "reused" and again["stale"] is False
+    assert outcomes[first.run_dir]["status"] == "reused" and outcomes[first.run_dir]["stale"] is False
+    forced = make_plan(cells, Options(out=tmp_path, quiet=True, force=True))
+    assert [s.action for s in forced] == ["run", "run"]  # --force re-runs, shares nothing
     third = Run(cfg, tmp_path / "hm4sr" / "default" / "SASRec-s0", 0, "g")
-    assert find_twin(third, tmp_path) == first.run_dir  # a copy is never itself a source
+    assert find_twin(third, [tmp_path]) == first.run_dir  # a copy is never itself a source
     ablation_row = Run(cfg, tmp_path / "timirec" / "ablation" / "Table_4" / "default" / "SASRec-s0", 0, "g")
-    assert find_twin(ablation_row, tmp_path) == first.run_dir  # an ablation row finds a main-table cell
+    assert find_twin(ablation_row, [tmp_path]) == first.run_dir  # an ablation row finds a main-table cell
     other_cfg = {**cfg, "trainer": {"max_epochs": 7}}
-    in_ablation = Run(other_cfg, ablation_row.run_dir, 0, "g")
-    in_ablation.run_dir.mkdir(parents=True)
-    (in_ablation.run_dir / "test_metrics.json").write_text(json.dumps({"test": {}}))
-    (in_ablation.run_dir / "reproduce.json").write_text(
-        json.dumps({"config_hash": in_ablation.hash, "seed": 0, "status": "done"}))
+    in_ablation = _finished(Run(other_cfg, ablation_row.run_dir, 0, "g"), {})
     main_cell = Run(other_cfg, tmp_path / "timirec" / "default" / "SASRec-s0", 0, "g")
-    assert find_twin(main_cell, tmp_path) == in_ablation.run_dir  # ... and the other way round
+    assert find_twin(main_cell, [tmp_path]) == in_ablation.run_dir  # ... and the other way round
+    elsewhere = tmp_path / "runs-ablate"
+    assert find_twin(Run(cfg, elsewhere / "horae" / "ablation" / "T" / "default" / "SASRec-s0", 0, "g"),
+                     [elsewhere, tmp_path]) == first.run_dir  # a finished cell in another --out is shared too
+
+
+def test_a_cell_planned_earlier_in_the_same_plan_is_shared_and_each_pretraining_runs_once(tmp_path):
+    """Two cells with one config and seed: the first runs, the second shares it (not a second fit);
+    two cells loading one pre-training: it is planned once, before the first of them."""
+    opts = Options(out=tmp_path, quiet=True)
+    cfg = {"model": {"class_path": "zoo.models.timirec.TiMiRec"}, "trainer": {"max_epochs": 2}}
+    pre = Run({"model": {"class_path": "zoo.models.timirec.TiMiRec"}}, tmp_path / "pretrain" / "p-s0", 0, "g", "pretrain")
+    a = Run(cfg, tmp_path / "timirec" / "ablation" / "Table_3" / "default" / "TiMiRec-s0", 0, "g", pretrain=pre)
+    b = Run(cfg, tmp_path / "timirec" / "ablation" / "Table_4" / "default" / "TiMiRec-s0", 0, "g", pretrain=pre)
+    c = Run({**cfg, "x": 1}, tmp_path / "timirec" / "ablation" / "Table_4" / "default" / "other-s0", 0, "g", pretrain=pre)
+    steps = make_plan([Cell("timirec", "Table 3", "default", "TiMiRec", 0, a),
+                       Cell("timirec", "Table 4", "default", "TiMiRec", 0, b),
+                       Cell("timirec", "Table 4", "default", "other", 0, c)], opts)
+    assert [(s.action, s.run.run_dir) for s in steps] == [
+        ("run", pre.run_dir), ("run", a.run_dir), ("share", b.run_dir), ("run", c.run_dir)]
+    assert [s.index for s in steps if s.fits] == [1, 2, 3] and steps[2].source == a.run_dir
+    assert all(s.estimate_s and s.estimate_s > 0 for s in steps if s.fits)
+
+
+def test_reproduction_doc_matches_the_numbers_file_and_the_cli():
+    """docs/reproduction.md lists every table, dataset and row of paper_numbers.yaml, and every flag
+    of `zoo reproduce` / `zoo ablate`."""
+    from zoo.experiments import ablate, reproduce
+    from zoo.experiments.reproduce import main_rows
+
+    doc = (ROOT / "docs" / "reproduction.md").read_text()
+    lines = doc.splitlines()
+    numbers = load_numbers()
+    for paper in ("horae", "miracle", "timirec", "hpcl4sr", "hm4sr"):
+        main = numbers[paper]["main"]
+        rows, missing = main_rows(paper, numbers, None)
+        line = next(l for l in lines if l.startswith(f"| {paper} | {main['table']} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert [d.strip().split(" (")[0] for d in cells[2].split(",")] == list(main["datasets"]), paper
+        assert [r.strip() for r in cells[3].split(",")] == rows and [r.strip() for r in cells[4].split(",")] == missing
+        for abl in numbers[paper].get("ablations") or []:
+            line = next(l for l in lines if l.startswith(f"| {paper} | {abl['table']} |"))
+            assert line.rstrip(" |").endswith(", ".join(abl["rows"])), (paper, abl["table"])
+    import argparse
+    for mod in (reproduce, ablate):
+        parser = None
+        orig = argparse.ArgumentParser.parse_args
+
+        def grab(self, *a, **k):
+            nonlocal parser
+            parser = self
+            raise SystemExit(0)
+
+        argparse.ArgumentParser.parse_args = grab
+        try:
+            with pytest.raises(SystemExit):
+                mod.main([])
+        finally:
+            argparse.ArgumentParser.parse_args = orig
+        flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+        assert flags and all(f"`{f}" in doc for f in flags), [f for f in flags if f"`{f}" not in doc]

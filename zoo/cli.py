@@ -95,19 +95,35 @@ class TopKWriter(BasePredictionWriter):
         self.run_dir = Path(run_dir)
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        """Columns (docs/cli.md, "Predictions"): ``user_id`` (the publisher's user id),
+        ``user_index`` (the zoo's 0-based user index in the cache), ``items`` (top-K item ids of
+        the publisher, best first, space-separated) and ``scores`` (their scores, same order)."""
+        import csv
+        import io
+
         import torch
 
         dm = trainer.datamodule
         item_ids = ["<pad>"] + list(dm.data.item_ids)
+        if hasattr(dm, "original_user_ids"):
+            user_ids = dm.original_user_ids()
+        else:  # each domain cache's user_ids.json: user index -> the publisher's id
+            domains = getattr(dm, "domains", [dm.data])
+            user_ids = []
+            for d in domains:
+                own = json.loads((Path(d.path) / "user_ids.json").read_text(encoding="utf-8"))
+                user_ids += [f"{d.stats['name']}:{u}" for u in own] if len(domains) > 1 else own
         suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        lines = ["user,items,scores"]
+        buf = io.StringIO()
+        rows = csv.writer(buf, lineterminator="\n")  # quotes an id that holds a comma or a quote
+        rows.writerow(["user_id", "user_index", "items", "scores"])
         interests = []
         for out in predictions:
             for u, items, scores in zip(out["user"].tolist(), out["items"].tolist(), out["scores"].tolist()):
-                lines.append(f"{u},{' '.join(item_ids[i] for i in items)},{' '.join(f'{x:.5g}' for x in scores)}")
+                rows.writerow([user_ids[u], u, " ".join(item_ids[i] for i in items), " ".join(f"{x:.5g}" for x in scores)])
             if "interests" in out:
                 interests.append(out["interests"].cpu())
-        atomic_write_text(self.run_dir / f"predictions{suffix}.csv", "\n".join(lines) + "\n")
+        atomic_write_text(self.run_dir / f"predictions{suffix}.csv", buf.getvalue())
         if interests:
             tmp = self.run_dir / f".interests{suffix}.pt.tmp"
             torch.save(torch.cat(interests), tmp)
@@ -342,10 +358,27 @@ class ZooCLI(LightningCLI):
     def _plain_config(self) -> dict[str, Any]:
         return json.loads(json.dumps(self._cfg().as_dict(), default=str))
 
+    def _write_test_ranks(self, metrics_path: Path) -> None:
+        """The per-user ranks of the test just run, beside its metrics file (``zoo.ranks``); written
+        before the metrics so a metrics file always has its ranks."""
+        tr = getattr(self.model, "test_ranks", None)
+        if not tr:
+            return
+        from zoo.ranks import make_ranks, save_ranks
+        from zoo.runfiles import ranks_path_for
+
+        user_ids = self.datamodule.original_user_ids() if hasattr(self.datamodule, "original_user_ids") else \
+            [str(u) for u in range(int(tr["parts"]["user"].max(initial=-1)) + 1)]
+        ranks = make_ranks(tr["protocol"], tr["parts"], user_ids, tr["n_candidates"], tr["ks"])
+        save_ranks(ranks_path_for(metrics_path), ranks)
+
     def _write_metrics(self, stage: str, results: list[dict[str, float]]) -> None:
         if self.trainer.is_global_zero and results:
             out = {stage: {k: float(v) for k, v in results[0].items()}, "config": self._plain_config()}
-            atomic_write_text(self.run_dir() / f"{stage}_metrics.json", json.dumps(out, indent=2))
+            path = self.run_dir() / f"{stage}_metrics.json"
+            if stage == "test":
+                self._write_test_ranks(path)
+            atomic_write_text(path, json.dumps(out, indent=2))
 
     def after_validate(self) -> None:
         self._write_metrics("validate", self.trainer.callback_metrics and [dict(self.trainer.callback_metrics)])
@@ -369,6 +402,7 @@ class ZooCLI(LightningCLI):
                 "epochs": self.trainer.current_epoch,
                 "config": self._plain_config(),
             }
+            self._write_test_ranks(self.run_dir() / "test_metrics.json")
             atomic_write_text(self.run_dir() / "test_metrics.json", json.dumps(out, indent=2))
             print(f"[zoo] test metrics of {out['best_checkpoint'] or 'the last weights'}:")
             for k in sorted(out["test"]):

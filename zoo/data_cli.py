@@ -15,14 +15,14 @@ import sys
 from pathlib import Path
 
 
-
-def _parser() -> argparse.ArgumentParser:
-    from datamodules.formats import FORMATS
-
+def _parser(formats: bool = True) -> argparse.ArgumentParser:
+    """``formats=False``: no ``--format`` choices, so ``stats`` does not import the parsers (pandas)."""
+    if formats:
+        from datamodules.formats import FORMATS
     p = argparse.ArgumentParser(prog="zoo data", description="Prepare and inspect datasets.")
     sub = p.add_subparsers(dest="cmd", required=True)
     pr = sub.add_parser("prepare", help="process raw files into the cache and print the summary")
-    pr.add_argument("--format", required=True, choices=sorted(FORMATS))
+    pr.add_argument("--format", required=True, choices=sorted(FORMATS) if formats else None)
     for key in ("path", "ratings", "reviews", "meta", "folder"):
         pr.add_argument(f"--{key}", default=None, help=f"raw {key} path (as the format needs)")
     pr.add_argument("--name", default=None, help="dataset name (cache folder prefix)")
@@ -50,10 +50,7 @@ def _value(v: str):
 
 
 def data_main(argv: list[str]) -> int:
-    from datamodules.base import prepare_dataset
-    from datamodules.processing import ProcessingOptions
-
-    a = _parser().parse_args(argv)
+    a = _parser(formats=argv[:1] != ["stats"]).parse_args(argv)
     try:
         if a.cmd == "stats":
             path = Path(a.cache_dir).expanduser()
@@ -61,6 +58,9 @@ def data_main(argv: list[str]) -> int:
                 raise FileNotFoundError(f"'{path}' is not a zoo processed cache (no stats.json)")
             print((path / ("stats.json" if a.json else "summary.md")).read_text(encoding="utf-8"))
             return 0
+        from datamodules.base import prepare_dataset  # torch + Lightning: only to prepare
+        from datamodules.processing import ProcessingOptions
+
         opts = {}
         for kv in a.option:
             if "=" not in kv:

@@ -17,6 +17,10 @@ credit.  A NaN target score gets the worst rank.
   hits, as ComiRec/HPCL4SR report), HR@K = any hit.
 
 Do not replace these by torchmetrics' ``Retrieval*`` metrics: those keep every score.
+
+Per-user ranks: set ``metric.rank_sink = []`` and every ``update`` appends the ranks it computed
+(a dict of tensors, see each class), so a test can write them out (``zoo.ranks``) without a
+second ranking pass; ``None`` (the default) keeps nothing.
 """
 
 from __future__ import annotations
@@ -63,9 +67,12 @@ class RankingMetrics(Metric):
         for name in ("hits", "dcg", "rr"):
             self.add_state(name, default=torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.rank_sink: list[dict[str, Tensor]] | None = None  # receives {"rank": [B]} per update
 
     def update_ranks(self, rank: Tensor) -> None:
         """Accumulate already computed 0-based ranks ``[B]``."""
+        if self.rank_sink is not None:
+            self.rank_sink.append({"rank": rank.detach()})
         k = torch.tensor(self.ks, device=rank.device)  # [nK]
         r = rank.to(torch.float64)[:, None]  # [B, 1]
         hit = rank[:, None] < k  # [B, nK]
@@ -112,6 +119,9 @@ class MultiTargetMetrics(Metric):
         for name in ("recall", "dcg_ratio", "dcg_ratio_comirec", "hr"):
             self.add_state(name, default=torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        # receives per update {"rows": [B] bool (rows with a target), "rank": [B', T] (-1 where not the
+        # first occurrence of a distinct target), "n_targets": [B'] (|T| with duplicates)}
+        self.rank_sink: list[dict[str, Tensor]] | None = None
 
     def update(self, scores: Tensor, targets: Tensor) -> None:
         """scores ``[B, N+1]`` (pad column already ``-inf``); targets ``[B, T]`` padded with 0."""
@@ -131,6 +141,8 @@ class MultiTargetMetrics(Metric):
             rank += torch.sum(chunk[:, None, :] >= ts[:, :, None], dim=-1, dtype=torch.int32)  # [B, T]
         rank = torch.where(torch.isnan(ts), scores.shape[1], rank - 1)
         n_t = valid.sum(1).to(torch.float64)  # |T| with duplicates
+        if self.rank_sink is not None:
+            self.rank_sink.append({"rows": keep, "rank": torch.where(first, rank, -1).long(), "n_targets": valid.sum(1)})
         n_distinct = first.sum(1).to(torch.float64)
         r = rank.to(torch.float64)
 

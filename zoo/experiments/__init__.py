@@ -1,1 +1,1 @@
-"""Experiment runners installed with the package: ``zoo reproduce``, ``zoo ablate``, ``zoo compare``, ``zoo tune``."""
+"""Experiment runner: paper tables (reproduce), ablations, comparisons and tuning through `zoo fit`."""

@@ -101,6 +101,9 @@ class SequentialRecommender(L.LightningModule):
             }
         )
         self._used_metrics: set[str] = set()
+        # per-user ranks of the last test, every process's users (gathered), see zoo.ranks
+        self.test_ranks: dict[str, Any] | None = None
+        self._rank_parts: dict[str, list[dict[str, Any]]] = {}
 
     # ------------------------------------------------------------------ model API
     def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -249,6 +252,13 @@ class SequentialRecommender(L.LightningModule):
             key = f"{stage}_{'multi' if multi else 'full'}"
             self.metrics[key].update(scores, targets if multi else batch["target"])
         self._used_metrics.add(key)
+        sink = self.metrics[key].rank_sink
+        if stage == "test" and sink is not None:  # per-user ranks: O(users), kept on the CPU
+            from zoo.ranks import batch_ranks
+
+            n_cand = scores.shape[1] if key == "test_sampled" else self.num_items
+            self._rank_parts.setdefault(key, []).extend(dict(batch_ranks(e, batch["user"]), n_candidates=n_cand) for e in sink)
+            sink.clear()
 
     def _eval_epoch_end(self, stage: str) -> None:
         for key in sorted(k for k in self._used_metrics if k.startswith(stage + "_")):
@@ -266,8 +276,37 @@ class SequentialRecommender(L.LightningModule):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
+    def on_test_epoch_start(self) -> None:
+        self.test_ranks, self._rank_parts = None, {}
+        for kind in ("full", "sampled", "multi"):
+            self.metrics[f"test_{kind}"].rank_sink = []
+
     def on_test_epoch_end(self) -> None:
+        self._gather_test_ranks()
         self._eval_epoch_end("test")
+
+    def _gather_test_ranks(self) -> None:
+        """Every process's per-user ranks to each process (rank-ordered, so the users come in the
+        single-process order): ``self.test_ranks = {"protocol", "n_candidates", "ks", "parts"}``."""
+        from zoo.ranks import concat_parts
+
+        for kind in ("full", "sampled", "multi"):
+            self.metrics[f"test_{kind}"].rank_sink = None
+        local = {k.removeprefix("test_"): v for k, v in self._rank_parts.items()}
+        self._rank_parts = {}
+        per_rank = [local]
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            per_rank = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(per_rank, local)
+        protocols = sorted({k for d in per_rank for k in d})
+        if len(protocols) != 1:
+            return  # nothing tested (or a mix no datamodule produces)
+        parts = [p for d in per_rank for p in d.get(protocols[0], [])]
+        if not parts:
+            return
+        n_cand = max(int(p.pop("n_candidates")) for p in parts)
+        self.test_ranks = {"protocol": protocols[0], "n_candidates": n_cand, "ks": list(self.topk),
+                           "parts": concat_parts(parts)}
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Top-K item ids (K = max(topk)) per user, and the interests of multi-interest models."""

@@ -48,6 +48,9 @@ from zoo.modules.sampled_softmax import NextItemLoss
 from zoo.modules.scoring import best_interest, interest_max, max_interest_scores
 from zoo.modules.transformer import init_weights
 
+# the paper, read by `zoo models` from the source (zoo/catalog.py) without importing this file
+PAPER = {"title": "Controllable Multi-Interest Framework for Recommendation", "authors": "Cen et al.", "venue": "KDD 2020"}
+
 Interests = tuple[Tensor, Tensor | None]  # (V [B, K, d], active-interest mask [B, K] or None)
 
 

@@ -17,6 +17,9 @@ from zoo.modules.dropout import Dropout
 from zoo.modules.rnn import GRUEncoder
 from zoo.modules.scoring import dot_scores
 
+# the paper, read by `zoo models` from the source (zoo/catalog.py) without importing this file
+PAPER = {"title": "Session-based Recommendations with Recurrent Neural Networks", "authors": "Hidasi et al.", "venue": "ICLR 2016"}
+
 
 class GRU4Rec(SequentialRecommender):
     """Args: d (embedding size), d_hidden (GRU size), n_layers, dropout; **kwargs: base options."""

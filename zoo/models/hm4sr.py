@@ -103,6 +103,9 @@ from zoo.modules.scoring import dot_scores
 from zoo.modules.temporal import log_buckets, previous_gaps
 from zoo.modules.transformer import TransformerEncoder, init_weights
 
+# the paper, read by `zoo models` from the source (zoo/catalog.py) without importing this file
+PAPER = {"title": "Hierarchical Time-Aware Mixture of Experts for Multi-Modal Sequential Recommendation", "authors": "Zhang et al.", "venue": "WWW 2025"}
+
 MODALITIES: tuple[str, ...] = ("id", "txt", "img")
 FEATURE_KEYS: dict[str, str] = {"txt": "text", "img": "image"}  # modality -> attach_side_info key
 SWITCHES: dict[str, str] = {"txt": "use_text", "img": "use_image"}

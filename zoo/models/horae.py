@@ -74,6 +74,9 @@ from zoo.modules.sparse_capsules import gather_activated, last_position_per_caps
 from zoo.modules.temporal import HORAE_THRESHOLDS, adjacent_gaps, target_gaps, threshold_bins
 from zoo.modules.transformer import TransformerEncoder, init_weights
 
+# the paper, read by `zoo models` from the source (zoo/catalog.py) without importing this file
+PAPER = {"title": "HORAE: Temporal Multi-Interest Pre-training for Sequential Recommendation", "authors": "Hu et al.", "venue": "ACM TOIS 2025"}
+
 
 @dataclass
 class Refinement:

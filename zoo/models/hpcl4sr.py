@@ -74,6 +74,9 @@ from zoo.modules.losses import grad_reverse, info_nce
 from zoo.modules.multi_interest import CapsuleInterestExtractor, SelfAttentivePooling, oldest_first
 from zoo.modules.transformer import NEG_INF
 
+# the paper, read by `zoo models` from the source (zoo/catalog.py) without importing this file
+PAPER = {"title": "High-level preferences as positive examples in contrastive learning for multi-interest sequential recommendation", "authors": "Zhu et al.", "venue": "World Wide Web 2024"}
+
 FUSIONS = ("mlp", "add", "mul", "none")
 CONTRASTIVE = ("arc", "capsule_reg", "none")
 CLASS_LOSSES = ("ce", "bce", "ce_pads")

@@ -32,6 +32,9 @@ from zoo.models.comirec import Interests, MultiInterestRecommender
 from zoo.modules.multi_interest import CapsuleInterestExtractor, dynamic_interest_number
 from zoo.modules.transformer import init_weights
 
+# the paper, read by `zoo models` from the source (zoo/catalog.py) without importing this file
+PAPER = {"title": "Multi-Interest Network with Dynamic Routing for Recommendation at Tmall", "authors": "Li et al.", "venue": "CIKM 2019"}
+
 
 class MIND(MultiInterestRecommender):
     """MIND (see the module docstring).

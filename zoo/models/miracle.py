@@ -63,6 +63,9 @@ from zoo.modules.sparse_capsules import (
 from zoo.modules.text_items import TextItemEmbedding
 from zoo.modules.transformer import TransformerEncoder, init_weights
 
+# the paper, read by `zoo models` from the source (zoo/catalog.py) without importing this file
+PAPER = {"title": "Towards Multi-Interest Pre-training with Sparse Capsule Network", "authors": "Tang et al.", "venue": "SIGIR 2023"}
+
 
 @dataclass
 class InterestState:

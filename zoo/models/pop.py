@@ -13,6 +13,9 @@ from torch import Tensor
 
 from zoo.models.base import SequentialRecommender
 
+# the paper, read by `zoo models` from the source (zoo/catalog.py) without importing this file
+PAPER = {"title": "most-popular items (no paper; the sanity floor of every table)", "authors": "", "venue": "-"}
+
 
 class Pop(SequentialRecommender):
     def __init__(self, **kwargs: Any) -> None:

@@ -26,6 +26,9 @@ from zoo.modules.embeddings import LearnedPositions
 from zoo.modules.scoring import dot_scores
 from zoo.modules.transformer import TransformerEncoder, init_weights
 
+# the paper, read by `zoo models` from the source (zoo/catalog.py) without importing this file
+PAPER = {"title": "Self-Attentive Sequential Recommendation", "authors": "Kang & McAuley", "venue": "ICDM 2018"}
+
 
 class SASRec(SequentialRecommender):
     """SASRec with a shared item table for input and output.

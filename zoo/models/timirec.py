@@ -56,6 +56,9 @@ from zoo.modules.multi_interest import SelfAttentiveExtractor, TargetInterestPre
 from zoo.modules.scoring import best_interest, dot_scores, max_interest_scores
 from zoo.modules.transformer import init_weights
 
+# the paper, read by `zoo models` from the source (zoo/catalog.py) without importing this file
+PAPER = {"title": "Target Interest Distillation for Multi-Interest Recommendation", "authors": "Wang et al.", "venue": "CIKM 2022"}
+
 UserRepr = tuple[Tensor, Tensor | None]  # (V [B, K, d], aggregation weights [B, K] or None = max)
 
 

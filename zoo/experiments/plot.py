@@ -1,7 +1,8 @@
 """PNG figures from ``zoo reproduce`` / ``zoo ablate`` results (matplotlib, Agg backend).
 
-    python -m benchmarks.plot --results benchmarks/results          # every paper found there
-    python -m benchmarks.plot --results benchmarks/results --paper horae
+    python -m zoo.experiments.plot                                       # runs/reproduce, every paper found there
+    python -m zoo.experiments.plot --results runs/ablate --paper horae   # one paper's ablation figures
+    python -m zoo.experiments.plot --results benchmarks/results          # the committed results
 
 Per paper folder it writes:
 
@@ -26,7 +27,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.reproduce import DEFAULT_OUT, NUMBERS, load_numbers, mean_std, paper_value, slug  # noqa: E402
+from zoo.experiments.reproduce import DEFAULT_OUT, NUMBERS, load_numbers, mean_std, paper_value, slug  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -144,7 +145,7 @@ def plot_paper(folder: Path, paper: str, numbers: dict[str, Any]) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.plot", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m zoo.experiments.plot", description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=DEFAULT_OUT, help="the --out folder of zoo reproduce/ablate")
     ap.add_argument("--paper", default=None, help="only this paper's folder")
     ap.add_argument("--numbers", type=Path, default=NUMBERS)

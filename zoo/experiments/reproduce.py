@@ -1,0 +1,1103 @@
+"""Reproduce a paper's main table: every (model, dataset) cell through the real ``zoo fit``, N seeds.
+
+    zoo reproduce --paper horae --seeds 2                      # embedded default, fresh clone
+    zoo reproduce --paper all --data-root ~/data --seeds 5     # the papers' datasets
+    zoo reproduce --paper timirec --datasets Beauty --models TiMiRec ComiRec-SA --seeds 5 --data-root ~/data
+
+What one cell is (``zoo/experiments/paper_numbers.yaml`` says it per paper):
+
+* the model's recipe (the dataset's own per-dataset recipe when it has one, e.g.
+  ``horae_office.yaml`` of ``--recipes``; otherwise the model's generic recipe with the ``data`` block,
+  ``monitor`` and ``topk`` of the dataset's ``data_from`` recipe, so every column of a table shares
+  data, split and metrics), materialised to ``<run_dir>/recipe.yaml`` and run as
+  ``zoo fit --config <run_dir>/recipe.yaml --seed_everything S --run_dir <run_dir>`` in its own
+  process;
+* pre-training first when the recipe's ``model.init_args.pretrained_ckpt`` is
+  ``runs/<recipe>/best.ckpt`` or ``last.ckpt`` of a recipe in ``--recipes``: that recipe runs (same
+  seed, same overrides) into ``<out>/pretrain/<recipe>-<hash>-s<seed>/`` and the same checkpoint
+  of it (MIRACLE/HORAE: ``last.ckpt``, the official codes' final epoch; TiMiRec: ``best.ckpt``) is passed as
+  ``model.init_args.pretrained_ckpt``; identical pre-training runs are shared between cells.
+
+The plan is made once, before anything runs, and is exactly what executes: every ``zoo fit`` in
+order (pre-training before the cells that load it, each run once), with an estimated cost, plus the
+cells that are reused (finished), shared (the same config and seed already ran for another table)
+or skipped (missing raw data).  ``--dry-run`` prints it and stops; a real run prints it and then
+executes it, one line when each fit starts and ends and at most one line per epoch in between.
+
+Resume: a run whose ``test_metrics.json`` exists is not run again (a run killed half-way restarts
+from its ``last.ckpt``).  A run whose stored config hash differs from the current one is reported
+as stale and kept unless ``--force``.  A cell whose raw files are missing under ``--data-root`` is
+reported as skipped with the expected paths.
+
+Outputs under ``--out`` (default ``runs/reproduce``, outside version control; the committed tables
+in ``benchmarks/results`` are written only when that folder is given as ``--out``), per paper: ``<paper>/results.csv`` and
+``results.json`` (one row per run: every test metric, seed, config hash, checkpoint, wall time) and
+``<paper>/table.md`` (ours mean ± std over seeds beside the paper's number and the relative
+difference; a paired t-test of the paper's model against our best baseline where the paper claims
+significance).  Runs log to W&B offline by default (``--wandb off`` disables it), all runs of a
+(paper, dataset) in one group, plus one summary run holding the results table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import csv
+import functools
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+PACKAGE = Path(__file__).resolve().parents[1]  # zoo/
+NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
+PAPERS = ("horae", "miracle", "timirec", "hpcl4sr", "hm4sr")
+DEFAULT_OUT = Path("runs") / "reproduce"  # relative to the working directory; git-ignored
+DEFAULT_ABLATE_OUT = Path("runs") / "ablate"
+# the real `zoo` console entry point, run with this interpreter (each run in its own process)
+ENTRY = "import sys; from zoo.entry import main; sys.exit(main())"
+PATH_KEYS = {"image_features", "text_features", "images_dir"}
+
+
+# ----------------------------------------------------------------------------- files
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_numbers(path: Path = NUMBERS) -> dict[str, Any]:
+    numbers = copy.deepcopy(_read_yaml(str(path), Path(path).stat().st_mtime_ns))
+    for p in PAPERS:
+        if p not in numbers or "main" not in numbers[p]:
+            raise KeyError(f"{path}: paper '{p}' or its 'main' table is missing")
+    return numbers
+
+
+def default_recipes() -> Path:
+    """The recipes folder: ``zoo/recipes`` inside an installed wheel (package data), else the
+    checkout's top-level ``recipes/`` (source checkout or editable install)."""
+    for folder in (PACKAGE / "recipes", PACKAGE.parent / "recipes"):
+        if any(folder.glob("*.yaml")):
+            return folder
+    raise FileNotFoundError(f"no recipes found in {PACKAGE / 'recipes'} or {PACKAGE.parent / 'recipes'}; "
+                            "give the folder with --recipes DIR")
+
+
+@functools.lru_cache(maxsize=256)
+def _read_yaml(path: str, mtime_ns: int) -> Any:
+    """A YAML file, parsed once per version (a plan reads each recipe for many cells)."""
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # safe loaders only
+
+
+def load_recipe(name: str, recipes: Path | None = None) -> dict[str, Any]:
+    path = (recipes or default_recipes()) / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {path} does not exist (named in {NUMBERS.name})")
+    cfg = copy.deepcopy(_read_yaml(str(path), path.stat().st_mtime_ns))
+    if not isinstance(cfg, dict) or "model" not in cfg or "data" not in cfg:
+        raise ValueError(f"{path}: expected a recipe with 'model' and 'data' sections")
+    return cfg
+
+
+def config_hash(cfg: dict[str, Any], seed: int) -> str:
+    blob = json.dumps({"cfg": cfg, "seed": seed}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def slug(name: str) -> str:
+    """A folder/W&B-safe name: 'w/o L_intra' -> 'wo_L_intra', 'TiMiRec+' -> 'TiMiRec+'."""
+    s = name.replace("w/o", "wo").replace("'+'", "plus").replace("'*'", "mul")
+    return re.sub(r"[^A-Za-z0-9+.-]+", "_", s).strip("_") or "run"
+
+
+# ----------------------------------------------------------------------------- options
+@dataclass
+class Options:
+    """What every run of one invocation shares (CLI flags)."""
+
+    out: Path = DEFAULT_OUT
+    recipes: Path = field(default_factory=default_recipes)  # --recipes DIR
+    data_root: Path | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    max_epochs: int | None = None
+    limit_train_batches: float | None = None
+    sets: list[tuple[str, Any]] = field(default_factory=list)  # --set KEY=VALUE (dotted recipe keys)
+    wandb: str = "offline"
+    force: bool = False
+    dry_run: bool = False
+    quiet: bool = False
+    command: str = "zoo reproduce"
+    share: list[Path] = field(default_factory=list)  # more folders whose finished runs are shared
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[{self.command.split()[1] if ' ' in self.command else 'reproduce'}] {msg}", flush=True)
+
+
+def parse_set(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ValueError(f"--set expects KEY=VALUE (a dotted recipe key), got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def set_dotted(cfg: dict[str, Any], key: str, value: Any) -> None:
+    node = cfg
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {key}: '{p}' is not a section of the recipe")
+    node[parts[-1]] = value
+
+
+# ----------------------------------------------------------------------------- config assembly
+def _spec(entry: Any) -> tuple[str, dict[str, Any]]:
+    if isinstance(entry, str):
+        return entry, {}
+    return entry["recipe"], dict(entry.get("args") or {})
+
+
+def _data_paths(node: Any, in_paths: bool = False) -> Iterable[tuple[Any, Any]]:
+    """(container, key) of every raw-file path inside a ``data.init_args`` block."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if isinstance(v, str) and (in_paths or k in PATH_KEYS):
+                yield node, k
+            elif isinstance(v, (dict, list)):
+                yield from _data_paths(v, in_paths or k == "paths")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            if isinstance(v, str) and in_paths:
+                yield node, i
+            elif isinstance(v, (dict, list)):
+                yield from _data_paths(v, in_paths)
+
+
+def resolve_path(raw: str, data_root: Path | None) -> Path:
+    """``data/amazon2018/X.csv`` or ``~/data/amazon2018/X.csv`` -> ``<data_root>/amazon2018/X.csv``.
+
+    Paths without a ``data`` folder (e.g. ``~/.cache/zoo/raw/ml-100k``) and every path when no data
+    root is given stay as the recipe says (``~`` expanded, relative to the working directory).
+    """
+    p = Path(raw).expanduser()
+    parts = Path(raw).parts
+    if data_root is not None and "data" in parts:
+        rest = parts[parts.index("data") + 1:]
+        return (Path(data_root).expanduser() / Path(*rest)).absolute() if rest else Path(data_root).absolute()
+    return p.absolute()
+
+
+def materialise(recipe: str, args: dict[str, Any], data_cfg: dict[str, Any] | None, opts: Options,
+                strict_args: bool = True) -> tuple[dict[str, Any], list[str]]:
+    """A recipe with ``args`` on ``model.init_args``, optionally another ``data`` block, the run
+    options, absolute data paths and ``model.max_len == data.max_len``.  Returns (cfg, missing files)."""
+    cfg = load_recipe(recipe, opts.recipes)
+    if data_cfg is not None:
+        cfg["data"] = copy.deepcopy(data_cfg["data"])
+        for k in ("monitor", "monitor_mode"):
+            if k in data_cfg:
+                cfg[k] = data_cfg[k]
+        src_topk = data_cfg["model"].get("init_args", {}).get("topk")
+        if src_topk is not None and "topk" in cfg["model"].get("init_args", {}):
+            cfg["model"]["init_args"]["topk"] = src_topk
+    init = cfg["model"].setdefault("init_args", {})
+    for k, v in args.items():
+        if k in init:
+            init[k] = v
+        elif strict_args:
+            raise KeyError(f"{opts.recipes / recipe}.yaml: model.init_args has no '{k}' (asked for by {NUMBERS.name})")
+    for key, value in opts.sets:
+        if key.startswith("model.init_args.") and key.split(".", 2)[2] not in init:
+            continue  # a model without this argument (e.g. Pop has no `d`)
+        set_dotted(cfg, key, value)
+    trainer = cfg.setdefault("trainer", {})
+    if opts.max_epochs is not None and (trainer.get("max_epochs") or 0) > 0:
+        trainer["max_epochs"] = min(int(trainer["max_epochs"]), opts.max_epochs)
+    if opts.limit_train_batches is not None:
+        trainer["limit_train_batches"] = opts.limit_train_batches
+    dinit = cfg["data"].setdefault("init_args", {})
+    missing = []
+    for container, key in list(_data_paths(dinit)):
+        p = resolve_path(container[key], opts.data_root)
+        container[key] = str(p)
+        if not p.exists():
+            missing.append(str(p))
+    if "max_len" in init and "max_len" in dinit:
+        init["max_len"] = dinit["max_len"]
+    return cfg, missing
+
+
+PRETRAIN_CKPT = re.compile(r"^runs/([A-Za-z0-9_.-]+)/(best|last)\.ckpt$")
+
+
+@dataclass
+class Run:
+    """One ``zoo fit`` (a cell's seed, or a pre-training it needs)."""
+
+    cfg: dict[str, Any]
+    run_dir: Path
+    seed: int
+    group: str
+    job_type: str = "fit"
+    missing: list[str] = field(default_factory=list)
+    pretrain: "Run | None" = None
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.cfg, self.seed)
+
+    @property
+    def done(self) -> bool:
+        return (self.run_dir / "test_metrics.json").is_file()
+
+
+def plan_run(recipe: str, args: dict[str, Any], data_cfg: dict[str, Any] | None, run_dir: Path, seed: int,
+             group: str, opts: Options, pretrain_data: str | None = None) -> Run:
+    """Materialise a run and, where its recipe pre-trains, the pre-training run it depends on."""
+    cfg, missing = materialise(recipe, args, data_cfg, opts)
+    run = Run(cfg, run_dir, seed, group, missing=missing)
+    ckpt = cfg["model"].get("init_args", {}).get("pretrained_ckpt")
+    m = PRETRAIN_CKPT.match(str(ckpt)) if ckpt else None
+    if m and (opts.recipes / f"{m.group(1)}.yaml").is_file():
+        pre_data = {"data": cfg["data"], "model": {"init_args": {}}} if pretrain_data == "cell" else None
+        pcfg, pmissing = materialise(m.group(1), args, pre_data, opts, strict_args=False)
+        pre_dir = opts.out / "pretrain" / f"{m.group(1)}-{config_hash(pcfg, 0)[:8]}-s{seed}"
+        run.pretrain = Run(pcfg, pre_dir, seed, group, job_type="pretrain", missing=pmissing)
+        cfg["model"]["init_args"]["pretrained_ckpt"] = str(pre_dir / f"{m.group(2)}.ckpt")  # the recipe's choice
+        run.missing = sorted(set(missing) | set(pmissing))
+    elif ckpt and not Path(str(ckpt)).expanduser().exists():
+        run.missing.append(str(Path(str(ckpt)).expanduser().absolute()))
+    return run
+
+
+# ----------------------------------------------------------------------------- the plan
+# Seconds per training epoch (validation included) of each model on its embedded-default recipe on
+# a shared 2-core CPU, from the time-capped runs stored in benchmarks/results/*/results.json
+# (wall time / epochs reached).  Only for estimates; finished runs under --out refine them.
+SECONDS_PER_EPOCH = {"Pop": 0.0, "GRU4Rec": 27.0, "SASRec": 32.0, "MIND": 6.0, "ComiRec": 9.0, "MIRACLE": 143.0,
+                     "HORAE": 215.0, "TiMiRec": 14.0, "HPCL4SR": 17.0, "HM4SR": 185.0}
+STARTUP_S = 10.0  # one `zoo fit` process: imports, data cache, test after fit
+
+
+@dataclass
+class Cell:
+    """One (table, dataset, row, seed) of a results table: the run that fills it, or why none does."""
+
+    paper: str
+    table: str
+    dataset: str
+    row: str
+    seed: int
+    run: Run | None
+    reason: str = ""  # why there is no run (no zoo recipe for this dataset)
+
+    @property
+    def label(self) -> str:
+        return f"{self.paper} {self.table}/{self.dataset}/{self.row} seed {self.seed}"
+
+
+@dataclass
+class Step:
+    """One line of the plan.  ``action``: run | resume (a ``zoo fit`` executes) | reuse (finished
+    here before) | share (the same config and seed finished, or will finish, at ``source``) | skip."""
+
+    run: Run | None
+    action: str
+    label: str
+    reason: str = ""
+    source: Path | None = None
+    estimate_s: float | None = None
+    basis: str = ""
+    stale: bool = False
+    index: int = 0  # 1..n over the steps that execute a `zoo fit`
+
+    @property
+    def fits(self) -> bool:
+        return self.action in ("run", "resume")
+
+
+def _max_time_s(value: Any) -> float | None:
+    """Lightning's ``trainer.max_time`` ("DD:HH:MM:SS" or a {days, hours, minutes, seconds} dict) in seconds."""
+    if isinstance(value, str) and re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", value):
+        d, h, m, s = (int(x) for x in value.split(":"))
+        return ((d * 24 + h) * 60 + m) * 60 + s
+    if isinstance(value, dict):
+        return sum(float(value.get(k, 0)) * f for k, f in (("days", 86400), ("hours", 3600), ("minutes", 60),
+                                                             ("seconds", 1)))
+    return None
+
+
+def _model_class(cfg: dict[str, Any]) -> str:
+    return str(cfg.get("model", {}).get("class_path", "?")).rsplit(".", 1)[-1]
+
+
+def _timing_key(cfg: dict[str, Any]) -> str:
+    trainer = cfg.get("trainer") or {}
+    return config_hash({"model": _model_class(cfg), "data": cfg.get("data"),
+                        "limit": trainer.get("limit_train_batches")}, 0)
+
+
+def measured_timings(roots: Iterable[Path]) -> dict[str, float]:
+    """Seconds per epoch of the finished runs under ``roots``, keyed by model class + data + batch limit."""
+    out: dict[str, float] = {}
+    for root in roots:
+        for meta_path in root.glob("**/reproduce.json"):
+            try:
+                meta = json.loads(meta_path.read_text())
+                tm = json.loads((meta_path.parent / "test_metrics.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if meta.get("status") != "done" or "twin_of" in meta or not meta.get("wall_time_s") or not tm.get("config"):
+                continue
+            epochs = max(int(tm.get("epochs") or 0), 1)  # Lightning's current_epoch after fit = epochs run
+            out[_timing_key(tm["config"])] = max(0.0, float(meta["wall_time_s"]) - STARTUP_S) / epochs
+    return out
+
+
+def estimate(run: Run, measured: dict[str, float]) -> tuple[float | None, str]:
+    """An upper estimate of one fit's wall time: ``max_epochs`` (capped by ``max_time``) × seconds per
+    epoch, from a finished run of the same model and data under ``--out`` when there is one, else
+    from the embedded-default timing table (``SECONDS_PER_EPOCH``).  Early stopping usually ends sooner."""
+    cls = _model_class(run.cfg)
+    trainer = run.cfg.get("trainer") or {}
+    epochs = trainer.get("max_epochs")
+    if epochs is not None and not isinstance(epochs, int):
+        return None, f"max_epochs {epochs!r} is not a number"
+    epochs = 1000 if epochs in (None, -1) else epochs
+    spe = measured.get(_timing_key(run.cfg))
+    basis = "measured here"
+    if spe is None:
+        spe = next((v for k, v in SECONDS_PER_EPOCH.items() if cls.startswith(k)), None)
+        basis = "embedded-default timing"
+        if spe is None:
+            return None, f"no timing for {cls}"
+        limit = trainer.get("limit_train_batches")
+        if isinstance(limit, float) and 0 < limit < 1:
+            spe *= limit
+        elif isinstance(limit, int) and limit > 0:
+            spe = min(spe, 0.5 * limit + 2.0)  # ~0.5 s per CPU batch + validation
+    train = epochs * spe
+    cap = _max_time_s(trainer.get("max_time"))
+    if cap is not None and cap < train:
+        train, basis = cap, basis + ", max_time"
+    return STARTUP_S + train, f"{epochs} epochs, {basis}"
+
+
+def fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def twin_index(roots: Iterable[Path]) -> dict[tuple[str, int], Path]:
+    """{(config hash, seed): folder} of the finished runs under ``roots`` that may be shared: main
+    cells ``<paper>/<dataset>/<row>``, ablation cells ``<paper>/ablation/<table>/<dataset>/<row>``
+    (the same baseline appears in several papers' tables on the embedded default, and an ablation
+    table's full-model row is often a main-table cell).  Pre-training runs are never shared (a
+    fine-tuning loads their checkpoint, which a shared copy does not have), nor are copies."""
+    index: dict[tuple[str, int], Path] = {}
+    layouts = ("*/*/*/reproduce.json", "*/ablation/*/*/*/reproduce.json")
+    for root in roots:
+        for meta_path in [m for pattern in layouts for m in sorted(Path(root).glob(pattern))]:
+            d = meta_path.parent
+            if d.parent.name == "pretrain" or not (d / "test_metrics.json").is_file():
+                continue
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (OSError, ValueError):
+                continue
+            if meta.get("status") == "done" and "twin_of" not in meta and "config_hash" in meta:
+                index.setdefault((meta["config_hash"], meta.get("seed")), d)
+    return index
+
+
+def find_twin(run: Run, roots: Iterable[Path], index: dict[tuple[str, int], Path] | None = None) -> Path | None:
+    """A finished run elsewhere under ``roots`` with this run's config hash and seed (see :func:`twin_index`)."""
+    twin = (index if index is not None else twin_index(roots)).get((run.hash, run.seed))
+    return None if twin == run.run_dir else twin
+
+
+def _stored_meta(run: Run) -> dict[str, Any]:
+    try:
+        return json.loads((run.run_dir / "reproduce.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def make_plan(cells: list[Cell], opts: Options) -> list[Step]:
+    """Every step of the invocation, in execution order, each run once: a pre-training before the
+    first cell that loads it; cells already finished are reused, cells whose config and seed ran (or
+    will run earlier in this plan) elsewhere are shared, cells without data are skipped."""
+    roots = [opts.out, *opts.share]
+    measured = measured_timings(r for r in roots if r.is_dir())
+    twins = twin_index(r for r in roots if r.is_dir()) if not opts.force else {}
+    steps: list[Step] = []
+    by_dir: dict[Path, Step] = {}
+    planned: dict[tuple[str, int], Path] = {}  # (config hash, seed) of cells this plan runs
+
+    def add(run: Run, label: str, pretrain: bool) -> Step:
+        if run.run_dir in by_dir:
+            return by_dir[run.run_dir]
+        if run.done and not opts.force:
+            stored = _stored_meta(run).get("config_hash")
+            step = Step(run, "reuse", label, stale=stored not in (None, run.hash))
+        else:
+            twin = None
+            if not pretrain and not opts.force:
+                twin = planned.get((run.hash, run.seed)) or find_twin(run, roots, twins)
+            if twin is not None:
+                step = Step(run, "share", label, source=twin)
+            else:
+                if run.pretrain is not None:
+                    add(run.pretrain, f"pre-training {run.pretrain.run_dir.name} (for {label})", True)
+                resume = (not opts.force and (run.run_dir / "last.ckpt").is_file()
+                          and _stored_meta(run).get("config_hash") == run.hash)
+                step = Step(run, "resume" if resume else "run", label)
+                step.estimate_s, step.basis = estimate(run, measured)
+                if not pretrain:
+                    planned[(run.hash, run.seed)] = run.run_dir
+        by_dir[run.run_dir] = step
+        steps.append(step)
+        return step
+
+    for cell in cells:
+        if cell.run is None:
+            steps.append(Step(None, "skip", cell.label, reason=cell.reason))
+        elif cell.run.missing and not cell.run.done:
+            steps.append(Step(cell.run, "skip", cell.label,
+                              reason="missing raw data: expected " + ", ".join(cell.run.missing)))
+        else:
+            add(cell.run, cell.label, False)
+    fits = [s for s in steps if s.fits]
+    for i, s in enumerate(fits, 1):
+        s.index = i
+    return steps
+
+
+def plan_text(steps: list[Step], opts: Options) -> str:
+    """The plan as printed by both ``--dry-run`` and a real run: one line per ``zoo fit`` (index,
+    action, what, estimate, folder), then reused and shared cells, then skips grouped by reason."""
+    fits = [s for s in steps if s.fits]
+    known = [s.estimate_s for s in fits if s.estimate_s is not None]
+    total = fmt_s(sum(known)) + (" + runs without a timing" if len(known) < len(fits) else "")
+    lines = [f"plan: {len(fits)} zoo fit run(s), estimated ≤ {total} in total (an estimate: max_epochs × "
+             f"seconds per epoch; early stopping usually ends sooner); "
+             f"{sum(s.action == 'reuse' for s in steps)} reused, {sum(s.action == 'share' for s in steps)} shared, "
+             f"{sum(s.action == 'skip' for s in steps)} skipped; recipes from {opts.recipes}, outputs in {opts.out}"]
+    n = len(fits)
+    for s in steps:
+        assert s.run is not None or s.action == "skip"
+        if s.fits:
+            lines.append(f"  [{s.index}/{n}] {s.action:<6} {s.label}  est ≤ {fmt_s(s.estimate_s)} ({s.basis})  "
+                         f"-> {s.run.run_dir}")
+        elif s.action == "reuse":
+            lines.append(f"  reuse  {s.label}{' (STALE: finished with another config; --force re-runs)' if s.stale else ''}"
+                         f"  {s.run.run_dir}")
+        elif s.action == "share":
+            lines.append(f"  share  {s.label}  = {s.source}")
+    skips: dict[str, list[str]] = {}
+    for s in steps:
+        if s.action == "skip":
+            skips.setdefault(s.reason, []).append(s.label)
+    for reason, labels in skips.items():
+        lines.append(f"  skip   {len(labels)} cell(s) ({', '.join(labels[:3])}{', ...' if len(labels) > 3 else ''}): "
+                     f"{reason}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- running
+def _metrics_csv(run_dir: Path, since: float) -> Path | None:
+    """The CSV log this fit writes (``logs/version_*/metrics.csv``, the newest since ``since``)."""
+    found = [p for p in run_dir.glob("logs/version_*/metrics.csv") if p.stat().st_mtime >= since - 1]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def _epoch_rows(csv_path: Path, monitor: str | None) -> dict[int, tuple[str, float]]:
+    """{epoch: (validation metric, value)} of the validation rows written so far."""
+    rows: dict[int, tuple[str, float]] = {}
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            for r in csv.DictReader(f):
+                key = monitor if monitor and r.get(monitor) else next(
+                    (k for k in r if k and k.startswith("val/") and r[k]), None)
+                if key and r.get("epoch"):
+                    rows[int(float(r["epoch"]))] = (key, float(r[key]))
+    except (OSError, ValueError, csv.Error):
+        pass  # a file being rewritten: read it again at the next poll
+    return rows
+
+
+def _failure_reason(log: Path) -> str:
+    """The last error line of a ``zoo fit`` log (``zoo: error ...`` or a traceback's last line)."""
+    try:
+        lines = [ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    for ln in reversed(lines):
+        if ln.startswith("zoo: error") or re.match(r"^[A-Za-z_.]*(Error|Exception)\b", ln):
+            return ln[:300]
+    return lines[-1][:300] if lines else ""
+
+
+def _remove_empty_dirs(folder: Path, stop: Path) -> None:
+    """Remove empty folders under and including ``folder``, then its empty parents up to ``stop``."""
+    if folder.is_dir():
+        for d in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+    d = folder
+    while d != stop and stop in d.parents:
+        try:
+            d.rmdir()
+        except OSError:
+            break
+        d = d.parent
+
+
+def _watch(cmd: list[str], logf: Any, env: dict[str, str], step: Step, n: int, opts: Options, t0: float) -> int:
+    """Run ``cmd`` with its output in ``logf``; print one line per finished validation epoch."""
+    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=str(Path.cwd()))
+    monitor = step.run.cfg.get("monitor")
+    max_epochs = (step.run.cfg.get("trainer") or {}).get("max_epochs")
+    shown: set[int] = set()
+    csv_path = None
+    while True:
+        try:
+            rc = proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            rc = None
+        except BaseException:
+            proc.kill()
+            raise
+        csv_path = csv_path or _metrics_csv(step.run.run_dir, t0)
+        if csv_path is not None:
+            for epoch, (key, value) in sorted(_epoch_rows(csv_path, monitor).items()):
+                if epoch not in shown:
+                    shown.add(epoch)
+                    of = f"/{max_epochs}" if max_epochs not in (None, -1) else ""
+                    opts.log(f"  [{step.index}/{n}] epoch {epoch + 1}{of}  {key} {value:.4f}  "
+                             f"elapsed {fmt_s(time.time() - t0)}")
+        if rc is not None:
+            return rc
+
+
+def fit(step: Step, n: int, opts: Options) -> dict[str, Any]:
+    """Run ``zoo fit`` for one planned step (its own process, log in ``<run_dir>/zoo.log``)."""
+    run = step.run
+    meta_path = run.run_dir / "reproduce.json"
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    recipe_path = run.run_dir / "recipe.yaml"
+    atomic_write(recipe_path, f"# materialised by zoo/experiments/reproduce.py; config hash {run.hash}\n"
+                 + yaml.safe_dump(run.cfg, sort_keys=False))
+    if step.action == "run":
+        for stale_file in ("test_metrics.json", "last.ckpt", "best.ckpt"):
+            (run.run_dir / stale_file).unlink(missing_ok=True)
+    atomic_write(meta_path, json.dumps({"config_hash": run.hash, "seed": run.seed, "status": "running"}, indent=2))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_RUN_GROUP=run.group, WANDB_JOB_TYPE=run.job_type)
+    cmd = [sys.executable, "-c", ENTRY, "fit", "--config", str(recipe_path), "--seed_everything", str(run.seed),
+           "--run_dir", str(run.run_dir), "--wandb", opts.wandb]
+    resume = step.action == "resume"
+    opts.log(f"[{step.index}/{n}] start {step.label}{' (resume from last.ckpt)' if resume else ''}  "
+             f"est ≤ {fmt_s(step.estimate_s)}  -> {run.run_dir}")
+    t0 = time.time()
+    with open(run.run_dir / "zoo.log", "a", encoding="utf-8") as logf:
+        logf.write(f"\n$ {' '.join(cmd)}\n")
+        logf.flush()
+        rc = _watch(cmd + (["--ckpt_path", str(run.run_dir / "last.ckpt")] if resume else []), logf, env, step, n,
+                    opts, t0)
+        if rc != 0 and resume:  # a checkpoint cut off by a kill: start the run again
+            logf.write("\n[reproduce] resuming failed; starting again from scratch\n")
+            logf.flush()
+            (run.run_dir / "last.ckpt").unlink(missing_ok=True)
+            rc = _watch(cmd, logf, env, step, n, opts, t0)
+    wall = time.time() - t0
+    ok = rc == 0 and run.done
+    meta = {"config_hash": run.hash, "seed": run.seed, "status": "done" if ok else "failed", "wall_time_s": round(wall, 2),
+            "returncode": rc}
+    atomic_write(meta_path, json.dumps(meta, indent=2))
+    if not ok:
+        why = _failure_reason(run.run_dir / "zoo.log") or f"zoo fit exited {rc}"
+        _remove_empty_dirs(run.run_dir, opts.out)  # the log and the reason stay; no empty logs/ or wandb/
+        opts.log(f"[{step.index}/{n}] FAILED {step.label} after {fmt_s(wall)} (exit {rc}): {why} "
+                 f"- see {run.run_dir / 'zoo.log'}")
+        return {**meta, "reason": f"zoo fit exited {rc}: {why} (see {run.run_dir / 'zoo.log'})"}
+    tm = json.loads((run.run_dir / "test_metrics.json").read_text()).get("test", {})
+    key = str(run.cfg.get("monitor") or "").replace("val/", "test/", 1)
+    key = key if key in tm else next(iter(sorted(tm)), "")
+    shown = f"{key} {tm[key]:.4f}" if key else "no test metrics"
+    opts.log(f"[{step.index}/{n}] done  {step.label} in {fmt_s(wall)}: {shown}")
+    return meta
+
+
+def share(step: Step, outcomes: dict[Path, dict[str, Any]], opts: Options) -> dict[str, Any]:
+    """Copy the finished twin's test metrics into this cell's folder (no second ``zoo fit``)."""
+    run, src = step.run, step.source
+    if not (src / "test_metrics.json").is_file():
+        why = outcomes.get(src, {}).get("reason", "it did not finish")
+        return {"status": "failed", "reason": f"shares {src}, which failed: {why}"}
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run.run_dir / "test_metrics.json", (src / "test_metrics.json").read_text())
+    meta = {**json.loads((src / "reproduce.json").read_text()), "twin_of": str(src)}
+    atomic_write(run.run_dir / "reproduce.json", json.dumps(meta, indent=2))
+    opts.log(f"share {step.label}: same config and seed as {src}")
+    return {**meta, "status": "reused"}
+
+
+def execute_plan(steps: list[Step], opts: Options) -> dict[Path | str, dict[str, Any]]:
+    """Execute the plan in order; the outcome of every step, keyed by run folder (skips by label)."""
+    outcomes: dict[Path | str, dict[str, Any]] = {}
+    n = sum(s.fits for s in steps)
+    for s in steps:
+        if s.action == "skip":
+            outcomes[s.label] = {"status": "skipped", "reason": s.reason}
+            continue
+        run = s.run
+        if run.run_dir in outcomes:
+            continue
+        if opts.dry_run:
+            out = {"status": "planned" if s.action != "reuse" else "reused", "stale": s.stale}
+            if s.action == "reuse":
+                out = {**_stored_meta(run), **out}
+        elif s.action == "reuse":
+            out = {**_stored_meta(run), "status": "reused", "stale": s.stale}
+        elif s.action == "share":
+            out = share(s, outcomes, opts)
+        else:
+            pre = outcomes.get(run.pretrain.run_dir) if run.pretrain is not None else None
+            if pre is not None and pre["status"] not in ("done", "reused"):
+                out = {"status": "failed", "reason": f"pre-training failed: {pre.get('reason', '')}"}
+                opts.log(f"[{s.index}/{n}] FAILED {s.label}: its pre-training failed")
+            else:
+                out = fit(s, n, opts)
+        outcomes[run.run_dir] = out
+    return outcomes
+
+
+def record(cell: Cell, outcome: dict[str, Any]) -> dict[str, Any]:
+    """One results row: identity, status, hash, checkpoint, wall time and every test metric."""
+    run = cell.run
+    rec: dict[str, Any] = {
+        "paper": cell.paper, "table": cell.table, "dataset": cell.dataset, "model": cell.row, "seed": cell.seed,
+        "status": outcome.get("status"), "reason": outcome.get("reason", ""), "stale": bool(outcome.get("stale", False)),
+        "config_hash": (outcome.get("config_hash") or run.hash) if run else "",
+        "run_dir": str(run.run_dir) if run else "",
+        "checkpoint": "", "wall_time_s": outcome.get("wall_time_s"), "epochs": None,
+        "pretrain_dir": str(run.pretrain.run_dir) if run and run.pretrain else "",
+    }
+    if rec["status"] == "reused":
+        rec["status"] = "done"
+    if run is not None and run.done and rec["status"] == "done":
+        tm = json.loads((run.run_dir / "test_metrics.json").read_text())
+        rec["checkpoint"] = tm.get("best_checkpoint") or ""
+        rec["epochs"] = tm.get("epochs")
+        for k, v in sorted(tm.get("test", {}).items()):
+            rec[k] = v
+    return rec
+
+
+def run_cells(cells: list[Cell], opts: Options) -> list[dict[str, Any]]:
+    """Plan, print the plan, execute it (unless ``--dry-run``); one results row per cell."""
+    steps = make_plan(cells, opts)
+    if not opts.quiet:
+        print(plan_text(steps, opts), flush=True)
+    outcomes = execute_plan(steps, opts)
+    return [record(c, outcomes[c.run.run_dir] if c.run is not None and c.run.run_dir in outcomes
+                   else outcomes.get(c.label, {"status": "skipped", "reason": c.reason})) for c in cells]
+
+
+# ----------------------------------------------------------------------------- statistics
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (Numerical Recipes, modified Lentz)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-14:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    lbeta = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(lbeta) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(lbeta) * _betacf(b, a, 1.0 - x) / b
+
+
+def paired_ttest(x: list[float], y: list[float]) -> tuple[float, float, int]:
+    """Two-sided paired t-test of x vs y: (t, p, n).  p = I_{df/(df+t^2)}(df/2, 1/2)."""
+    n = len(x)
+    if n != len(y) or n < 2:
+        return float("nan"), float("nan"), n
+    d = [a - b for a, b in zip(x, y)]
+    mean = sum(d) / n
+    var = sum((v - mean) ** 2 for v in d) / (n - 1)
+    if var == 0.0:
+        return (float("inf") if mean > 0 else float("-inf") if mean < 0 else float("nan")), (0.0 if mean else 1.0), n
+    t = mean / math.sqrt(var / n)
+    df = n - 1
+    return t, betainc(df / 2.0, 0.5, df / (df + t * t)), n
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    m = sum(values) / n
+    return m, (math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
+
+
+# ----------------------------------------------------------------------------- tables
+def paper_value(table: dict[str, Any], dataset: str, row: str, metric: str) -> float | None:
+    res = (table.get("results") or {}).get(dataset, {}).get(row, {})
+    corr = (table.get("corrections") or {}).get(dataset, {}).get(row, {})
+    v = corr.get(metric, res.get(metric))
+    return None if v is None else float(v) * float(table.get("scale", 1.0))
+
+
+def _cell_text(vals: list[float], paper: float | None, status: str) -> str:
+    if vals:
+        m, s = mean_std(vals)
+        ours = f"{m:.4f} ± {s:.4f}" if len(vals) > 1 else f"{m:.4f}"
+    else:
+        ours = status
+    if paper is None:
+        return f"{ours} · paper —"
+    if not vals:
+        return f"{ours} · paper {paper:.4f}"
+    rel = (mean_std(vals)[0] - paper) / paper * 100 if paper else float("nan")
+    return f"{ours} · paper {paper:.4f} ({rel:+.1f}%)"
+
+
+def markdown_table(paper: str, table: dict[str, Any], rows_order: list[str], records: list[dict[str, Any]],
+                   header: str, significance_model: str | None = None,
+                   blocks: dict[str, list[str]] | None = None, not_implemented: Iterable[str] = ()) -> str:
+    """Per dataset: ours (mean ± std over seeds) · paper value (relative difference); skipped cells
+    with their expected paths; the paired t-test where the paper claims significance."""
+    metrics: dict[str, str] = table["metrics"]
+    out = io.StringIO()
+    out.write(header)
+    datasets = list(dict.fromkeys(r["dataset"] for r in records))
+    for ds in datasets:
+        recs = [r for r in records if r["dataset"] == ds]
+        seeds = sorted({r["seed"] for r in recs})
+        out.write(f"\n### {ds}\n\n{len(seeds)} seed(s): {', '.join(map(str, seeds))}. "
+                  f"Cell: ours mean ± std · paper value (relative difference of our mean).\n\n")
+        out.write("| model | " + " | ".join(metrics.values()) + " |\n|---|" + "---|" * len(metrics) + "\n")
+        for row in rows_order + [r for r in not_implemented if r not in rows_order]:
+            rr = [r for r in recs if r["model"] == row]
+            if not rr and (row not in not_implemented or all(paper_value(table, ds, row, m) is None for m in metrics)):
+                continue  # a column the paper prints but the zoo lacks is shown only beside a printed number
+            done = [r for r in rr if r["status"] == "done"]
+            status = "not implemented" if row in not_implemented else (rr[0]["status"] if rr else "—")
+            cells = [_cell_text([float(r[f"test/{m}"]) for r in done if f"test/{m}" in r], paper_value(table, ds, row, m),
+                                status) for m in metrics]
+            stale = " (stale)" if any(r.get("stale") for r in done) else ""
+            out.write(f"| {row}{stale} | " + " | ".join(cells) + " |\n")
+        skipped = [r for r in recs if r["status"] == "skipped"]
+        failed = [r for r in recs if r["status"] == "failed"]
+        for r in {r["model"]: r for r in skipped}.values():
+            out.write(f"\n- skipped {r['model']}: {r['reason']}")
+        for r in failed:
+            out.write(f"\n- failed {r['model']} seed {r['seed']}: {r['reason']}")
+        if skipped or failed:
+            out.write("\n")
+        if significance_model and blocks:
+            out.write(significance_text(recs, metrics, blocks))
+    return out.getvalue()
+
+
+def significance_text(recs: list[dict[str, Any]], metrics: dict[str, str], blocks: dict[str, list[str]]) -> str:
+    """Paired t-test (over seeds) of each block's own model vs the baseline with the best mean of ours."""
+    lines = []
+    for model, baselines in blocks.items():
+        for m, label in metrics.items():
+            key = f"test/{m}"
+            ours = {r["seed"]: float(r[key]) for r in recs if r["model"] == model and r["status"] == "done" and key in r}
+            best, best_mean = None, -math.inf
+            for b in baselines:
+                vals = [float(r[key]) for r in recs if r["model"] == b and r["status"] == "done" and key in r]
+                if vals and mean_std(vals)[0] > best_mean:
+                    best, best_mean = b, mean_std(vals)[0]
+            if not ours or best is None:
+                continue
+            base = {r["seed"]: float(r[key]) for r in recs if r["model"] == best and r["status"] == "done" and key in r}
+            common = sorted(set(ours) & set(base))
+            t, p, n = paired_ttest([ours[s] for s in common], [base[s] for s in common])
+            ptxt = "n/a (needs ≥ 2 paired seeds)" if n < 2 or math.isnan(p) else f"{p:.4f}"
+            mark = "" if n < 2 or math.isnan(p) else ("**" if p <= 0.01 else "*" if p <= 0.05 else "n.s.")
+            lines.append(f"| {model} vs {best} | {label} | {n} | {t:+.3f} | {ptxt} {mark} |")
+    if not lines:
+        return ""
+    return ("\nPaired t-test over seeds (two-sided), the paper's model vs our best baseline:\n\n"
+            "| comparison | metric | n | t | p |\n|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
+
+
+def write_results(folder: Path, stem: str, records: list[dict[str, Any]], markdown: str, extra: dict[str, Any]) -> None:
+    """``<stem>.csv`` (one row per run, every metric column), ``<stem>.json``, ``table.md``-style markdown."""
+    cols: list[str] = []
+    for r in records:
+        cols += [k for k in r if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    for r in records:
+        w.writerow(r)
+    atomic_write(folder / f"{stem}.csv", buf.getvalue())
+    atomic_write(folder / f"{stem}.json", json.dumps({**extra, "runs": records}, indent=2, default=str))
+    atomic_write(folder / ("table.md" if stem == "results" else f"{stem}.md"), markdown)
+
+
+def machine_line(probe_gpu: bool = True) -> str:
+    """Host, OS, device, Python and torch versions (``probe_gpu=False``: no torch import, for a dry run)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    dev = f"CPU ({os.cpu_count()} cores)"
+    try:
+        tv = version("torch")
+    except PackageNotFoundError:
+        tv = "?"
+    if probe_gpu:
+        try:
+            import torch
+
+            dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else dev
+        except Exception:  # noqa: BLE001 - the header is informative only
+            pass
+    return f"{platform.node()} · {platform.platform()} · {dev} · python {platform.python_version()} · torch {tv}"
+
+
+def log_wandb_summary(group: str, name: str, records: list[dict[str, Any]], markdown: str, opts: Options) -> None:
+    """One W&B run per group holding the results table (offline by default); no-op when W&B is off."""
+    mode = os.environ.get("WANDB_MODE") or opts.wandb
+    if opts.wandb == "off" or mode in ("off", "disabled") or not records:
+        return
+    os.environ.setdefault("WANDB_SILENT", "true")
+    try:
+        import wandb
+    except ImportError:
+        opts.log("wandb is not installed: no summary run")
+        return
+    cols = [c for c in dict.fromkeys(k for r in records for k in r) if c != "reason"]
+    run = wandb.init(project="zoo", group=group, name=name, job_type="summary", dir=str(opts.out),
+                     mode="online" if mode == "online" else "offline", reinit="create_new",
+                     config={"group": group, "seeds": opts.seeds})
+    run.log({"results": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in records])})
+    run.summary["table_markdown"] = markdown
+    run.finish()
+
+
+def plan_cell(specs: dict[str, Any], model: str, dspec: dict[str, Any], extra_args: dict[str, Any], run_dir: Path,
+              seed: int, group: str, opts: Options) -> Run:
+    """The run of ``model`` on one dataset: its per-dataset recipe if the dataset has one, else its
+    generic recipe on the dataset's ``data_from`` data; ``extra_args`` (an ablation row) on top."""
+    mine = (dspec.get("recipes") or {}).get(model)
+    recipe, args = _spec(mine if mine is not None else specs[model])
+    if mine is None:
+        args = {**dict(specs[model].get("args") or {}), **args}
+    data_cfg = None if mine is not None else load_recipe(dspec["data_from"], opts.recipes)
+    return plan_run(recipe, {**args, **extra_args}, data_cfg, run_dir, seed, group, opts,
+                    specs[model].get("pretrain_data"))
+
+
+def table_cell(paper: str, table: str, specs: dict[str, Any], row: str, model: str, dataset: str,
+               dspec: dict[str, Any], extra_args: dict[str, Any], run_dir: Path, seed: int, group: str,
+               opts: Options) -> Cell:
+    """The cell of ``row`` (run as ``model`` with ``extra_args``) on one dataset and seed."""
+    if dspec.get("data_from") is None:
+        return Cell(paper, table, dataset, row, seed, None,
+                    reason=f"no zoo recipe for this dataset ({dspec.get('expects', '')})")
+    return Cell(paper, table, dataset, row, seed, plan_cell(specs, model, dspec, extra_args, run_dir, seed, group, opts))
+
+
+# ----------------------------------------------------------------------------- the main table
+def main_rows(paper: str, numbers: dict[str, Any], models: list[str] | None) -> tuple[list[str], list[str]]:
+    """(rows the zoo runs, in table order then reference rows; rows not implemented)."""
+    table = numbers[paper]["main"]
+    runnable, missing = [], []
+    for name, spec in table["models"].items():
+        (missing if spec.get("implemented") is False else runnable).append(name)
+    runnable += list(table.get("reference") or {})
+    if models:
+        unknown = [m for m in models if m not in runnable and m not in missing]
+        if unknown:
+            raise KeyError(f"--models {unknown}: {paper}'s table has {runnable} (not implemented: {missing})")
+        runnable = [m for m in runnable if m in models]
+    return runnable, missing
+
+
+def main_cells(paper: str, numbers: dict[str, Any], opts: Options, models: list[str] | None = None,
+               datasets: list[str] | None = None) -> list[Cell]:
+    """Every (dataset, row, seed) cell of a paper's main table, in table order."""
+    table = numbers[paper]["main"]
+    rows, _ = main_rows(paper, numbers, models)
+    all_ds = list(table["datasets"])
+    if datasets:
+        unknown = [d for d in datasets if d not in all_ds]
+        if unknown:
+            raise KeyError(f"--datasets {unknown}: {paper}'s table has {all_ds}")
+    specs = {**table["models"], **(table.get("reference") or {})}
+    return [table_cell(paper, table["table"], specs, row, row, ds, table["datasets"][ds], {},
+                       opts.out / paper / slug(ds) / f"{slug(row)}-s{seed}", seed, f"{paper}-{ds}", opts)
+            for ds in (datasets or all_ds) for row in rows for seed in opts.seeds]
+
+
+def write_main_table(paper: str, numbers: dict[str, Any], records: list[dict[str, Any]], opts: Options,
+                     models: list[str] | None = None) -> None:
+    """``<out>/<paper>/table.md`` + ``results.{csv,json}`` and the W&B summary; printed on a dry run."""
+    table = numbers[paper]["main"]
+    own = numbers[paper]["model"]
+    rows, not_impl = main_rows(paper, numbers, models)
+    blocks = None
+    sig = table.get("significance") or {}
+    if sig.get("claimed"):
+        blocks = sig.get("blocks") or {own: [m for m in table["models"] if m != own]}
+    header = (f"# {numbers[paper]['title']}\n\n{table['table']}: {table['caption']}.\n\n"
+              f"Protocol: {table['protocol']}.\n\n"
+              f"Command: `{opts.command}`\n\n"
+              f"Machine: {machine_line(not opts.dry_run)}\n\n"
+              f"Paper significance claim: {sig.get('text', 'none')}\n")
+    md = markdown_table(paper, table, rows, records, header, own if blocks else None, blocks, not_impl)
+    if opts.dry_run:
+        if not opts.quiet:
+            print(md)
+        return
+    folder = opts.out / paper
+    write_results(folder, "results", records, md, {"paper": paper, "table": table["table"], "seeds": opts.seeds})
+    for ds in dict.fromkeys(r["dataset"] for r in records):
+        log_wandb_summary(f"{paper}-{ds}", f"{paper}-{slug(ds)}-summary",
+                          [r for r in records if r["dataset"] == ds], md, opts)
+    opts.log(f"wrote {folder / 'table.md'}, {folder / 'results.csv'}, {folder / 'results.json'}")
+
+
+def reproduce(papers: list[str], numbers: dict[str, Any], opts: Options, models: list[str] | None = None,
+              datasets: list[str] | None = None) -> list[dict[str, Any]]:
+    """One plan over every paper's cells, executed (or only printed), then each paper's table."""
+    cells = {p: main_cells(p, numbers, opts, models, datasets) for p in papers}
+    records = run_cells([c for cs in cells.values() for c in cs], opts)
+    out, i = [], 0
+    for p, cs in cells.items():
+        recs = records[i:i + len(cs)]
+        i += len(cs)
+        write_main_table(p, numbers, recs, opts, models)
+        out += recs
+    return out
+
+
+# ----------------------------------------------------------------------------- CLI
+def common_parser(prog: str, description: str, default_out: Path) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument("--data-root", type=Path, default=None,
+                    help="folder holding the raw datasets (recipes' data/... paths are looked up under it)")
+    ap.add_argument("--recipes", type=Path, default=None,
+                    help="recipes folder (default: the installed package's recipes, or the checkout's recipes/)")
+    ap.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1) per cell")
+    ap.add_argument("--seed-list", type=int, nargs="+", default=None, help="explicit seeds (overrides --seeds)")
+    ap.add_argument("--out", type=Path, default=default_out,
+                    help=f"output folder (default {default_out}, git-ignored; the committed tables live in "
+                         "benchmarks/results and are written only when it is given here)")
+    ap.add_argument("--max-epochs", type=int, default=None, help="cap every run's trainer.max_epochs")
+    ap.add_argument("--limit-train-batches", type=float, default=None, help="trainer.limit_train_batches of every run")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a dotted recipe key in every run, e.g. model.init_args.d=16 or "
+                         "data.init_args.cache_dir=/tmp/c (model keys a recipe lacks are skipped)")
+    ap.add_argument("--wandb", choices=("off", "offline", "online"), default="offline",
+                    help="W&B logging of every run (default offline; WANDB_MODE=disabled turns it off)")
+    ap.add_argument("--force", action="store_true", help="re-run finished runs")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the plan (every zoo fit that would run, with an estimated cost) and the table; run nothing")
+    ap.add_argument("--numbers", type=Path, default=NUMBERS, help="paper numbers file")
+    return ap
+
+
+def options_from(ns: argparse.Namespace, command: str) -> Options:
+    if ns.seeds < 1 and not ns.seed_list:
+        raise ValueError("--seeds must be >= 1")
+    recipes = ns.recipes if ns.recipes is not None else default_recipes()
+    if not recipes.is_dir():
+        raise FileNotFoundError(f"--recipes {recipes}: not a folder")
+    limit = ns.limit_train_batches
+    if limit is not None and limit > 1:
+        limit = int(limit)  # Lightning: a float is a fraction of the batches, an int a number of batches
+    out = ns.out.absolute()
+    # the other command's default folder: its finished cells are shared, not run again
+    share = [d.absolute() for d in (DEFAULT_OUT, DEFAULT_ABLATE_OUT) if d.absolute() != out]
+    return Options(out=out, recipes=recipes.absolute(), data_root=ns.data_root,
+                   seeds=ns.seed_list or list(range(ns.seeds)), max_epochs=ns.max_epochs, limit_train_batches=limit,
+                   sets=[parse_set(s) for s in ns.sets], wandb=ns.wandb, force=ns.force, dry_run=ns.dry_run,
+                   command=command, share=share)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = common_parser("zoo reproduce", "Reproduce a paper's main table through `zoo fit` (docs/reproduction.md).",
+                       DEFAULT_OUT)
+    ap.add_argument("--paper", required=True, choices=(*PAPERS, "all"))
+    ap.add_argument("--models", nargs="+", default=None, help="only these columns (names as in paper_numbers.yaml)")
+    ap.add_argument("--datasets", nargs="+", default=None, help="only these datasets ('default' = embedded)")
+    ap.add_argument("--tune-trials", type=int, default=0,
+                    help="also tune every row with this many Optuna trials (zoo tune) and report tuned beside untuned")
+    ap.add_argument("--tune-timeout", type=float, default=None, help="seconds per row's study (same for every row)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ns = ap.parse_args(argv)
+    tune_failed = False
+    try:
+        opts = options_from(ns, "zoo reproduce " + " ".join(argv))
+        numbers = load_numbers(ns.numbers)
+        papers = list(PAPERS) if ns.paper == "all" else [ns.paper]
+        if ns.paper == "all" and ns.datasets:
+            raise ValueError("--datasets needs one --paper (dataset names differ between papers)")
+        recs = reproduce(papers, numbers, opts, ns.models if ns.paper != "all" else None, ns.datasets)
+        if ns.tune_trials > 0 and not opts.dry_run:  # equal budget for every row: docs/tune.md
+            from zoo.experiments.tune import tune_table
+
+            for p in papers:
+                tuned = tune_table([r for r in recs if r["paper"] == p], numbers[p]["main"]["metrics"], opts.out / p,
+                                   ns.tune_trials, ns.tune_timeout, opts.seeds, opts.wandb, log=opts.log)
+                tune_failed |= any(r["status"].startswith("failed") for r in tuned)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        print(f"zoo reproduce: error: {e}", file=sys.stderr)
+        return 2
+    return 1 if tune_failed or any(r["status"] == "failed" for r in recs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
