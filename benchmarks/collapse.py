@@ -51,7 +51,7 @@ def consensus_overlap(lists: list[list[str]], k: int) -> tuple[float, int]:
 
 def interest_stats(path: Path) -> dict[str, float]:
     """Norms and shared direction of ``interests.pt`` ``[U, K, d]``."""
-    V = torch.load(path, map_location="cpu").float()  # [U, K, d]
+    V = torch.load(path, map_location="cpu", weights_only=True).float()  # [U, K, d]
     if V.dim() != 3:
         raise ValueError(f"{path}: expected [users, interests, d], got {tuple(V.shape)}")
     norms = V.norm(dim=-1)  # [U, K]
@@ -64,14 +64,16 @@ def report(folders: list[Path], k: int) -> list[str]:
     lines = [f"| run | users | consensus overlap@{k} | distinct items@{k} | interest norm min / mean / max | shared direction |",
              "|---|---|---|---|---|---|"]
     for folder in folders:
-        pred = folder / "predictions.csv"
+        stamped = sorted(folder.glob("predictions-*.csv"))  # zoo predict: predictions-<stamp>.csv, newest last
+        pred = stamped[-1] if stamped else folder / "predictions.csv"
         if not pred.is_file():
             raise FileNotFoundError(f"{pred} does not exist (run `zoo predict ... --run_dir {folder}` first)")
         lists = read_topk(pred, k)
         overlap, distinct = consensus_overlap(lists, k)
         norms, shared = "—", "—"
-        if (folder / "interests.pt").is_file():
-            st = interest_stats(folder / "interests.pt")
+        interests = pred.with_name(pred.name.replace("predictions", "interests", 1).removesuffix(".csv") + ".pt")
+        if interests.is_file():
+            st = interest_stats(interests)
             norms = f"{st['norm_min']:.2f} / {st['norm_mean']:.2f} / {st['norm_max']:.2f}"
             shared = f"{st['shared_direction']:.2f}"
         lines.append(f"| {folder.name} | {len(lists)} | {overlap:.3f} | {distinct} | {norms} | {shared} |")

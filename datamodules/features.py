@@ -471,7 +471,12 @@ def _load_timm_checkpoint(model: torch.nn.Module, path: Path) -> None:
 
         state = load_file(str(path))
     else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        from zoo.safe_load import torch_load_weights
+
+        try:
+            state = torch_load_weights(path, "image-encoder checkpoint")  # never unpickles code
+        except ValueError as e:
+            raise FeatureFileError(str(e)) from e
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -751,13 +756,22 @@ def load_feature_file(
         try:
             arr = np.load(path, allow_pickle=False)
         except ValueError as e:
+            if "allow_pickle" in str(e):  # an object array: reading it would unpickle
+                from zoo.safe_load import unsafe_message
+
+                raise FeatureFileError(unsafe_message("feature file", path)) from e
             raise FeatureFileError(f"{path}: unreadable .npy feature file ({e}); expected a float array") from e
     elif head.startswith(_ZIP_MAGIC) or head.startswith(_LEGACY_TORCH_MAGIC):
         variant, prepend = "torch.save tensor (MIRACLE/HORAE feat1CLS; pad row prepended)", True
+        from zoo.safe_load import UnsafePickleError, first_line, torch_load_weights
+
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise FeatureFileError(f"{path}: looks like a torch.save file but cannot be loaded ({e})") from e
+            obj = torch_load_weights(path, "feature file")  # never unpickles code (zoo ckpt convert)
+        except UnsafePickleError as e:
+            raise FeatureFileError(str(e)) from e
+        except ValueError as e:
+            raise FeatureFileError(f"{path}: looks like a torch.save file but cannot be loaded "
+                                   f"({first_line(e.__cause__ or e)})") from e
         if isinstance(obj, np.ndarray):
             arr = obj
         elif isinstance(obj, torch.Tensor):
@@ -769,6 +783,11 @@ def load_feature_file(
     else:
         dim = int(expected_dim or 768)
         variant, prepend = f"raw float32 (UniSRec feat1CLS, {dim} columns; pad row prepended)", True
+        if size % (4 * dim) and head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+            from zoo.safe_load import unsafe_message
+
+            raise FeatureFileError(unsafe_message("feature file", path) + " (it is a Python pickle, "
+                                   "not raw float32 rows)")
         if size % (4 * dim):
             raise FeatureFileError(
                 f"{path}: read as raw float32 rows of {dim} values, but its {size} bytes are not a "

@@ -348,8 +348,13 @@ def load_cache(path: Path) -> Processed:
     if not (path / "stats.json").is_file():
         raise FileNotFoundError(f"'{path}' is not a zoo processed cache (no stats.json)")
     stats = json.loads((path / "stats.json").read_text(encoding="utf-8"))
-    with np.load(path / "arrays.npz") as z:
-        arrays = {k: z[k] for k in z.files}
+    try:
+        with np.load(path / "arrays.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except ValueError as e:  # an object array: reading it would unpickle (run code)
+        what = "holds pickled objects, which the zoo never unpickles" if "allow_pickle" in str(e) else f"is unreadable ({e})"
+        raise ValueError(f"processed cache {path}: arrays.npz {what}; delete the folder to rebuild it "
+                         "from the raw files") from e
 
     def _json(name: str) -> Any:
         with open(path / f"{name}.json", encoding="utf-8") as f:

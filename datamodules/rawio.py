@@ -189,8 +189,10 @@ def read_csv_checked(
             content=_content(path, line, encoding, source),
         ) from err
     except UnicodeDecodeError as err:
-        raise DataFormatError(path, f"{encoding}-encoded text ({err})") from err
-    except ValueError:
+        line, content = _first_undecodable_line(path, encoding or "utf-8")
+        raise DataFormatError(path, f"{encoding}-encoded text ({err.reason})" if line else f"{encoding}-encoded text ({err})",
+                              line=line, content=content) from err
+    except (ValueError, OverflowError):
         # A numeric column holds text or an empty cell: re-read as text to locate it.
         frame = _read({c: "str" for c in dtypes})
         _locate_bad_numbers(path, frame, dtypes, expected, header_lines, encoding, source)
@@ -216,6 +218,17 @@ def read_csv_checked(
     if len(frame) == 0:
         raise DataFormatError(path, f"at least one data line ({expected}); the file has none")
     return frame
+
+
+def _first_undecodable_line(path: Path, encoding: str) -> tuple[int | None, str | None]:
+    """The first line (1-based) that does not decode, read line by line (memory: one line)."""
+    with guard_gzip(path), open_binary(path) as fh:
+        for n, raw in enumerate(fh, start=1):
+            try:
+                raw.decode(encoding)
+            except UnicodeDecodeError:
+                return n, raw[:200].decode(encoding, errors="replace").rstrip("\r\n")
+    return None, None
 
 
 def _content(path: Path, line: int, encoding: str | None, source: Any) -> str:
@@ -260,8 +273,10 @@ def _locate_bad_numbers(
         parsed = pd.to_numeric(values, errors="coerce")
         bad = parsed.isna().to_numpy() & ~blank
         if kind.startswith("int"):
-            finite = np.isfinite(parsed.to_numpy(dtype="float64", na_value=np.nan))
-            bad |= finite & (parsed.to_numpy(dtype="float64", na_value=0.0) % 1 != 0)
+            as_float = parsed.to_numpy(dtype="float64", na_value=np.nan)
+            finite = np.isfinite(as_float)
+            bad |= finite & (np.nan_to_num(as_float) % 1 != 0)
+            bad |= finite & (np.abs(np.nan_to_num(as_float)) >= 2.0**63)  # does not fit int64
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             if first is None or row < first[0]:
@@ -534,7 +549,12 @@ def make_dataset(
     time_unit: int = 1,
     notes: Sequence[str] = (),
 ) -> RawDataset:
-    """Build and validate a :class:`RawDataset` with the contract's dtypes."""
+    """Build and validate a :class:`RawDataset` with the contract's dtypes.
+
+    Timestamps must lie in [1970-01-01, 2100-01-01) as Unix seconds: a negative one or one past
+    2100 (e.g. milliseconds given as seconds) is a :class:`DataFormatError` naming the first such
+    record (and its line, when ``timestamp`` is a frame column of :func:`read_csv_checked`)."""
+    check_timestamps(timestamp, sources[0] if sources else name, user, item)
     interactions = pd.DataFrame(
         {
             "user": pd.Series(np.asarray(user)).astype(str),
@@ -556,6 +576,27 @@ def make_dataset(
     )
     dataset.validate()
     return dataset
+
+
+MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01 00:00 UTC
+
+
+def check_timestamps(timestamp: pd.Series | np.ndarray, path: str | Path, user: Any, item: Any) -> None:
+    """Negative or post-2100 Unix-second timestamps -> :class:`DataFormatError` on the first one."""
+    ts = np.asarray(timestamp)
+    if ts.size == 0 or ts.dtype.kind not in "iuf":
+        return
+    bad = (ts < 0) | (ts >= MAX_TIMESTAMP)
+    if not bad.any():
+        return
+    pos = int(np.flatnonzero(bad)[0])
+    line = None
+    if isinstance(timestamp, pd.Series) and isinstance(timestamp.index, pd.RangeIndex) and timestamp.index.start > 0:
+        line = int(timestamp.index[pos])  # read_csv_checked numbers rows by their file line
+    content = f"user {np.asarray(user)[pos]}, item {np.asarray(item)[pos]}, timestamp {ts[pos]}"
+    raise DataFormatError(
+        path, f"Unix timestamps in seconds from 1970-01-01 to 2100-01-01 ({int(bad.sum())} outside; "
+              "milliseconds or a sentinel value?)", line=line, content=content)
 
 
 def first_per_item(frame: pd.DataFrame, key: str = "item") -> pd.DataFrame:

@@ -81,7 +81,7 @@ def test_last_ckpt_is_the_latest_epoch_even_without_improvement(ml_folder, tmp_p
     last.ckpt must follow every epoch (Lightning 2.6 alone leaves it at the best epoch)."""
     tiny_sasrec_fit(ml_folder, tmp_path, "flat", "--trainer.max_epochs", "3", "--patience", "0",
                     "--model.init_args.lr", "0.0")
-    epoch = {name: torch.load(tmp_path / "flat" / f"{name}.ckpt", map_location="cpu", weights_only=False)["epoch"]
+    epoch = {name: torch.load(tmp_path / "flat" / f"{name}.ckpt", map_location="cpu", weights_only=True)["epoch"]
              for name in ("best", "last")}
     assert epoch == {"best": 0, "last": 2}
 
@@ -110,7 +110,8 @@ def test_second_run_loads_the_cache(sasrec_run, ml_folder):
             "--ckpt_path", str(out / "sasrec" / "best.ckpt"), "--run_dir", str(out / "sasrec_test"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "loaded processed cache" in r.stdout
-    again = json.loads((out / "sasrec_test" / "test_metrics.json").read_text())["test"]
+    (stamped,) = (out / "sasrec_test").glob("test-*.json")  # zoo test never writes test_metrics.json
+    again = json.loads(stamped.read_text())["test"]
     first = json.loads((out / "sasrec" / "test_metrics.json").read_text())["test"]
     assert again["test/ndcg@10"] == pytest.approx(first["test/ndcg@10"], abs=1e-6)
 
@@ -121,7 +122,8 @@ def test_predict_writes_top_k_in_original_ids(sasrec_run, ml_folder):
             "--model.init_args.d", "16", "--model.init_args.max_len", "10",
             "--ckpt_path", str(out / "sasrec" / "best.ckpt"), "--run_dir", str(out / "pred"))
     assert r.returncode == 0, r.stderr[-3000:]
-    lines = (out / "pred" / "predictions.csv").read_text().splitlines()
+    (pred,) = (out / "pred").glob("predictions-*.csv")  # a stamped name: never replaces a file
+    lines = pred.read_text().splitlines()
     assert lines[0] == "user_id,user_index,items,scores"
     rows = [l.split(",") for l in lines[1:]]
     users = {int(r[1]) for r in rows}
@@ -147,8 +149,7 @@ def test_ddp_two_processes_equal_one(sasrec_run, ml_folder):
     assert one.returncode == 0, one.stderr[-3000:]
     two = zoo(*common, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--run_dir", str(out / "v2"))
     assert two.returncode == 0, two.stderr[-3000:]
-    m1 = json.loads((out / "v1" / "validate_metrics.json").read_text())["validate"]
-    m2 = json.loads((out / "v2" / "validate_metrics.json").read_text())["validate"]
+    m1, m2 = (json.loads(next((out / v).glob("validate-*.json")).read_text())["validate"] for v in ("v1", "v2"))
     assert m1.keys() == m2.keys() and len(m1) >= 8
     for k in m1:
         assert m2[k] == pytest.approx(m1[k], abs=1e-6), k

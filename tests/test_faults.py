@@ -7,7 +7,9 @@ failing run at the SAME cache folder and run directory.  Each case must
 (a) exit non-zero,
 (b) print exactly one ``zoo: error`` line on stderr that names the problem (the key, file, line,
     filter or loss term) and no Python traceback,
-(c) leave every file that was on disk before byte-identical (SHA-256 before/after).
+(c) leave every file that was on disk before byte-identical (SHA-256 before/after),
+(d) never run code from a file it reads: the malicious pickles below create ``PWNED`` in the
+    case's scratch folder when unpickled, and that file must not exist afterwards.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import pickle
 import re
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pytest
+import torch
 from conftest import write_movielens_latest
 from test_cli import tiny_data_args, zoo
 
@@ -61,9 +66,11 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 def sasrec(w: World, *extra: str, subcommand: str = "fit", data: Path | None = None) -> list[str]:
-    """A tiny SASRec command on ``data`` (default: the good raw folder), writing into the good run dir."""
+    """A tiny SASRec command on ``data`` (default: the good raw folder), writing into the good run dir
+    (a fit with ``--overwrite true``: it may replace the finished run, but only once it checkpoints)."""
+    replace_run = ["--overwrite", "true"] if subcommand == "fit" else []
     return [subcommand, "--config", "recipes/sasrec.yaml", *tiny_data_args(data or w.ml, w.cache), *TINY_SASREC,
-            "--run_dir", str(w.run), *extra]
+            "--run_dir", str(w.run), *replace_run, *extra]
 
 
 def miracle(w: World, *extra: str) -> list[str]:
@@ -72,7 +79,7 @@ def miracle(w: World, *extra: str) -> list[str]:
             "--data.init_args.text_encoder", "null", "--model.init_args.pretrained_ckpt", "null",
             "--model.init_args.freeze", "[]", "--model.init_args.d", "16", "--model.init_args.d_ff", "32",
             "--model.init_args.max_len", "10", "--model.init_args.num_capsules", "4", *SHORT_FIT,
-            "--run_dir", str(w.run), *extra]
+            "--run_dir", str(w.run), "--overwrite", "true", *extra]
 
 
 # ------------------------------------------------------------------------------- bad inputs
@@ -128,6 +135,74 @@ def truncated_ckpt(w: World) -> list[str]:
     return sasrec(w, "--ckpt_path", str(path), subcommand="test")
 
 
+# ------------------------------------------------------------------- files that would run code
+class Payload:
+    """Unpickling this calls ``open(marker, "w")``: the marker file proves the code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def marker(w: World) -> Path:
+    return w.scratch / "PWNED"
+
+
+def evil_torch(w: World, name: str, tensors: dict | None = None) -> Path:
+    """A torch.save zip whose pickle also holds the payload (a 'checkpoint' from a stranger)."""
+    path = w.scratch / name
+    state = tensors if tensors is not None else torch.load(w.run / "best.ckpt", map_location="cpu", weights_only=True)
+    torch.save({**state, "extra": Payload(marker(w))}, path)
+    return path
+
+
+def evil_raw_pickle(w: World, name: str) -> Path:
+    path = w.scratch / name
+    path.write_bytes(pickle.dumps({"state_dict": {}, "x": Payload(marker(w))}, protocol=4))
+    return path
+
+
+def evil_feature_tensor(w: World, name: str) -> Path:
+    """The authors' pickled-tensor .feat1CLS / a .pt, with the payload beside the tensor."""
+    path = w.scratch / name
+    torch.save([torch.zeros(w.num_items, 24), Payload(marker(w))], path)
+    return path
+
+
+def evil_npy(w: World) -> Path:
+    path = w.scratch / "text.npy"
+    np.save(path, np.array([Payload(marker(w))], dtype=object), allow_pickle=True)
+    return path
+
+
+def evil_cache(w: World) -> list[str]:
+    """A copy of the good processed cache whose arrays.npz holds a pickled object array."""
+    cache = w.scratch / "cache"
+    shutil.copytree(w.cache, cache)
+    for folder in [p for p in cache.iterdir() if (p / "stats.json").is_file()]:
+        with np.load(folder / "arrays.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["items"] = np.array([Payload(marker(w))], dtype=object)
+        np.savez(folder / "arrays.npz", **arrays)
+    return ["fit", "--config", "recipes/sasrec.yaml", *tiny_data_args(w.ml, cache), *TINY_SASREC, *SHORT_FIT,
+            "--run_dir", str(w.scratch / "run")]
+
+
+def evil_last(w: World) -> list[str]:
+    """`--ckpt_path last` in a run folder whose last.ckpt is the stranger's file."""
+    run = w.scratch / "run"
+    run.mkdir()
+    shutil.copy(w.run / "best.ckpt", run / "best.ckpt")
+    evil_torch(w, "run/last.ckpt")
+    return ["fit", "--config", "recipes/sasrec.yaml", *tiny_data_args(w.ml, w.cache), *TINY_SASREC, *SHORT_FIT,
+            "--run_dir", str(run), "--ckpt_path", "last"]
+
+
+UNSAFE = ["can only be read by full unpickling", "zoo ckpt convert --trust-pickle"]
+
+
 @dataclass
 class Case:
     id: str
@@ -166,6 +241,33 @@ CASES = [
     Case("ckpt_truncated", truncated_ckpt, lambda w: ["cut.ckpt", "not a readable Lightning checkpoint"]),
     Case("empty_after_k_core", lambda w: sasrec(w, "--data.init_args.k_core", "100"),
          lambda w: ["100-core filtering", "removed all", "data.k_core"]),
+    Case("unsafe_pretrained_ckpt", lambda w: sasrec(w, *SHORT_FIT, "--model.init_args.pretrained_ckpt",
+                                                    str(evil_torch(w, "downloaded.ckpt"))),
+         lambda w: ["model.init_args.pretrained_ckpt", "downloaded.ckpt", *UNSAFE, "it asks for io.open"]),
+    Case("unsafe_pretrained_raw_pickle", lambda w: sasrec(w, *SHORT_FIT, "--model.init_args.pretrained_ckpt",
+                                                          str(evil_raw_pickle(w, "raw.pkl"))),
+         lambda w: ["model.init_args.pretrained_ckpt", "raw.pkl", *UNSAFE]),
+    Case("unsafe_ckpt_path", lambda w: sasrec(w, "--ckpt_path", str(evil_torch(w, "evil.ckpt")), subcommand="test"),
+         lambda w: ["--ckpt_path", "evil.ckpt", *UNSAFE]),
+    Case("unsafe_ckpt_path_last", evil_last, lambda w: ["--ckpt_path", *UNSAFE]),
+    Case("unsafe_weights_only_false", lambda w: sasrec(w, "--ckpt_path", str(w.run / "best.ckpt"), "--weights_only",
+                                                       "false", subcommand="test"),
+         lambda w: ["--weights_only false", "zoo ckpt convert --trust-pickle"]),
+    Case("unsafe_feat1cls_tensor", lambda w: miracle(w, "--data.init_args.text_features",
+                                                     str(evil_feature_tensor(w, "Scientific.feat1CLS"))),
+         lambda w: ["feature file", "Scientific.feat1CLS", *UNSAFE]),
+    Case("unsafe_feat1cls_raw_pickle", lambda w: miracle(w, "--data.init_args.text_features",
+                                                         str(evil_raw_pickle(w, "Office.feat1CLS"))),
+         lambda w: ["Office.feat1CLS", *UNSAFE, "a Python pickle"]),
+    Case("unsafe_features_pt", lambda w: miracle(w, "--data.init_args.text_features",
+                                                 str(evil_feature_tensor(w, "text.pt"))),
+         lambda w: ["text.pt", *UNSAFE]),
+    Case("unsafe_features_npy", lambda w: miracle(w, "--data.init_args.text_features", str(evil_npy(w))),
+         lambda w: ["text.npy", *UNSAFE]),
+    Case("unsafe_cache", evil_cache, lambda w: ["arrays.npz", "pickled objects", "delete the folder"]),
+    Case("unsafe_recipe_tag", lambda w: recipe_file(
+        w, f"model:\n  init_args:\n    d: !!python/object/apply:builtins.open ['{w.scratch / 'PWNED'}', 'w']\n"),
+         lambda w: ["recipe.yaml"]),
     Case("loss_becomes_nan", lambda w: sasrec(w, "--model.init_args.lr", "1e30", "--trainer.limit_train_batches", "8"),
          lambda w: [r"re:training loss became non-finite at step \d+: rec=(nan|inf|-inf)"]),
 ]
@@ -189,3 +291,5 @@ def test_bad_input_fails_cleanly(case: Case, world: World, tmp_path):
             assert want in errors[0], f"{case.id}: {want!r} not in {errors[0]!r}"
     changed = sorted(k for k in before if after.get(k) != before[k])
     assert not changed, f"{case.id}: files on disk changed or vanished: {changed}"
+    assert not (tmp_path / "PWNED").exists(), f"{case.id}: code inside a file ran"
+    assert not (world.run / ".zoo.lock").exists(), f"{case.id}: run-folder lock left behind"

@@ -15,7 +15,15 @@ from model_checks import (
     assert_scores_shape,
     assert_switch_changes,
 )
-from test_miracle import L, N_ITEMS, check_freeze_keeps_frozen_fixed, check_load_pretrained, long_batch, make_model
+from test_miracle import (
+    L,
+    N_ITEMS,
+    check_candidates_follow_score_with_id,
+    check_freeze_keeps_frozen_fixed,
+    check_load_pretrained,
+    long_batch,
+    make_model,
+)
 
 from zoo.models.horae import HORAE
 from zoo.models.miracle import MIRACLE
@@ -143,14 +151,14 @@ def test_l_aug_is_zero_without_maskable_items():
         ({"adjacent_interval": False}, "scores", {}),
         ({"target_interval": False}, "scores", {}),
         ({"interest_contrastive": False}, "loss", {}),
-        # paper vs official code
+        # official code (default) vs paper, and the code's bugs (rope qv, overflow_to_pad)
         ({"rope": "qv"}, "scores", {}),
-        ({"contrastive_weight": 0.001}, "loss", {}),
-        ({"intra_mode": "code"}, "loss", {}),
-        ({"anchor_capsule": "target_argmax"}, "loss", {}),
+        ({"contrastive_weight": 0.05}, "loss", {}),
+        ({"intra_mode": "paper"}, "loss", {}),
+        ({"anchor_capsule": "maxpool"}, "loss", {}),
         ({"refine_causal": False}, "scores", {}),
-        ({"gru_zero_pads": False}, "scores", {}),
-        ({"orthogonality_weight": 0.01}, "loss", {}),
+        ({"gru_zero_pads": True}, "scores", {}),
+        ({"orthogonality_weight": 10.0}, "loss", {}),
     ],
 )
 def test_switch_changes_forward_or_loss(switch, what, base):
@@ -192,3 +200,7 @@ def test_load_pretrained_matches_shared_keys(tmp_path):
 
 def test_fine_tuning_with_recipe_freeze_list(tmp_path):
     check_freeze_keeps_frozen_fixed(tmp_path, "horae.yaml", HORAE)
+
+
+def test_candidates_follow_score_with_id():
+    check_candidates_follow_score_with_id(HORAE)

@@ -168,9 +168,10 @@ def test_interest_contrastive_is_zero_without_maskable_items():
         ({"position_attention": False}, "scores", {}),  # w/o PW
         ({"interest_contrastive": False}, "loss", {}),  # w/o IC
         ({"sparse_activation": False}, "scores", {"num_capsules": 4}),  # w/o SS
-        ({"attention_activation": "leaky_relu"}, "scores", {}),  # paper Eq. 9 vs code
-        ({"score_with_id": True}, "scores", {"stage": "finetune"}),  # paper Eq. 17 vs code
+        ({"attention_activation": "tanh"}, "scores", {}),  # paper Eq. 9 vs code (default)
+        ({"score_with_id": False}, "scores", {"stage": "finetune"}),  # paper Eq. 17 vs code (default)
         ({"setting": "inductive"}, "scores", {"stage": "finetune"}),  # text only vs text + ID
+        ({"mask_pad_logit": True}, "loss", {"stage": "finetune"}),  # paper Eq. 23 vs code (default)
         ({"stage": "finetune"}, "loss", {}),  # full CE vs in-batch CE
         ({"balance_weight": 0.0}, "loss", {}),
         ({"orthogonality_weight": 0.0}, "loss", {"orthogonality_weight": 10.0}),
@@ -184,6 +185,48 @@ def test_switch_changes_forward_or_loss(switch, what, base):
         return m
 
     assert_switch_changes(make, long_batch(), switch, what)
+
+
+def check_candidates_follow_score_with_id(cls=MIRACLE) -> None:
+    """Transductive fine-tuning: the ranking (score_all, score_candidates), the training CE and the
+    catalogue balance term all use the same candidate table, text + ID with ``score_with_id=True``
+    (the default, the official code) and text only with ``False`` (Eq. 17)."""
+    batch = long_batch()
+    tables = {}
+    for flag in (True, False):
+        torch.manual_seed(0)
+        model = make_model(cls, stage="finetune", setting="transductive", score_with_id=flag).eval()
+        with torch.no_grad():
+            model.item_encoder.id_embedding.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(1))
+        y = model.item_encoder.all_items(with_id=flag)  # [N+1, d] expected candidate vectors
+        text_only = model.item_encoder.all_items(with_id=False)
+        assert flag == (not torch.allclose(y, text_only))
+        tables[flag] = y
+        with torch.no_grad():
+            interests, active = model.user_representation(batch)
+            s = torch.einsum("bkd,nd->bkn", interests, y).masked_fill(~active[..., None], float("-inf"))
+            expected = s.max(1).values  # [B, N+1]
+            torch.testing.assert_close(model.score_all((interests, active))[:, 1:], expected[:, 1:])
+            cands = torch.randint(1, N_ITEMS + 1, (len(interests), 6), generator=torch.Generator().manual_seed(2))
+            torch.testing.assert_close(model.score_candidates((interests, active), cands), expected.gather(1, cands))
+            seen = []
+            similarity = model.capsules.similarity
+            model.capsules.similarity = lambda h: seen.append(h) or similarity(h)
+            torch.manual_seed(3)
+            terms = model.training_loss(batch)
+            torch.testing.assert_close(seen[-1], y)  # the catalogue balance term's candidates (pad row in: code)
+            torch.testing.assert_close(terms["rec"], torch.nn.functional.cross_entropy(expected, batch["target"]))
+            model.mask_pad_logit = True  # Eq. 23 over the items only: the pad row leaves both
+            torch.manual_seed(3)
+            terms = model.training_loss(batch)
+            torch.testing.assert_close(seen[-1], y[1:])
+            logits = expected[:, 1:]
+            torch.testing.assert_close(terms["rec"], torch.nn.functional.cross_entropy(logits, batch["target"] - 1))
+    assert not torch.allclose(tables[True], tables[False])
+
+
+def test_candidates_follow_score_with_id():
+    check_candidates_follow_score_with_id()
 
 
 def test_id_table_only_when_fine_tuning_transductive():

@@ -1,16 +1,20 @@
 """The ``zoo`` command: one YAML recipe per experiment.
 
     zoo fit --config recipes/sasrec.yaml          # train, early-stop, test the best checkpoint
-    zoo test --config recipes/sasrec.yaml --ckpt_path runs/sasrec/best.ckpt
+    zoo test --run runs/sasrec                    # the run's config.yaml + best.ckpt -> runs/sasrec/test-<stamp>.json
+    zoo test --config recipes/sasrec.yaml --ckpt_path runs/sasrec/best.ckpt   # writes beside the checkpoint
     zoo fit --config recipes/sasrec.yaml --ckpt_path last     # resume an interrupted run
+    zoo fit --config recipes/sasrec.yaml --overwrite true     # replace the finished run in runs/sasrec
+    zoo ckpt convert --trust-pickle old.ckpt old.safe.ckpt    # weights-only copy of a trusted legacy file
     zoo data prepare --format movielens --path ml-1m/ --k 5   # process + summarise a dataset
     zoo data stats ~/.cache/zoo/<dataset>-<key>
 
 ``ZooCLI`` is a ``LightningCLI``: the recipe picks the model and datamodule by ``class_path``;
 ``data.num_items`` and ``data.info`` (the processed cache's stats) are linked into the model when
 it is built.  Top-level recipe keys beyond Lightning's: ``monitor``, ``monitor_mode``,
-``patience``, ``test_after_fit``, ``run_dir``, ``wandb``, ``last_every_n_steps``, ``compile``,
-``compile_backend``, ``tune`` (the ``zoo tune`` search space; fit ignores it).
+``patience``, ``test_after_fit``, ``run_dir``, ``overwrite``, ``wandb``, ``last_every_n_steps``, ``compile``,
+``compile_backend``, ``tune`` (the ``zoo tune`` search space; fit ignores it).  Run-folder rules (lock, no
+overwriting, stamped outputs): ``zoo/runfiles.py`` and docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -27,12 +31,14 @@ from typing import Any
 
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, EarlyStopping, ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from datamodules.base import SequentialDataModule
 from zoo.models.base import SequentialRecommender
+from zoo.runfiles import (RunFolderBusy, RunLock, check_fit_folder, remove_fit_files, remove_if_no_results,
+                          stamped_path, write_new)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -114,8 +120,11 @@ class TopKWriter(BasePredictionWriter):
                 own = json.loads((Path(d.path) / "user_ids.json").read_text(encoding="utf-8"))
                 user_ids += [f"{d.stats['name']}:{u}" for u in own] if len(domains) > 1 else own
         suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        import csv
+        import io
+
         buf = io.StringIO()
-        rows = csv.writer(buf, lineterminator="\n")  # quotes an id that holds a comma or a quote
+        rows = csv.writer(buf, lineterminator="\n")  # quotes an id holding a comma, quote or newline
         rows.writerow(["user_id", "user_index", "items", "scores"])
         interests = []
         for out in predictions:
@@ -123,12 +132,19 @@ class TopKWriter(BasePredictionWriter):
                 rows.writerow([user_ids[u], u, " ".join(item_ids[i] for i in items), " ".join(f"{x:.5g}" for x in scores)])
             if "interests" in out:
                 interests.append(out["interests"].cpu())
-        atomic_write_text(self.run_dir / f"predictions{suffix}.csv", buf.getvalue())
+        text = buf.getvalue()
+        if trainer.world_size > 1:  # one stamp for all ranks, chosen by rank 0
+            stem = trainer.strategy.broadcast(stamped_path(self.run_dir, "predictions-", ".csv").stem)
+            out = self.run_dir / f"{stem}{suffix}.csv"
+            atomic_write_text(out, text)
+        else:
+            out = write_new(self.run_dir, "predictions-", ".csv", text)  # never replaces a file
         if interests:
-            tmp = self.run_dir / f".interests{suffix}.pt.tmp"
+            target = out.with_name(out.name.replace("predictions-", "interests-").removesuffix(".csv") + ".pt")
+            tmp = self.run_dir / f".{target.name}.tmp"
             torch.save(torch.cat(interests), tmp)
-            os.replace(tmp, self.run_dir / f"interests{suffix}.pt")
-        print(f"[zoo] wrote top-{len(predictions[0]['items'][0]) if predictions else 0} predictions to {self.run_dir}")
+            os.replace(tmp, target)
+        print(f"[zoo] wrote top-{len(predictions[0]['items'][0]) if predictions else 0} predictions to {out}")
 
 
 class EpochSeed(Callback):
@@ -235,6 +251,65 @@ class StepLastCheckpoint(ModelCheckpoint):
         return self._generate_state_key(kind="step_last", every_n_train_steps=self._every_n_train_steps)
 
 
+class ReplaceOldRun(Callback):
+    """``--overwrite true``: the previous run's test metrics/ranks are removed when this fit writes its
+    first checkpoint (a fit that fails before that leaves the old run untouched)."""
+
+    def __init__(self, stale: list[Path]) -> None:
+        self.stale = stale
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if self.stale and trainer.is_global_zero:
+            remove_fit_files([p for p in self.stale if p.suffix != ".ckpt"])  # checkpoints are replaced in place
+        self.stale = []
+
+
+class RunConfig(SaveConfigCallback):
+    """Also saves the fit's full config as ``<run folder>/config.yaml`` (atomically, with the first
+    checkpoint, so a fit that fails before it replaces nothing), the file ``zoo test --run DIR`` /
+    ``zoo predict --run DIR`` read back."""
+
+    _pending: tuple[Path, str] | None = None
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
+            self._pending = (Path(trainer.checkpoint_callback.dirpath) / "config.yaml",
+                             self.parser.dump(self.config, skip_none=False))
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if self._pending is not None and trainer.is_global_zero:
+            atomic_write_text(*self._pending)
+        self._pending = None
+
+
+class RunGuard:
+    """The run folder of one command: locked for a fit, cleaned of empty folders if it fails."""
+
+    active: list["RunGuard"] = []
+
+    def __init__(self, folder: Path, lock: bool) -> None:
+        self.folder = Path(folder)
+        self.existed = self.folder.exists()
+        self.lock = RunLock(self.folder).acquire() if lock else None
+        RunGuard.active.append(self)
+
+    def finish(self, ok: bool) -> None:
+        if self.lock is not None:
+            self.lock.release()
+        if not ok:
+            remove_if_no_results(self.folder, self.existed)
+
+    @classmethod
+    def finish_all(cls, ok: bool) -> None:
+        while cls.active:
+            cls.active.pop().finish(ok)
+
+
+def _is_rank_zero_process() -> bool:
+    """False in the processes Lightning's DDP launcher starts for ranks > 0 (they inherit rank 0's checks)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
 class ZooCLI(LightningCLI):
     """LightningCLI with the zoo's links, default callbacks, run directory and test-after-fit."""
 
@@ -251,6 +326,8 @@ class ZooCLI(LightningCLI):
         parser.add_argument("--compile_backend", type=str, default="inductor", help="torch.compile backend")
         parser.add_argument("--run_dir", type=str | None, default=None, help="output folder (default runs/<recipe name>)")
         parser.add_argument("--wandb", type=str, default="off", help="W&B logging: off, offline or online (WANDB_MODE overrides)")
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="fit into a run folder that already holds a finished run, replacing it")
         parser.add_argument("--tune", type=dict[str, Any] | None, default=None,
                             help="search space for `zoo tune` (ignored by fit/validate/test/predict), see docs/tune.md")
         parser.link_arguments("data.num_items", "model.init_args.num_items", apply_on="instantiate")
@@ -262,12 +339,15 @@ class ZooCLI(LightningCLI):
         cfg = self.config.get(self.config.get("subcommand") or "", None)
         ckpt_path = cfg.get("ckpt_path") if cfg is not None else None
         if ckpt_path and Path(ckpt_path).is_file():
-            import torch
+            from zoo.safe_load import UnsafePickleError, torch_load_weights
 
             try:
-                ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
-            except Exception as e:  # truncated, not a checkpoint, or an unsafe pickle
-                raise CheckpointError(f"--ckpt_path '{ckpt_path}' is not a readable Lightning checkpoint ({e})") from e
+                ckpt = torch_load_weights(ckpt_path, "--ckpt_path")
+            except UnsafePickleError:
+                raise
+            except ValueError as e:  # truncated or not a checkpoint
+                raise CheckpointError(f"--ckpt_path '{ckpt_path}' is not a readable Lightning checkpoint "
+                                      f"({e.__cause__ or e})") from e
             if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
                 raise CheckpointError(f"--ckpt_path '{ckpt_path}' is not a Lightning checkpoint (no state_dict)")
             theirs = (ckpt.get("hyper_parameters") or {}).get("_class_path")
@@ -283,7 +363,12 @@ class ZooCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except (pickle.UnpicklingError, EOFError) as e:  # --ckpt_path last/best resolved to an unreadable file
-            raise CheckpointError(f"--ckpt_path '{self._cfg().get('ckpt_path')}': not a readable checkpoint ({e})") from e
+            from zoo.safe_load import UnsafePickleError, first_line, unsafe_message
+
+            if "Weights only load failed" in str(e):
+                raise UnsafePickleError(unsafe_message("--ckpt_path", self._cfg().get("ckpt_path"), str(e))) from e
+            raise CheckpointError(f"--ckpt_path '{self._cfg().get('ckpt_path')}': not a readable checkpoint "
+                                  f"({first_line(e)})") from e
         except (RuntimeError, MisconfigurationException) as e:
             if "conditioned on metric" in str(e) or "could not find the monitored key" in str(e):
                 monitor = self._cfg().get("monitor")
@@ -307,12 +392,46 @@ class ZooCLI(LightningCLI):
         return self.config[self.subcommand] if self.subcommand else self.config
 
     def run_dir(self) -> Path:
+        """``--run_dir`` if given; else fit: ``runs/<recipe name>``, test/validate/predict: the folder of
+        the checkpoint they were given (their outputs have stamped names, so nothing is replaced)."""
         cfg = self._cfg()
+        ckpt = cfg.get("ckpt_path")
         if cfg.get("run_dir"):
             return Path(cfg["run_dir"])
+        if self.subcommand != "fit" and ckpt and Path(ckpt).is_file():
+            return Path(ckpt).parent
         configs = cfg.get("config") or []
-        name = Path(str(configs[0])).stem if configs else type(self.model).__name__.lower()
+        if configs:
+            name = Path(str(configs[0])).stem
+        else:
+            model = cfg.get("model") or {}
+            name = str(model.get("class_path", "model")).rsplit(".", 1)[-1].lower()
         return Path("runs") / name
+
+    def before_instantiate_classes(self) -> None:
+        """Before any data is read: a fit checks and locks its folder; every command gets a guard that
+        removes what a failed run would leave empty."""
+        if self.subcommand is None or not _is_rank_zero_process():
+            return
+        folder, cfg = self.run_dir(), self._cfg()
+        self._stale: list[Path] = []
+        if self.subcommand == "fit":
+            RunGuard(folder, lock=True)  # first: a concurrent fit of the same folder is told it is busy
+            ckpt = cfg.get("ckpt_path")  # resuming this folder's own run: `last`, or one of its checkpoints
+            resuming = bool(ckpt) and (str(ckpt) in ("last", "best", "hpc")
+                                       or Path(ckpt).resolve().is_relative_to(folder.resolve()))
+            self._stale = check_fit_folder(folder, bool(cfg.get("overwrite")), resuming)
+        else:
+            RunGuard(folder, lock=False)
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if kwargs.get("weights_only") is False:
+            raise ValueError("--weights_only false would let a checkpoint run code while loading; the zoo only "
+                             "reads weights (convert a trusted legacy file with `zoo ckpt convert --trust-pickle IN OUT`)")
+        if "weights_only" in kwargs:
+            kwargs["weights_only"] = True
+        return kwargs
 
     def instantiate_trainer(self, **kwargs: Any):
         cfg = self._cfg()
@@ -336,6 +455,8 @@ class ZooCLI(LightningCLI):
                                                     every_n_train_steps=cfg["last_every_n_steps"],
                                                     enable_version_counter=False))
             callbacks.append(EpochSeed())
+            if getattr(self, "_stale", None):
+                callbacks.append(ReplaceOldRun(self._stale))
             if cfg.get("patience", 0) > 0:
                 callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg["patience"]))
         if self.subcommand == "predict":
@@ -372,13 +493,18 @@ class ZooCLI(LightningCLI):
         ranks = make_ranks(tr["protocol"], tr["parts"], user_ids, tr["n_candidates"], tr["ks"])
         save_ranks(ranks_path_for(metrics_path), ranks)
 
-    def _write_metrics(self, stage: str, results: list[dict[str, float]]) -> None:
+    def _write_metrics(self, stage: str, results: list[dict[str, float]]) -> Path | None:
+        """``<stage>-<stamp>.json`` beside the checkpoint: never replaces a file (a fit's test_metrics.json).
+        A test's per-user ranks go to the matching ``ranks-<stamp>.npz``."""
         if self.trainer.is_global_zero and results:
-            out = {stage: {k: float(v) for k, v in results[0].items()}, "config": self._plain_config()}
-            path = self.run_dir() / f"{stage}_metrics.json"
+            out = {stage: {k: float(v) for k, v in results[0].items()}, "checkpoint": self._cfg().get("ckpt_path"),
+                   "config": self._plain_config()}
+            path = write_new(self.run_dir(), f"{stage}-", ".json", json.dumps(out, indent=2))
             if stage == "test":
                 self._write_test_ranks(path)
-            atomic_write_text(path, json.dumps(out, indent=2))
+            print(f"[zoo] wrote {path}")
+            return path
+        return None
 
     def after_validate(self) -> None:
         self._write_metrics("validate", self.trainer.callback_metrics and [dict(self.trainer.callback_metrics)])
@@ -409,7 +535,7 @@ class ZooCLI(LightningCLI):
                 print(f"[zoo]   {k:<16} {out['test'][k]:.4f}")
 
 
-CLEAR_ERRORS = (FileNotFoundError, ValueError, KeyError, FloatingPointError, NotADirectoryError, PermissionError)
+CLEAR_ERRORS = (FileNotFoundError, FileExistsError, ValueError, KeyError, FloatingPointError, NotADirectoryError, PermissionError)
 
 
 def run_cli(args: list[str] | None = None, callbacks: list[Callback] | None = None) -> ZooCLI:
@@ -419,6 +545,7 @@ def run_cli(args: list[str] | None = None, callbacks: list[Callback] | None = No
         SequentialDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        save_config_callback=RunConfig,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"use_distributed_sampler": False, **({"callbacks": list(callbacks)} if callbacks else {})},
         args=args,
@@ -464,16 +591,54 @@ def main(argv: list[str] | None = None) -> int:
         from zoo.data_cli import data_main
 
         return data_main(argv[1:])
+    ok = False
     try:
+        if "--run" in argv or any(a.startswith("--run=") for a in argv):
+            argv, explicit = expand_run_flag(argv), True
         run_cli(argv if explicit else None)
-    except (ArgumentError, *CLEAR_ERRORS) as e:
+        ok = True
+    except (ArgumentError, RunFolderBusy, *CLEAR_ERRORS) as e:
         if os.environ.get("ZOO_DEBUG"):
             raise
         kind = "recipe" if isinstance(e, ArgumentError) else type(e).__name__
         msg = (isinstance(e, ArgumentError) and "Problems parsing config" in str(e) and name_bad_yaml(argv)) or clear_message(e)
         print(f"zoo: error ({kind}): {msg}\n(set ZOO_DEBUG=1 for the full traceback)", file=sys.stderr)
         return 2 if isinstance(e, ArgumentError) else 1
+    finally:
+        RunGuard.finish_all(ok)
     return 0
+
+
+def expand_run_flag(argv: list[str]) -> list[str]:
+    """``zoo test|validate|predict --run DIR`` -> ``--config DIR/config.yaml --ckpt_path DIR/best.ckpt``
+    (the run's saved config; its best checkpoint unless ``--ckpt_path`` is given).  Runs saved before
+    config.yaml was written to the run folder are read from ``DIR/logs/version_0/config.yaml``."""
+    if not argv or argv[0] not in ("test", "validate", "predict"):
+        raise ValueError("--run DIR is an option of `zoo test`, `zoo validate` and `zoo predict` (a fit writes "
+                         "into --run_dir)")
+    out, folder, i = [argv[0]], None, 1
+    while i < len(argv):
+        a = argv[i]
+        if a == "--run":
+            if i + 1 >= len(argv):
+                raise ValueError("--run needs a run folder")
+            folder, i = Path(argv[i + 1]), i + 2
+            continue
+        if a.startswith("--run="):
+            folder, i = Path(a.split("=", 1)[1]), i + 1
+            continue
+        out.append(a)
+        i += 1
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--run '{folder}': no such run folder")
+    config = next((c for c in (folder / "config.yaml", folder / "logs" / "version_0" / "config.yaml") if c.is_file()), None)
+    if config is None:
+        raise FileNotFoundError(f"--run '{folder}': no config.yaml in the folder (is it the --run_dir of a `zoo fit`?)")
+    given_ckpt = any(a == "--ckpt_path" or a.startswith("--ckpt_path=") for a in out)
+    if not given_ckpt and not (folder / "best.ckpt").is_file():
+        raise FileNotFoundError(f"--run '{folder}': no best.ckpt in the folder (pass --ckpt_path to choose a checkpoint)")
+    extra = [] if given_ckpt else ["--ckpt_path", str(folder / "best.ckpt")]
+    return [out[0], "--config", str(config), *extra, *out[1:]]
 
 
 if __name__ == "__main__":

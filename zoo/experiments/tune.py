@@ -290,7 +290,7 @@ class Study:
 
     def trial_args(self, values: dict[str, Any], run_dir: Path) -> list[str]:
         return ["fit", "--config", str(self.recipe), *self.extra, *override_args(values), "--run_dir", str(run_dir),
-                "--test_after_fit", "false", "--wandb", self.wandb, "--trainer.devices", "1",
+                "--test_after_fit", "false", "--overwrite", "true", "--wandb", self.wandb, "--trainer.devices", "1",
                 "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
     def objective(self, trial: Any) -> float:
@@ -417,7 +417,7 @@ def fit_and_test_best(best_yaml: Path, seeds: list[int], out: Path, wandb: str, 
         if not metrics.is_file():
             with wandb_group(group + "-best"):
                 run_cli(["fit", "--config", str(best_yaml), "--seed_everything", str(s), "--run_dir", str(run_dir),
-                         "--test_after_fit", "true", "--wandb", wandb])
+                         "--test_after_fit", "true", "--overwrite", "true", "--wandb", wandb])  # replaces a killed fit
         results[s] = json.loads(metrics.read_text())["test"]
     keys = sorted(set.intersection(*(set(r) for r in results.values())))
     lines = [f"Best config ({best_yaml}) tested with seeds {', '.join(map(str, seeds))}: mean ± sample std "

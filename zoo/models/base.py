@@ -142,11 +142,12 @@ class SequentialRecommender(L.LightningModule):
             raise FileNotFoundError(
                 f"model.pretrained_ckpt: no checkpoint at '{path}' (run the matching *_pretrain recipe first)"
             )
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # corrupt or not a checkpoint
-            raise ValueError(f"model.pretrained_ckpt: '{path}' is not a readable checkpoint ({e})") from e
-        state = ckpt.get("state_dict", ckpt)
+        from zoo.safe_load import torch_load_weights
+
+        ckpt = torch_load_weights(path, "model.init_args.pretrained_ckpt")  # never unpickles code (zoo ckpt convert)
+        state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"model.pretrained_ckpt: '{path}' holds no state_dict of tensors (not a checkpoint?)")
         own = self.state_dict()
         loadable, mismatched = {}, []
         for k, v in state.items():

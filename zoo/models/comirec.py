@@ -56,7 +56,16 @@ Interests = tuple[Tensor, Tensor | None]  # (V [B, K, d], active-interest mask [
 
 class MultiInterestRecommender(SequentialRecommender):
     """Shared part of the K-interest models: it owns the next-item objective ``self.rec_loss``
-    (a :class:`NextItemLoss`); a subclass sets ``self.item_emb`` and implements :meth:`interests`."""
+    (a :class:`NextItemLoss`); a subclass sets ``self.item_emb`` and implements :meth:`interests`.
+
+    Args:
+        loss: the next-item objective, ``"sampled_softmax"`` (shared negatives), ``"full_softmax"``
+            or ``"bpr"`` (one negative per example).
+        n_neg: shared negatives per batch of the sampled softmax.
+        neg_sampler: ``"uniform"`` or ``"popularity"`` (the sampled softmax's negatives).
+        logq_correction: subtract ``log(n_neg q(j))`` from each sampled logit.
+        **kwargs: :class:`SequentialRecommender` options.
+    """
 
     item_emb: nn.Embedding
     rec_loss: NextItemLoss

@@ -22,7 +22,13 @@ PAPER = {"title": "Session-based Recommendations with Recurrent Neural Networks"
 
 
 class GRU4Rec(SequentialRecommender):
-    """Args: d (embedding size), d_hidden (GRU size), n_layers, dropout; **kwargs: base options."""
+    """GRU4Rec, RecBole variant: embedding dropout, GRU, a dense layer to the item space.
+
+    Args:
+        d: embedding size.  d_hidden: GRU hidden size.  n_layers: GRU layers.
+        dropout: dropout on the item embeddings.
+        **kwargs: :class:`SequentialRecommender` options (num_items, lr, topk, ...).
+    """
 
     def __init__(self, d: int = 64, d_hidden: int = 128, n_layers: int = 1, dropout: float = 0.3, **kwargs: Any) -> None:
         super().__init__(**kwargs)

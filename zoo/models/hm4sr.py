@@ -48,40 +48,29 @@ training starts and ``hparams.use_text/use_image`` is set to False, so checkpoin
 same architecture).  CP is off likewise without ``"category_multi_hot"``; PCL is off when
 neither text nor image is on.  Every branch that is off is logged once (rank zero).
 
-Paper vs official code (``SStarCCat/HM4SR`` f1c0a15, spec §8); the paper is the default:
+Paper vs official code (``SStarCCat/HM4SR`` f1c0a15; spec ``hm4sr.md`` §8).  The default is what
+produced the paper's tables, the authors' code, except clear bugs (DESIGN.md "Decisions"); the
+other form is a switch:
 
-* Temporal experts ``w_i``: the code keeps them in a Python list, so they are never trained
-  (and never saved).  ``temporal_experts_trainable=True`` (default) trains them;
-  ``False`` keeps them as a fixed buffer with the same N(0, 0.1) init — saved in checkpoints,
-  unlike the code, so a reloaded model scores the same.
-* Absolute time: the code feeds raw Unix seconds into Eq. 13, which makes r2 a hash of the
-  date (cos arguments of 1e3-1e7 rad).  Eq. 13 is the Transformer position encoding applied to
-  time, so the default measures t in days since the Unix epoch (``abs_time_unit=86400``);
-  ``abs_time_unit=1`` reproduces the code.  Eq. 13's printed ``freq^{d/4}`` with the bias
-  outside the scaling is taken to be mangled: the code's ``(l t + z) freq^{-k/d}`` is used.
-* Interval of the first item and of pads: Eq. 11 and the code agree that the first real item
-  has ``a_1 = 0`` (the code's ``interval_first``; with a window truncated to ``max_len`` that is
-  the window's first item in both).  The code's only deviation is at padding: the first pad
-  after a right-padded sequence has a negative gap, ``log2`` gives NaN and the NaN is cast to an
-  invalid embedding index.  No output can depend on it (pad keys are masked and the state is
-  read at the last real item), so there is no switch to reproduce it: here gaps are clamped to
-  ``>= 0`` and pads use bucket 0, so pad positions never hold NaN.  Indices are also clamped to
-  the table, whose size is ``floor(μ log2(max_gap + 1)) + 1`` as in the code.
-* ``L_main``: the code leaves the pad column in the training softmax; Eq. 20 sums over items,
-  so the pad column is masked here (the spec measured the difference as negligible);
-  ``mask_pad_logit=False`` keeps it in the softmax, for parity with the code.
-* False negatives in IDCL/PCL: Eq. 23/25 keep every other row as a negative
-  (``false_negatives="keep"``); the code sets the logits of other rows with the same target
-  to 0 (``"zero_logit"``, from UniSRec); the default ``"exclude"`` removes them from the
-  denominator, the intent of that masking.
-* CP: Eq. 22 sums the BCE over items and categories; the code (whose λ1 = 1 was tuned with it)
-  takes the mean, used here.
-* Positions: RecBole right-pads, so position 0 is the oldest item of the window;
-  ``position_index="oldest"`` (default) re-indexes the zoo's left-padded batches the same way.
-* Initialisation follows the code (spec §1.8): N(0, 0.02) for embeddings, projections,
-  Transformers, LayerNorms (1, 0), the temporal gate and time encoders; PyTorch defaults for
-  the Interactive MoE, CP head and placeholders; N(0, 0.1) for the temporal experts;
-  α = (0, 1, 1) for (ID, text, image), so the ID stream starts without cross-modal input.
+| switch | paper form | code form | default | why |
+|---|---|---|---|---|
+| ``temporal_experts_trainable`` | ``True``: the experts ``w_i`` are parameters (Eqs. 15-16) | ``False``: kept in a Python list, never registered, never trained (nor saved) | ``True`` (paper) | clear bug (§8.1).  ``False`` keeps them as a fixed buffer with the same N(0, 0.1) init, saved in checkpoints (unlike the code) so a reloaded model scores the same |
+| ``abs_time_unit`` | silent (Eq. 13 prints ``t``) | ``1``: raw Unix seconds, so r2 acts as a hash of the date (cos arguments of 1e3-1e7 rad) | ``1.0`` (code) | produced the tables (§8.2); ``86400`` measures t in days (the Transformer position encoding applied to time) |
+| ``mask_pad_logit`` | ``True``: Eq. 20's softmax runs over the items | ``False``: the pad column stays in the training softmax (RecBole CE) | ``False`` (code) | produced the tables (§8.15; measured negligible) |
+| ``false_negatives`` | ``"keep"``: every other row is a negative (Eqs. 23, 25) | ``"zero_logit"``: other rows with the same target get logit 0 (from UniSRec) | ``"zero_logit"`` (code) | produced the tables (§8.9); ``"exclude"`` removes them from the denominator (the intent of that masking) |
+| ``position_index`` | silent (Eq. 6, one position table) | ``"oldest"``: RecBole right-pads, position 0 = the oldest item of the window | ``"oldest"`` (code) | re-indexes the zoo's left-padded batches the same way; ``"slot"`` = the slot index |
+| (no switch) Eq. 13 form | ``cos(l t / freq^{d/4} + z)`` | ``cos((l t + z) freq^{-k/d})``, k = 0..d-1 | code | the printed exponent is taken to be mangled (§8.3) |
+| (no switch) L_CP reduction | sum of the BCE over items and categories (Eq. 22) | mean over real positions x categories | code | λ1 = 1 was tuned with the mean (§8.8); the sum is the mean times the batch's (positions x categories), i.e. a larger ``cp_weight`` |
+| (no switch) gap at the first pad | silent | the negative gap after a right-padded sequence gives NaN (``log2``), cast to an invalid index | gaps clamped to >= 0, bucket 0 at pads | clear bug, and no output depends on it (pad keys are masked, the state is read at the last real item).  Indices are clamped to the table, whose size is ``floor(μ log2(max_gap + 1)) + 1`` as in the code |
+
+Where the paper is silent, the code's: λ2 = 1 (hard-coded there; ``idcl_weight``), PCL temperature
+1, β = 0.3, ``floor(β n)`` placeholder positions among all real positions (the last included),
+and the initialisation (spec §1.8): N(0, 0.02) for embeddings, projections, Transformers,
+LayerNorms (1, 0), the temporal gate and time encoders; PyTorch defaults for the Interactive
+MoE, CP head and placeholders; N(0, 0.1) for the temporal experts; α = (0, 1, 1) for (ID, text,
+image), so the ID stream starts without cross-modal input.  The first real item has
+``a_1 = 0`` (Eq. 11 and the code's ``interval_first``; with a window truncated to ``max_len``
+that is the window's first item in both).
 """
 
 from __future__ import annotations
@@ -285,15 +274,17 @@ class HM4SR(SequentialRecommender):
         time_embeddings: ``"interval+absolute"`` | ``"interval"`` | ``"absolute"`` (Fig. 5).
         interval_scale: μ of Eq. 12 (100).  num_interval_buckets: rows of M_t; ``None`` derives
             them from ``data_info["max_gap_seconds"]`` (else 68 years).
-        freq: Eq. 13's base (10000).  abs_time_unit: seconds per unit of t in Eq. 13 (86400;
-            1 = the code's raw seconds).
-        temporal_experts_trainable: train the temporal experts (paper) or not (code).
+        freq: Eq. 13's base (10000).  abs_time_unit: seconds per unit of t in Eq. 13 (1 = the
+            code's raw seconds, default; 86400 = days).
+        temporal_experts_trainable: train the temporal experts (paper, default) or not (the
+            code's bug).
         position_index: ``"oldest"`` (RecBole: 0 = oldest item of the window) or ``"slot"``.
         use_cp / cp_weight: CP and λ1.  use_idcl / idcl_weight / idcl_temperature: IDCL, λ2, τ.
         use_pcl / pcl_weight / pcl_temperature / pcl_ratio: PCL, λ3, its temperature, β.
-        false_negatives: same-target rows in IDCL/PCL: ``"exclude"`` | ``"zero_logit"`` (code) |
-            ``"keep"`` (Eqs. 23/25 as printed).
-        mask_pad_logit: drop the pad column from L_main's softmax (Eq. 20) or keep it (code).
+        false_negatives: same-target rows in IDCL/PCL: ``"zero_logit"`` (code, default) |
+            ``"exclude"`` | ``"keep"`` (Eqs. 23/25 as printed).
+        mask_pad_logit: drop the pad column from L_main's softmax (Eq. 20) or keep it (code,
+            default False).
         **kwargs: :class:`SequentialRecommender` options (num_items, data_info, lr, topk, ...).
     """
 
@@ -319,7 +310,7 @@ class HM4SR(SequentialRecommender):
         interval_scale: float = 100.0,
         num_interval_buckets: int | None = None,
         freq: float = 10000.0,
-        abs_time_unit: float = 86400.0,
+        abs_time_unit: float = 1.0,
         temporal_experts_trainable: bool = True,
         position_index: str = "oldest",
         use_cp: bool = True,
@@ -331,8 +322,8 @@ class HM4SR(SequentialRecommender):
         pcl_weight: float = 1.0,
         pcl_temperature: float = 1.0,
         pcl_ratio: float = 0.3,
-        false_negatives: str = "exclude",
-        mask_pad_logit: bool = True,
+        false_negatives: str = "zero_logit",
+        mask_pad_logit: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

@@ -20,38 +20,30 @@ inductive / transductive settings) is inherited; this file adds only what HORAE 
 Pre-training (Eq. 46): L_rec (in-batch, post-refined) + theta_1 L_intra (Eq. 32) + theta_2 L_inter
 (= L_c + L_b, Eqs. 33-37) + theta_3 L_pre-post (anchor-based contrastive, Eqs. 38-44, with
 beta L_rec^pre) + theta_4 L_aug (MIRACLE's l_i on post-refined interests, Eq. 45).  Weights: the
-paper's best theta_1..4 = 0.05, 10, 0.05, 0.05; beta = 0.05 (code; the paper gives none).
-Fine-tuning (Eqs. 47-48): full CE + theta_5 L_inter (theta_5 = 10), with the recipe's
+code's theta_1 = 0.05 (``intra_weight``), 10 on L_b and 0.01 on L_c, theta_3 = 0.05
+(``pre_post_weight``), theta_4 = 0.001 (``contrastive_weight``), beta = 0.05 (the paper gives
+none).  Fine-tuning (Eqs. 47-48): full CE + 10 L_b + 0.01 L_c, with the recipe's
 ``freeze: [position_embedding, encoder, refine_encoder, time_embedding, fusion_gate]`` (the
 paper's [P, FFN, RoMHA, GRU] + temporal encoder; the code also freezes W_6 inside the gate).
 
-Paper vs official code (``WHUIR/Horae``) — the paper is the default, the code a switch:
-* RoPE (Eq. 13 rotates queries and keys): ``rope="qk"``; the code rotates queries and VALUES:
-  ``rope="qv"``.  Per head, interleaved pairs, positions = slot index (relative offsets are
-  unaffected by left padding).
-* Weight of L_aug: theta_4 = 0.05 (Sec. 5.3): ``contrastive_weight=0.05``; code 0.001.
-* The target timestamp t_{N+1} is an input (Sec. 3.1, d^t): ``target_time_source="target"``
-  (paper and code); the leakage-free variant uses the last history timestamp:
-  ``"last_history"``.
-* Gaps of 5 years or more get their own bin 12 (paper): ``overflow_to_pad=False``; the code files
-  them under the pad bin 13: ``overflow_to_pad=True``.
-* L_intra (Eq. 32 compares the refined h_hat_i with the contextualised h_i):
-  ``intra_mode="paper"`` = mean over real positions of ||h_hat_i - h_i||_2 (the printed sum over
-  positions, averaged over positions and users so the weight does not scale with N);
-  ``"code"`` = ||H2_i - u_{a_i}||_2 with H2 a second encoder pass (fresh dropout) and the
-  PRE-refined capsule, averaged per (user, capsule) then over active pairs (pads excluded).
-* Anchor loss (Eqs. 38-42 max over capsules): ``anchor_capsule="maxpool"``; the code uses one
-  capsule per user, the argmax of the post-refined own-target score, for all three
-  likelihoods: ``"target_argmax"``.  The paper masks only F0 entries with [MASK_1]:
-  ``anchor_mask_items=False``; the code also masks the same items in the GRU gate's input:
-  ``True``.
-* L_inter weight (Eq. 46 one theta_2 = 10 on L_c + L_b; Eq. 48 theta_5 = 10):
-  ``balance_weight=10, orthogonality_weight=10``; the code puts 0.01 on L_c.
-Where the paper is silent, the code: the refinement Transformer is causal
-(``refine_causal=True``) with no input LN / dropout / position embedding; mask ratio 0.2 for the
-anchor and L_aug; [MASK_1]/[MASK_2] used detached (``train_mask_token``).  [R] the GRU of the
-gate sees zeros at pad positions (``gru_zero_pads=True``; the code runs it over the encoder's pad
-outputs: ``False``).
+Paper vs official code (``WHUIR/Horae`` 605b1fc; spec ``horae.md`` §9).  The default is what
+produced the paper's tables, the authors' code, except clear bugs (DESIGN.md "Decisions"); the
+other form is a switch.  MIRACLE's rows (``score_with_id``, ``attention_activation`` (Eq. 16
+here), ``train_mask_token``, ``mask_pad_logit``, the loss forms) carry over with the same
+defaults:
+
+| switch | paper form | code form | default | why |
+|---|---|---|---|---|
+| ``rope`` | ``"qk"``: rotate queries and keys (Eq. 13), relative attention | ``"qv"``: rotates queries and VALUES, keys untouched | ``"qk"`` (paper) | clear bug: the code calls ``rotate_queries_or_keys`` on the values because its key tensor is laid out ``[B, h, d_h, N]``; its comment says "use RoPE", and rotating values is not RoPE (H1) |
+| ``overflow_to_pad`` | ``False``: gaps of 5 years or more get their own bin 12 (Eq. 5) | ``True``: they are filed under the pad bin 13 (its comment says "# >5year 12") | ``False`` (paper) | clear bug (H3) |
+| ``intra_mode`` | ``"paper"``: mean over real positions of ``‖h_hat_i - h_i‖₂`` (Eq. 32) | ``"code"``: ``‖H2_i - u_(a_i)‖₂``, H2 a second encoder pass, PRE-refined capsule, mean per (user, capsule), then over active pairs | ``"code"`` | produced the tables (H7); the code's pads in the mean are a bug and left out |
+| ``anchor_capsule`` | ``"maxpool"``: max over capsules in each likelihood (Eqs. 40/42) | ``"target_argmax"``: one capsule per user, the argmax of the post-refined own-target score, for all three | ``"target_argmax"`` (code) | produced the tables (H8) |
+| ``anchor_mask_items`` | ``False``: only F0 entries are [MASK_1] (Eq. 41) | ``True``: the same items are also [MASK_2] in the gate GRU's input | ``True`` (code) | produced the tables (H9) |
+| ``contrastive_weight`` | 0.05: theta_4, the best value of Sec. 5.3 | 0.001 (``seq_cons_alpha``) | ``0.001`` (code) | produced the tables (H11) |
+| ``orthogonality_weight`` | 10: one theta_2 (theta_5) on L_inter = L_c + L_b (Eqs. 46, 48) | 0.01 on L_c, 10 on L_b | ``0.01`` (code) | produced the tables (H12, H13) |
+| ``gru_zero_pads`` | silent | ``False``: the gate GRU runs over the encoder's outputs at the left pads first | ``False`` (code) | produced the tables (H6); ``True`` zeroes them (an empty prefix) |
+| ``refine_causal`` | silent ("another Transformer with RoPE") | ``True``: causal refine encoder, no input LN / dropout / positions | ``True`` (code) | H5 |
+| ``target_time_source`` | ``"target"``: d^t uses the target's timestamp | ``"target"`` | ``"target"`` (both) | ``"last_history"`` is the zoo's leakage-free variant (H19) |
 
 Ablations (Table 8), one init arg each: ``interest_intra=False`` (w/o L_intra),
 ``interest_inter=False`` (w/o L_inter), ``anchor_contrastive=False`` (w/o L_pre-post),
@@ -139,16 +131,16 @@ class HORAE(MIRACLE):
         adjacent_interval / target_interval: use d^a / d^t (w/o d^a, w/o d^t).
         refiner / fusion_gate: Interest Refine Encoder / Fusion Gate (w/o Refiner, w/o Gate).
         interest_intra / interest_inter / anchor_contrastive: L_intra / L_inter / L_pre-post.
-        intra_mode: ``"paper"`` or ``"code"`` (see module docstring).
-        overflow_to_pad: file gaps >= the last threshold under the pad bin (code).
+        intra_mode: ``"code"`` (default) or ``"paper"`` (see the module docstring).
+        overflow_to_pad: file gaps >= the last threshold under the pad bin (the code's bug).
         target_time_source: ``"target"`` (paper) or ``"last_history"`` (no target timestamp).
         refine_causal: causal refinement Transformer (code; the paper does not say).
-        gru_zero_pads: zero the gate GRU's input at pads ([R]; code False).
-        anchor_capsule: ``"maxpool"`` (paper Eqs. 40/42) or ``"target_argmax"`` (code).
-        anchor_mask_items: also mask the anchor's items in the gate's input (code).
+        gru_zero_pads: zero the gate GRU's input at pads (default False = code).
+        anchor_capsule: ``"target_argmax"`` (code, default) or ``"maxpool"`` (paper Eqs. 40/42).
+        anchor_mask_items: also mask the anchor's items in the gate's input (code, default).
         intra_weight: theta_1 (0.05).  pre_post_weight: theta_3 (0.05).  pre_post_beta: beta (0.05).
-        orthogonality_weight: the paper's theta_2 = theta_5 = 10 on L_c too (code 0.01).
-        contrastive_weight: theta_4 on L_aug (paper 0.05; code 0.001).
+        orthogonality_weight: weight on L_c (code 0.01, default; the paper's theta_2 = theta_5 = 10).
+        contrastive_weight: theta_4 on L_aug (code 0.001, default; paper 0.05).
     """
 
     PAPER_FREEZE: tuple[str, ...] = ("position_embedding", "encoder", "refine_encoder", "time_embedding", "fusion_gate")
@@ -164,18 +156,18 @@ class HORAE(MIRACLE):
         interest_intra: bool = True,
         interest_inter: bool = True,
         anchor_contrastive: bool = True,
-        intra_mode: str = "paper",
+        intra_mode: str = "code",
         overflow_to_pad: bool = False,
         target_time_source: str = "target",
         refine_causal: bool = True,
-        gru_zero_pads: bool = True,
-        anchor_capsule: str = "maxpool",
-        anchor_mask_items: bool = False,
+        gru_zero_pads: bool = False,
+        anchor_capsule: str = "target_argmax",
+        anchor_mask_items: bool = True,
         intra_weight: float = 0.05,
         pre_post_weight: float = 0.05,
         pre_post_beta: float = 0.05,
-        orthogonality_weight: float = 10.0,
-        contrastive_weight: float = 0.05,
+        orthogonality_weight: float = 0.01,
+        contrastive_weight: float = 0.001,
         **kwargs: Any,
     ) -> None:
         for name, value, allowed in (

@@ -20,19 +20,25 @@ train) after ``pretrained_ckpt`` is loaded.  Settings: ``setting="transductive"`
 table, Table 2) or ``"inductive"`` (text only, Fig. 3).  Zero-shot (Fig. 4) = validate the
 pre-trained checkpoint with ``stage=finetune, setting=inductive`` and no training.
 
-Paper vs official code (``WHUIR/Miracle``) — paper is the default, the code a switch:
-* Candidate vector (Eq. 17 says ``x_v`` = text only): ``score_with_id=False``; the code adds the
-  ID embedding to candidates in the transductive setting: ``score_with_id=True``.
-* Attention form (Eq. 9, tanh): ``attention_activation="tanh"``; code ``"leaky_relu"``.
-* Where the paper gives no computable form or no value, the code's: Switch-style balance loss
-  (Eqs. 19-21 as printed do not compute), InfoNCE orthogonality with tau = 0.1 (Eq. 18 has no
-  exp), loss weights theta_1..5 = 10, 0.01, 1e-3, 10, 0.01, noise ``s + z (0.2 s + 0.01)``,
-  agreement with q_i (Eq. 14 prints h_i; HORAE Eq. 22 and the code use q_i), a per-sequence
-  activation mask, input LayerNorm + dropout before the Transformer, [MASK] vector used
-  detached (never trained; ``train_mask_token=True`` trains it), masking never the last item nor
-  sequences shorter than 5, raw dot products in l_i.
-* The zoo masks the pad item (row 0) out of the full softmax, the catalogue balance term and the
-  ranking (the code keeps it in all three).
+Paper vs official code (``WHUIR/Miracle`` 735be6a; spec ``miracle.md`` §8).  The default is what
+produced the paper's tables, the authors' code, except clear bugs (DESIGN.md "Decisions"); the
+other form is a switch:
+
+| switch | paper form | code form | default | why |
+|---|---|---|---|---|
+| ``score_with_id`` | ``False``: candidates are text only, ``y_v = x_v`` (Eq. 17) | ``True``: ``y_v = x_v + e_v`` in the transductive setting, in the training CE, the ranking and the catalogue balance term (as UniSRec) | ``True`` (code) | produced Table 2; history and candidates then live in one space (A6).  No effect when pre-training or inductive |
+| ``attention_activation`` | ``"tanh"``: ``tanh((H + P~) W_3 + b_3) W_4 + b_4`` (Eq. 9) | ``"leaky_relu"``: ``Linear -> Dropout -> LeakyReLU -> Linear(d, 1)`` | ``"leaky_relu"`` (code) | produced the tables; Eq. 9's ``W_4 in R^{d x N}`` does not give a vector (A4) |
+| ``train_mask_token`` | ``True``: a learned [MASK] "special token" (Eq. 15) | ``False``: ``mask_param.data``, never trained | ``False`` (code) | produced the tables (A10) |
+| (no switch) balance loss l_b | ``C w^T r`` with ``m in {0, -inf}`` (Eqs. 19-21) | Switch-style ``sum f p`` over history and candidate items, no factor C | code | the printed form does not compute (A7) |
+| (no switch) orthogonality l_c | ``-log(cos / sum cos)``, no exp (Eq. 18) | InfoNCE over normalised base vectors, tau = 0.1 | code | the printed form is undefined for negative cosines (A8) |
+| (no switch) routing agreement | ``<h_i, u_j>`` (Eq. 14) | ``<q_i, u_j>`` | code | HORAE's Eq. 22 prints q_i too (A5) |
+| ``mask_pad_logit`` | ``True``: the fine-tuning softmax runs over the items (Eq. 23) | ``False``: the pad row 0 is in the softmax and in the catalogue balance term | ``False`` (code) | produced the tables; the difference is negligible (A18) |
+| (no switch) pad item 0 in the ranking | silent | ranked like an item | masked | a padding row is not an item; the zoo's protocol masks it for every model (A18) |
+
+Where the paper gives no value or form, the code's: loss weights theta_1..5 = 10, 0.01, 1e-3, 10,
+0.01; noise ``s + z (0.2 s + 0.01)``; a per-sequence activation mask (A1); input LayerNorm +
+dropout before the Transformer; masking never the last item nor sequences shorter than 5; raw
+dot products in l_i (tau = 1).
 
 Ablations (Fig. 5), one init arg each: ``position_attention=False`` (w/o PW),
 ``interest_contrastive=False`` (w/o IC), ``sparse_activation=False`` with ``num_capsules=4``
@@ -90,16 +96,19 @@ class MIRACLE(SequentialRecommender):
         noise_scale: activation noise scale (0.2).
         stage: ``"pretrain"`` (in-batch CE + l_b + l_c + l_i) or ``"finetune"`` (full CE + l_b + l_c).
         setting: ``"transductive"`` (text + ID, fine-tuning only) or ``"inductive"`` (text only).
-        score_with_id: add the ID embedding to candidate items too (code; paper Eq. 17: no).
+        score_with_id: transductive: add the ID embedding to the candidates too (code, default;
+            ``False`` = paper Eq. 17, text-only candidates).
         rope: rotary embedding in the encoder (``"none"`` for MIRACLE; HORAE's RoMHA).
         sparse_activation / position_attention / interest_contrastive: ablation switches
             (w/o SS / w/o PW / w/o IC).
-        attention_activation: ``"tanh"`` (Eq. 9) or ``"leaky_relu"`` (code).
+        attention_activation: ``"leaky_relu"`` (code, default) or ``"tanh"`` (paper Eq. 9).
         balance_weight: theta_1 (pre-training) / theta_4 (fine-tuning) = 10.
         orthogonality_weight: theta_2 / theta_5 = 0.01.  orthogonality_tau: 0.1.
         contrastive_weight: theta_3 = 1e-3.  contrastive_tau: 1 (raw dot products).
         mask_ratio: item mask probability in l_i (0.2).  mask_min_len: sequences shorter are
             never masked (5).  train_mask_token: learn the [MASK] vector (code: never trained).
+        mask_pad_logit: leave the pad row out of the fine-tuning softmax and the catalogue
+            balance term (Eq. 23 sums over the items); default False keeps it in (code).
         **kwargs: :class:`SequentialRecommender` options (num_items, data_info, lr, freeze,
             pretrained_ckpt, ...).  With ``stage="finetune"``, a ``pretrained_ckpt`` and no
             ``freeze`` given, the paper's frozen modules (``PAPER_FREEZE``) are used.
@@ -123,12 +132,12 @@ class MIRACLE(SequentialRecommender):
         noise_scale: float = 0.2,
         stage: str = "pretrain",
         setting: str = "transductive",
-        score_with_id: bool = False,
+        score_with_id: bool = True,
         rope: str = "none",
         sparse_activation: bool = True,
         position_attention: bool = True,
         interest_contrastive: bool = True,
-        attention_activation: str = "tanh",
+        attention_activation: str = "leaky_relu",
         balance_weight: float = 10.0,
         orthogonality_weight: float = 0.01,
         orthogonality_tau: float = 0.1,
@@ -137,6 +146,7 @@ class MIRACLE(SequentialRecommender):
         mask_ratio: float = 0.2,
         mask_min_len: int = 5,
         train_mask_token: bool = False,
+        mask_pad_logit: bool = False,
         **kwargs: Any,
     ) -> None:
         if stage not in ("pretrain", "finetune"):
@@ -155,7 +165,7 @@ class MIRACLE(SequentialRecommender):
             )
         self.stage, self.setting = stage, setting
         self.use_id = stage == "finetune" and setting == "transductive"
-        self.score_with_id = score_with_id
+        self.score_with_id, self.mask_pad_logit = score_with_id, mask_pad_logit
         self.interest_contrastive = interest_contrastive
         self.inter_losses = True  # l_b + l_c (HORAE's "w/o L_inter" turns them off)
         self.balance_weight, self.orthogonality_weight = balance_weight, orthogonality_weight
@@ -272,10 +282,11 @@ class MIRACLE(SequentialRecommender):
             terms["rec"] = F.cross_entropy(logits, torch.arange(len(y), device=y.device))  # Eq. 16
             candidates = y
         else:
-            y_all = self.candidate_embeddings()  # [N+1, d]
-            logits = max_interest_scores(state.interests, y_all[1:], state.active, self.eval_chunk_size)  # [B, N]
-            terms["rec"] = F.cross_entropy(logits, batch["target"] - 1)  # Eq. 23, pad row excluded
-            candidates = y_all[1:]
+            first = 1 if self.mask_pad_logit else 0  # Eq. 23 over the items, or with the pad row (code)
+            y_all = self.candidate_embeddings()[first:]  # [N+1-first, d]
+            logits = max_interest_scores(state.interests, y_all, state.active, self.eval_chunk_size)  # [B, N+1-first]
+            terms["rec"] = F.cross_entropy(logits, batch["target"] - first)  # Eq. 23
+            candidates = y_all
         if self.inter_losses and self.balance_weight:
             s_cand = self.capsules.similarity(candidates)  # [B or N, C]
             terms["balance"] = self.balance_weight * (

@@ -18,6 +18,12 @@ PAPER = {"title": "most-popular items (no paper; the sanity floor of every table
 
 
 class Pop(SequentialRecommender):
+    """Most popular items (see the module docstring).
+
+    Args:
+        **kwargs: :class:`SequentialRecommender` options (num_items, topk, ...).
+    """
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters()

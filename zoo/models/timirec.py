@@ -29,16 +29,24 @@ Ablation switches (Tables 3-4):
 * ``stop_grad``: False = "w/o stopgrad": Eq. 8, the cross-entropy ``-p^T log q`` with p NOT
   detached (scaled by T^2 as Eq. 11), so the extractor also learns from the distillation.
 
-Paper vs official code (the paper is the default, the code a switch):
-* Predictor head: Eq. 15 has two layers (``head_layers=2``); ReChorus' Beauty run uses one
-  (``head_layers=1``).  The two-layer head has Dropout(0.5) before the ReLU (code).
-* W1/W2 with biases and D_a = 8, as the code (the paper writes them bias-free, D_a unstated).
-* Reductions are batch means (code) instead of the paper's sums over u, t.
-* Position index counts from the most recent item (code); for left-padded windows that is the
-  zoo's ``"slot"`` index.
-* Init: N(0, 0.01^2) on every Linear and Embedding (ReChorus ``init_weights``), GRU defaults.
-* The "+" Transformer layer is the zoo's shared post-LN layer (1 head, d_ff = d, no dropout,
-  eps 1e-5), which adds an output projection and uses GELU where ReChorus has none and ReLU.
+Paper vs official code (ReChorus ``TiMiRec.py``, maintained by the authors; spec ``timirec.md``
+§8).  The default is what produced the paper's tables, the authors' code, except clear bugs
+(DESIGN.md "Decisions"); the other form is a switch:
+
+| switch | paper form | code form | default | why |
+|---|---|---|---|---|
+| ``head_layers`` | 2: the "2-layer projection MLP head" of Eq. 15 | ``--n_layers``: 1 in the Beauty run, 2 in the ML-1M run (``run.sh``); the 2-layer head has Dropout(0.5) before the ReLU | ``2`` (the code's ML-1M run, and the paper) | the MovieLens default follows the code's ML-1M run; the Beauty recipes set 1, the code's Beauty run (B1) |
+| ``stop_grad`` | ``True``: stop-gradient on the soft label (Eq. 9) | ``True`` (``.detach()``) | ``True`` (both) | ``False`` is the paper's "w/o stopgrad" ablation (Eq. 8) |
+| (no switch) W1 / W2, D_a | bias-free, D_a not given (Eq. 12) | with biases, D_a = 8 (``d_a``) | code | B5 |
+| (no switch) reductions | sums over u, t (Eqs. 9-10) | batch means | code | B7, B8 |
+| (no switch) L_distill form | cross-entropy ``-p^T log q`` (Eq. 9) | ``KL(p ‖ q)`` (batchmean) | code | same gradient, only the logged value differs |
+| (no switch) position index | "trainable positional embeddings" | counts from the most recent item (1 = newest, pads 0) | code (the zoo's ``"slot"`` index on left-padded windows) | B3 |
+| (no switch) initialisation | silent | N(0, 0.01^2) on every Linear and Embedding, GRU defaults | code | ReChorus ``init_weights`` |
+
+Known differences from the code with no switch yet (issue #15 item 4): the "+" Transformer layer
+is the zoo's shared post-LN layer (1 head, d_ff = d, no dropout, eps 1e-5), which adds an output
+projection and uses GELU where ReChorus has none and ReLU; BPR negatives are drawn outside the
+history window, ReChorus excludes the user's whole training history.
 """
 
 from __future__ import annotations
@@ -70,7 +78,8 @@ class TiMiRec(MultiInterestRecommender):
         d: embedding size (64).  K: interests (Beauty 4, ML-1M 2).  d_a: attention size (8).
         max_len: longest history (20).  transformer: TiMiRec+ (ComiRec+ extractor).
         T: distillation temperature (Beauty 0.1, ML-1M 0.5).
-        head_layers / head_dropout: predictor head (Eq. 15).
+        head_layers / head_dropout: predictor head (Eq. 15): 2 layers (paper; the code's ML-1M
+            run) or 1 (the code's Beauty run); dropout before the ReLU of the 2-layer head.
         aggregation / distill / stop_grad: ablations (module docstring).
         loss: L_rec, ``"bpr"`` (paper Eq. 10), ``"sampled_softmax"`` or ``"full_softmax"``.
         n_neg / neg_sampler / logq_correction: sampled-softmax options.
