@@ -46,7 +46,7 @@ def info_nce(
         if not normalize:
             raise ValueError("an angular margin needs cosine similarities (normalize=True)")
         m = math.radians(margin_deg)
-        cos = sim.clamp(-1 + 1e-7, 1 - 1e-7)
+        cos = sim.float().clamp(-1 + 1e-7, 1 - 1e-7)  # float32: in bf16 the clamp is 1 and acos' gradient -inf
         sim = torch.where(eye, torch.cos(torch.acos(cos) + m), sim)
     logits = sim / tau
     if exclude is not None:
