@@ -173,7 +173,7 @@ def run_cell(model: str, setting: Setting, args: argparse.Namespace, work: Path)
         out.update(json.loads(probe.read_text()))
     if rc != 0 or not probe.is_file():
         lines = [ln.strip() for ln in str(log).splitlines() if ln.strip()]
-        errs = [ln for ln in lines if "Error" in ln or "error:" in ln or "timed out" in ln]
+        errs = [ln for ln in lines if ("error" in ln.lower() or "timed out" in ln) and "ZOO_DEBUG" not in ln]
         out["error"] = (errs or lines or ["no output"])[-1][:160]
     return out
 
