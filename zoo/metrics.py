@@ -50,7 +50,7 @@ def target_rank(scores: Tensor, target_col: Tensor) -> Tensor:
     return torch.where(torch.isnan(ts[:, 0]), scores.shape[1] - 1, rank)
 
 
-def _count_at_least(scores: Tensor, ts: Tensor, out: Tensor | None = None, cells: int = 1 << 18) -> Tensor:
+def _count_at_least(scores: Tensor, ts: Tensor, out: Tensor | None = None, cells: int = 1 << 21) -> Tensor:
     """``sum(scores >= ts[:, None], 1)`` as int32, in row blocks of ~``cells`` entries so the
     comparison's bool tensor stays in cache (one read of ``scores`` instead of three passes)."""
     B, C = scores.shape
