@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--office-users", type=int, default=4096, help="test users on the Office-sized catalogue (0 = skip)")
     ap.add_argument("--workdir", default="/tmp/zoo-speed-scale")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--only", nargs="*", default=None, help="rows whose 'model data' label contains one of these (e.g. Office)")
     a = ap.parse_args(argv)
 
     import torch
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     info = machine_info()
     rows = []
     for label, data_label, recipe, m_args, d_args in configs(a):
+        if a.only and not any(o in f"{label} {data_label}" for o in a.only):
+            continue
         if d_args.get("text_features") == "@random":
             from datamodules.base import SequentialDataModule
 
@@ -104,16 +107,22 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any], command: str, a: ar
         f"Median of {a.repeats} runs after a warm-up, {rows[0]['threads'] if rows else '?'} threads. `bare` = one "
         "`[users·K × d] @ [d × (N+1)]` product on random data; `bare batched` = the same per evaluation batch.",
         "",
+        "`ranking` = `score_all` + the metric update of every batch given the user representations: `before` the "
+        "materialise-mask-gather-count step of commit 5c304c9 (kept in `benchmarks/speed_zoo.py`), `fused` the "
+        "evaluation's step now (`SequentialRecommender.full_ranks`: item-chunked product for single-vector models, "
+        "one cache-blocked mask-and-count pass otherwise); the two alternate round by round in the same process.",
+        "",
         "| model | data | users × items (K, d) | bare product s | **full eval / bare** | full eval s | "
-        "ranking / bare | encoder / bare | item table recomputed per batch, s | bare batched / bare | "
-        "test-loop peak RSS increase | load avg |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "ranking before / bare | **ranking fused / bare** | encoder / bare | item table recomputed per batch, s | "
+        "bare batched / bare | test-loop peak RSS increase | load avg |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ])]
     for r in rows:
         b = r["bare_s"]
         lines.append(
             f"| {r['model']} | {r['data']} | {r['users']:,} × {r['items']:,} ({r['K']}, {r['d']}) | {b:.4f} | "
-            f"**{r['full_s'] / b:.2f}** | {r['full_s']:.3f} | {r['ranking_s'] / b:.2f} | {r['encoder_s'] / b:.2f} | "
+            f"**{r['full_s'] / b:.2f}** | {r['full_s']:.3f} | {r['ranking_s'] / b:.2f} | **{r['ranking_fused_s'] / b:.2f}** | "
+            f"{r['encoder_s'] / b:.2f} | "
             f"{r['candidates_in_eval_s']:.3f} | {r['bare_batched_s'] / b:.2f} | "
             f"{fmt_bytes(r['test_peak_increase_bytes'])} | {r['load']} |"
         )

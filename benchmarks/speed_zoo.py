@@ -141,11 +141,24 @@ def eval_breakdown(model, dm, repeats: int = 3) -> dict[str, Any]:
     reps = encoder()
     metric = RankingMetrics(ks=model.topk)
 
-    def ranking() -> None:
+    def ranking() -> None:  # the ranking step before it was fused: materialise, mask, gather, count
         for b, r in zip(batches, reps):
             s = model.score_all(r).float()
             s[:, 0] = float("-inf")
             metric.update(s, b["target"])
+
+    def ranking_fused() -> None:  # the evaluation's ranking step now (SequentialRecommender.full_ranks)
+        for b, r in zip(batches, reps):
+            metric.update(ranks=model.full_ranks(r, b))
+
+    def ranking_interleaved(rounds: int) -> tuple[float, float]:
+        """Median old and fused times, alternated round by round (the same machine load for both)."""
+        old, new = [], []
+        ranking(); ranking_fused()
+        for _ in range(rounds):
+            for fn, out in ((ranking, old), (ranking_fused, new)):
+                t0 = time.perf_counter(); fn(); out.append(time.perf_counter() - t0)
+        return float(np.median(old)), float(np.median(new))
 
     def med(fn) -> float:
         return timed(fn, repeats=repeats, warmup=1)["median_s"]
@@ -161,10 +174,13 @@ def eval_breakdown(model, dm, repeats: int = 3) -> dict[str, Any]:
     cand = 0.0
     if hasattr(model, "candidate_embeddings"):
         cand = med(lambda: model.candidate_embeddings())
+    bare_s = med(lambda: A @ B)
+    ranking_s, ranking_fused_s = ranking_interleaved(max(repeats, 3))
     return dict(
         users=n_users, items=N1, d=d, K=K, eval_batch=bs, batches=len(batches),
-        full_s=float(np.median(full)), encoder_s=med(encoder), ranking_s=med(ranking), candidates_s=cand,
+        full_s=float(np.median(full)), encoder_s=med(encoder), ranking_s=ranking_s, ranking_fused_s=ranking_fused_s,
+        candidates_s=cand,
         candidates_in_eval_s=cand * len(batches) if hasattr(model, "candidate_embeddings") else 0.0,
-        bare_s=med(lambda: A @ B), bare_batched_s=med(lambda: [a @ B for a in A_b]),
+        bare_s=bare_s, bare_batched_s=med(lambda: [a @ B for a in A_b]),
         test_peak_increase_bytes=peak, threads=torch.get_num_threads(),
     )

@@ -117,3 +117,64 @@ def test_multi_target_duplicates_and_comirec_ndcg():
     assert r["ndcg_comirec@3"].item() == pytest.approx(1 / math.log2(3))  # hit at rank 1, ideal = one hit at rank 0
     # standard: ideal over min(2 distinct targets, 3) = 2 positions
     assert r["ndcg@3"].item() == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
+
+
+def _reference_rank(scores: torch.Tensor, target: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
+    """The ranking step before it was fused (zoo/models/base.py until 2026-11-30), kept verbatim."""
+    scores = scores.float().clone()
+    scores[:, 0] = INF
+    if history is not None:
+        keep = scores.gather(1, target[:, None])
+        scores.scatter_(1, history, INF)
+        scores.scatter_(1, target[:, None], keep)
+        scores[:, 0] = INF
+    return target_rank(scores, target)
+
+
+@pytest.mark.parametrize("with_history", [False, True], ids=["plain", "history"])
+@pytest.mark.parametrize("chunk", [7, 64, 4096])
+def test_fused_ranking_equals_the_reference_on_many_ties(with_history: bool, chunk: int) -> None:
+    """masked_target_rank and factored_target_rank (chunked product, never materialised) give
+    the reference ranks bit for bit: integer factors (scores with many exact ties), float
+    factors, NaN and -inf scores, targets inside the history, the pad as target."""
+    from zoo.metrics import factored_target_rank, masked_target_rank
+
+    g = torch.Generator().manual_seed(0)
+    B, N, d, H = 64, 300, 8, 12
+    cases = [
+        (torch.randint(-1, 2, (B, d), generator=g).float(), torch.randint(-1, 2, (N + 1, d), generator=g).float()),
+        (torch.randn(B, d, generator=g), torch.randn(N + 1, d, generator=g)),
+        (torch.randn(B, d, generator=g).round(), torch.randn(N + 1, d, generator=g).round()),
+    ]
+    users, items = cases[2]
+    users[3, :] = float("nan")  # a NaN user: every score NaN
+    items[17, 0] = float("inf")  # +inf/-inf/NaN item scores
+    items[18, :] = float("-inf")
+    cases.append((users, items))
+    for users, items in cases:
+        target = torch.randint(1, N + 1, (B,), generator=g)
+        target[0] = 0  # the pad as target: -inf, worst rank
+        target[1] = 17
+        history = torch.randint(0, N + 1, (B, H), generator=g) if with_history else None
+        if history is not None:
+            history[2, 5] = target[2]  # a repeated target stays rankable
+            history[4, :] = 17  # duplicates
+        expected = _reference_rank(users @ items.T, target, history)
+        fused = masked_target_rank((users @ items.T).float(), target, history)
+        factored = factored_target_rank(users, items, target, history, chunk_size=chunk)
+        assert torch.equal(fused, expected)
+        assert torch.equal(factored, expected), (factored - expected).abs().max()
+    # the ties are real: many targets share their score with other items
+    users, items = cases[0]
+    s = users @ items.T
+    assert (s == s.gather(1, target[:, None])).sum(1).float().mean() > 10
+
+
+def test_chunked_product_columns_are_the_products_columns() -> None:
+    """What factored_target_rank relies on: a column chunk of ``U @ E.T`` equals those columns
+    of the whole product bit for bit (checked on this machine's BLAS at realistic sizes)."""
+    g = torch.Generator().manual_seed(1)
+    U, E = torch.randn(512, 64, generator=g), torch.randn(5000, 64, generator=g)
+    whole = U @ E.T
+    for chunk in (512, 1000, 4096):
+        assert torch.equal(torch.cat([U @ E[c : c + chunk].T for c in range(0, E.shape[0], chunk)], 1), whole)

@@ -54,6 +54,72 @@ def target_rank(scores: Tensor, target_col: Tensor) -> Tensor:
     return torch.where(torch.isnan(ts[:, 0]), scores.shape[1] - 1, rank)
 
 
+def _count_at_least(scores: Tensor, ts: Tensor, out: Tensor | None = None, cells: int = 1 << 21) -> Tensor:
+    """``sum(scores >= ts[:, None], 1)`` as int32, in row blocks of ~``cells`` entries so the
+    comparison's bool tensor stays in cache (one read of ``scores`` instead of three passes)."""
+    B, C = scores.shape
+    out = torch.zeros(B, dtype=torch.int32, device=scores.device) if out is None else out
+    step = max(1, cells // max(C, 1))
+    for r0 in range(0, B, step):
+        out[r0 : r0 + step] += torch.sum(scores[r0 : r0 + step] >= ts[r0 : r0 + step, None], dim=1, dtype=torch.int32)
+    return out
+
+
+def masked_target_rank(scores: Tensor, target: Tensor, history: Tensor | None = None) -> Tensor:
+    """Full-ranking rank of ``target [B]`` in ``scores [B, N+1]``, pad column (and ``history [B, H]``
+    items other than the target, when given) excluded: exactly :func:`target_rank` after setting
+    them to ``-inf``.  Masks ``scores`` IN PLACE, then counts in cache-sized row blocks."""
+    scores[:, 0] = float("-inf")
+    if history is not None:
+        keep = scores.gather(1, target[:, None])  # [B, 1]
+        scores.scatter_(1, history, float("-inf"))
+        scores.scatter_(1, target[:, None], keep)  # a repeated target stays rankable
+        scores[:, 0] = float("-inf")
+    ts = scores.gather(1, target[:, None])[:, 0]  # [B]
+    rank = _count_at_least(scores, ts).long() - 1
+    return torch.where(torch.isnan(ts), scores.shape[1] - 1, rank)
+
+
+def factored_target_rank(
+    users: Tensor, items: Tensor, target: Tensor, history: Tensor | None = None, chunk_size: int = 4096
+) -> Tensor:
+    """:func:`masked_target_rank` of ``scores = (users @ items.T).float()`` without materialising it.
+
+    The product is computed in item chunks of ``chunk_size`` columns that stay in cache: a first
+    pass takes each target's score from its chunk (the same chunked product, so the value is the
+    one the count compares against), a second counts ``scores >= target score`` chunk by chunk
+    with the pad column and history items set to ``-inf`` inside the chunk.  Column chunks of a
+    matrix product are the product's columns (checked bit for bit against the unchunked
+    product in the tests); per-row results never depend on other rows.
+
+    Args:
+        users: ``[B, d]``; items: ``[N+1, d]`` (row 0 = padding); target: ``[B]`` item ids;
+        history: ``[B, H]`` item ids to exclude (0 = padding) or None.
+    Returns:
+        ``[B]`` long ranks.
+    """
+    B, C = users.shape[0], items.shape[0]
+    ts = torch.full((B,), float("nan"), device=users.device)  # [B]
+    for c0 in range(0, C, chunk_size):
+        s = (users @ items[c0 : c0 + chunk_size].T).float()  # [B, c]
+        inside = (target >= c0) & (target < c0 + s.shape[1])
+        col = (target - c0).clamp(0, s.shape[1] - 1)
+        ts = torch.where(inside, s.gather(1, col[:, None])[:, 0], ts)
+    ts = ts.masked_fill(target == 0, float("-inf"))  # the pad column is always -inf
+    count = torch.zeros(B, dtype=torch.int32, device=users.device)
+    for c0 in range(0, C, chunk_size):
+        s = (users @ items[c0 : c0 + chunk_size].T).float()  # [B, c]
+        if c0 == 0:
+            s[:, 0] = float("-inf")
+        if history is not None:
+            masked = (history >= max(c0, 1)) & (history < c0 + s.shape[1]) & (history != target[:, None])  # [B, H]
+            hit = torch.zeros_like(s, dtype=torch.uint8)
+            hit.scatter_reduce_(1, (history - c0).clamp(0, s.shape[1] - 1), masked.to(torch.uint8), "amax")
+            s.masked_fill_(hit.bool(), float("-inf"))
+        _count_at_least(s, ts, out=count)
+    return torch.where(torch.isnan(ts), C - 1, count.long() - 1)
+
+
 class RankingMetrics(Metric):
     """HR/Recall, NDCG and MRR @K for one target per user (full or sampled ranking)."""
 
@@ -81,9 +147,10 @@ class RankingMetrics(Metric):
         self.rr += torch.where(hit, 1.0 / (r + 1.0), 0.0).sum(0)
         self.count += rank.shape[0]
 
-    def update(self, scores: Tensor, target_col: Tensor) -> None:
-        """scores ``[B, C]``; target_col ``[B]`` (the item id under full ranking, 0 when sampled)."""
-        self.update_ranks(target_rank(scores, target_col))
+    def update(self, scores: Tensor | None = None, target_col: Tensor | None = None, ranks: Tensor | None = None) -> None:
+        """scores ``[B, C]``; target_col ``[B]`` (the item id under full ranking, 0 when sampled);
+        or ``ranks=[B]`` already computed (e.g. by :func:`factored_target_rank`)."""
+        self.update_ranks(target_rank(scores, target_col) if ranks is None else ranks)
 
     def compute(self) -> dict[str, Tensor]:
         n = self.count.clamp(min=1)

@@ -39,7 +39,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from zoo.metrics import MultiTargetMetrics, RankingMetrics
+from zoo.metrics import MultiTargetMetrics, RankingMetrics, factored_target_rank, masked_target_rank
 
 
 class SequentialRecommender(L.LightningModule):
@@ -118,6 +118,12 @@ class SequentialRecommender(L.LightningModule):
     def score_candidates(self, user_repr: Any, candidates: Tensor) -> Tensor:
         """Scores of ``candidates [B, C]``; default gathers from :meth:`score_all`."""
         return self.score_all(user_repr).gather(1, candidates)
+
+    def ranking_factors(self, user_repr: Any) -> tuple[Tensor, Tensor] | None:
+        """``(users [B, d], items [N+1, d])`` when ``score_all(user_repr)`` is exactly
+        ``users @ items.T`` (single-vector models): evaluation then ranks in item chunks without
+        materialising the score matrix (:func:`zoo.metrics.factored_target_rank`).  Default None."""
+        return None
 
     def attach_side_info(self, info: dict[str, Tensor]) -> None:
         """Receive item-side tensors from the datamodule (default: nothing needed)."""
@@ -240,6 +246,9 @@ class SequentialRecommender(L.LightningModule):
             scores = self.score_candidates(user, cands).float()
             key = f"{stage}_sampled"
             self.metrics[key].update(scores, torch.zeros_like(batch["target"]))
+        elif "targets" not in batch:  # full ranking, one target: fused mask + count (zoo/metrics.py)
+            key = f"{stage}_full"
+            self.metrics[key].update(ranks=self.full_ranks(user, batch))
         else:
             scores = self.score_all(user).float()  # [B, N+1]
             scores[:, 0] = float("-inf")
@@ -260,6 +269,15 @@ class SequentialRecommender(L.LightningModule):
             n_cand = scores.shape[1] if key == "test_sampled" else self.num_items
             self._rank_parts.setdefault(key, []).extend(dict(batch_ranks(e, batch["user"]), n_candidates=n_cand) for e in sink)
             sink.clear()
+
+    def full_ranks(self, user: Any, batch: dict[str, Tensor]) -> Tensor:
+        """``[B]`` rank of each target among all items (pad excluded; history too with
+        ``mask_history``), pessimistic ties: the metrics' convention (zoo/metrics.py)."""
+        history = batch.get("history_items") if self.mask_history else None
+        factors = self.ranking_factors(user)
+        if factors is not None:
+            return factored_target_rank(*factors, batch["target"], history, self.eval_chunk_size)
+        return masked_target_rank(self.score_all(user).float(), batch["target"], history)
 
     def _eval_epoch_end(self, stage: str) -> None:
         for key in sorted(k for k in self._used_metrics if k.startswith(stage + "_")):

@@ -47,6 +47,9 @@ class GRU4Rec(SequentialRecommender):
     def score_all(self, user_repr: Tensor) -> Tensor:
         return dot_scores(user_repr, self.item_emb.weight)  # [B, N+1]
 
+    def ranking_factors(self, user_repr: Tensor) -> tuple[Tensor, Tensor]:
+        return user_repr, self.item_emb.weight  # score_all = their product: chunked evaluation
+
     def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         if "target_seq" in batch:  # windows: the next item at every real position
             seq = batch["item_seq"]

@@ -513,6 +513,9 @@ class HM4SR(SequentialRecommender):
     def score_all(self, user_repr: Tensor) -> Tensor:
         return dot_scores(user_repr, self.item_table())  # [B, N+1]  Eq. 19
 
+    def ranking_factors(self, user_repr: Tensor) -> tuple[Tensor, Tensor]:
+        return user_repr, self.item_table()  # score_all = their product: chunked evaluation
+
     def score_candidates(self, user_repr: Tensor, candidates: Tensor) -> Tensor:
         return torch.einsum("bd,bcd->bc", user_repr, self.item_table()[candidates])  # [B, C]
 

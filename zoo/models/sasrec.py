@@ -79,6 +79,9 @@ class SASRec(SequentialRecommender):
     def score_all(self, user_repr: Tensor) -> Tensor:
         return dot_scores(user_repr, self.item_emb.weight)  # [B, N+1]
 
+    def ranking_factors(self, user_repr: Tensor) -> tuple[Tensor, Tensor]:
+        return user_repr, self.item_emb.weight  # score_all = their product: chunked evaluation
+
     def score_candidates(self, user_repr: Tensor, candidates: Tensor) -> Tensor:
         return torch.einsum("bd,bcd->bc", user_repr, self.item_emb(candidates))  # [B, C]
 

@@ -158,6 +158,10 @@ class TiMiRec(MultiInterestRecommender):
             return max_interest_scores(V, self.item_emb.weight, None, self.eval_chunk_size)  # [B, N+1]
         return dot_scores(self.aggregate(V, w), self.item_emb.weight)  # [B, N+1]
 
+    def ranking_factors(self, user_repr: UserRepr) -> tuple[Tensor, Tensor] | None:
+        V, w = user_repr  # stage 2's aggregated vector is one user vector: chunked evaluation
+        return None if w is None else (self.aggregate(V, w), self.item_emb.weight)
+
     def score_candidates(self, user_repr: UserRepr, candidates: Tensor) -> Tensor:
         V, w = user_repr
         if w is None:

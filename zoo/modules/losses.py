@@ -46,7 +46,8 @@ def info_nce(
         if not normalize:
             raise ValueError("an angular margin needs cosine similarities (normalize=True)")
         m = math.radians(margin_deg)
-        cos = sim.clamp(-1 + 1e-7, 1 - 1e-7)
+        # at least float32: in bf16 the clamp rounds to 1 and acos' gradient is -inf (NaN weights)
+        cos = sim.to(torch.promote_types(sim.dtype, torch.float32)).clamp(-1 + 1e-7, 1 - 1e-7)
         sim = torch.where(eye, torch.cos(torch.acos(cos) + m), sim)
     logits = sim / tau
     if exclude is not None:

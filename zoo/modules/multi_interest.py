@@ -172,7 +172,8 @@ class CapsuleInterestExtractor(nn.Module):
         if self.training:
             return torch.randn(B, self.K, L, device=ref.device, dtype=ref.dtype)
         g = torch.Generator().manual_seed(0)
-        return torch.randn(B, self.K, self.max_len, generator=g)[:, :, :L].to(device=ref.device, dtype=ref.dtype)
+        # drawn on CPU (the generator's device) so every device gets the same logits, then moved
+        return torch.randn(B, self.K, self.max_len, generator=g, device="cpu")[:, :, :L].to(device=ref.device, dtype=ref.dtype)
 
     def forward(self, x: Tensor, pad_mask: Tensor, capsule_mask: Tensor | None = None) -> Tensor:
         """x ``[B, L, d]`` (pads zeroed), pad_mask ``[B, L]`` -> interest capsules ``[B, K, d]``."""
