@@ -131,3 +131,18 @@ def _losses(cls, kw: dict, steps: int = 3) -> list[float]:
 def test_loss_curve_equals_the_one_before_the_optimisations(name):
     cls, kw, golden = GOLDEN[name]
     assert _losses(cls, kw) == pytest.approx(golden, rel=1e-5, abs=1e-5)
+
+
+def test_cpu_dropout_equals_the_mask_times_scale_form_bit_for_bit():
+    from zoo.modules.dropout import Dropout
+
+    drop = Dropout(0.3).train()
+    x = torch.randn(5, 7, requires_grad=True)
+    g = torch.randn(5, 7)
+    torch.manual_seed(3)
+    y = drop(x)
+    (y * g).sum().backward()
+    torch.manual_seed(3)
+    keep = torch.rand_like(x) >= 0.3  # b5b8ccd's form
+    assert torch.equal(y, x.detach() * keep * (1.0 / 0.7))
+    assert torch.equal(x.grad, g * (1.0 / 0.7) * keep)

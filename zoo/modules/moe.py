@@ -123,7 +123,8 @@ class MoEAdaptor(DenseMoE):
         y = None
         for k, expert in enumerate(self.experts):
             if cpu_mask:
-                td = t_scaled * (torch.rand_like(t) >= drop.p).to(t.dtype)  # = Dropout(t), same draw
+                keep = torch.rand_like(t).ge_(drop.p)  # [..., in] 1.0 / 0.0, the draw of Dropout(t)
+                td = keep * t_scaled if t.requires_grad else keep.mul_(t_scaled)  # = Dropout(t)
             else:
                 td = expert.dropout(t)  # identity in eval; F.dropout on CUDA
             w = expert.lin.weight  # [out, in]
