@@ -35,6 +35,7 @@ import importlib
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -83,17 +84,19 @@ def worker(recipe: str, warmup: int, seconds: float, min_steps: int, out: Path) 
     model = _cls(cfg["model"]["class_path"])(num_items=dm.num_items, data_info=dm.info, **m_init)
 
     times: list[float] = []
+    cpu: list[float] = []  # this process's CPU seconds (one thread): robust to other jobs sharing the cores
     rows: list[int] = []
 
     class Clock(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # noqa: ANN001
             if batch_idx == warmup:
-                self.t0 = time.perf_counter()
+                self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # noqa: ANN001
             if batch_idx < warmup:
                 return
             times.append(time.perf_counter())
+            cpu.append(time.process_time())
             rows.append(int(batch["item_seq"].shape[0]))
             if len(times) >= min_steps and times[-1] - self.t0 >= seconds:
                 trainer.should_stop = True
@@ -112,6 +115,7 @@ def worker(recipe: str, warmup: int, seconds: float, min_steps: int, out: Path) 
         raise RuntimeError(f"{recipe}: no timed step (epoch of {steps_per_epoch} steps <= warmup {warmup})")
     step_times = [b - a for a, b in zip([clock.t0] + times[:-1], times)]
     sec_per_step = statistics.median(step_times)
+    cpu_per_step = (cpu[-1] - clock.c0) / n
 
     model.train()
     batch = next(iter(dm.train_dataloader()))
@@ -120,7 +124,7 @@ def worker(recipe: str, warmup: int, seconds: float, min_steps: int, out: Path) 
         torch.stack(list(terms.values())).sum().backward()
     flops = fc.get_total_flops()
     res = dict(
-        recipe=recipe, steps=n, sec_per_step=sec_per_step, mean_sec_per_step=(times[-1] - clock.t0) / n,
+        recipe=recipe, steps=n, sec_per_step=sec_per_step, cpu_per_step=cpu_per_step, mean_sec_per_step=(times[-1] - clock.t0) / n,
         seq_per_s=sum(rows) / (times[-1] - clock.t0), batch_rows=statistics.median(rows),
         steps_per_epoch=steps_per_epoch, epoch_s=steps_per_epoch * sec_per_step, flops_per_step=flops,
         gflops=flops / sec_per_step / 1e9, loadavg=loadavg(),
@@ -166,9 +170,63 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, float] | None:
     if not ok:
         return None
     med = lambda k: statistics.median(r[k] for r in ok)  # noqa: E731
-    return {k: med(k) for k in ("sec_per_step", "seq_per_s", "epoch_s", "gflops", "flops_per_step", "steps_per_epoch")} | {
+    return {k: med(k) for k in ("sec_per_step", "cpu_per_step", "seq_per_s", "epoch_s", "gflops", "flops_per_step",
+                                "steps_per_epoch", "batch_rows")} | {
         "n": len(ok)
     }
+
+
+def write_report(args: argparse.Namespace, recipes: list[str], runs: dict, info: dict, peak: float, base_sha: str,
+                 cur_sha: str, dirty: str, loads: list[str], t_start: float, command: str, final: bool = False) -> None:
+    """Write the markdown table (after every recipe, so an interrupted run keeps what it measured)."""
+    lines = [
+        f"- baseline: `{args.baseline}` (= `{base_sha}`) in a temporary git worktree; current: `{cur_sha}`"
+        + (" with uncommitted changes" if dirty else ""),
+        f"- peak: best one-thread fp32 `[2048 x 2048] @ [2048 x 2048]`: **{peak:.1f} GFLOP/s** (measured at the start)",
+        f"- load average (1/5/15 min) at the start and after each recipe: {'; '.join(loads)}",
+        f"- wall time of the benchmark so far: {(time.time() - t_start) / 60:.1f} min" + ("" if final else " (**in progress**)"),
+        f"- per run: a fresh one-thread process per side; {args.warmup} untimed warm-up step(s), then steps timed for "
+        f"{args.seconds:g} s (at least {args.min_steps}); {args.repeats} repeat(s), baseline and current "
+        "interleaved (order alternating); medians reported",
+        "- **CPU s/step**: the worker's own CPU time (`time.process_time`, one thread) per step: what a step costs "
+        "on a core of its own, and far less sensitive than wall time to other jobs on the shared cores; "
+        "**epoch = steps per epoch x CPU s/step, EXTRAPOLATED** from the timed steps",
+        "- wall ratio: the same from wall-clock seconds per step (median step), shown for completeness: with a load "
+        "average near 10 on 2 cores it swings by 2x between neighbouring runs",
+        "- GFLOP/s: FLOPs of one training step (forward + backward) from `torch.utils.flop_counter.FlopCounterMode` "
+        "(matrix products and attention only) / CPU s/step; % of the peak",
+        "- ranges: min-max over the repeat pairs",
+        "",
+        "| recipe | steps/epoch | baseline CPU s/step | current CPU s/step | **speed-up, CPU time** (range) | "
+        "speed-up, wall (range) | baseline epoch | current epoch | current seq/s (CPU) | GFLOP/step | "
+        "current GFLOP/s (% peak) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for recipe in recipes:
+        rb, rc = runs[recipe]["baseline"], runs[recipe]["current"]
+        b, c = summarise(rb), summarise(rc)
+        if b is None or c is None:
+            if rb or rc:
+                lines.append(f"| {recipe} | failed or not run | | | | | | | | | |")
+            continue
+        ok = [(x, y) for x, y in zip(rb, rc) if not x.get("failed") and not y.get("failed")]
+        cpu_pairs = [x["cpu_per_step"] / y["cpu_per_step"] for x, y in ok]
+        wall_pairs = [x["sec_per_step"] / y["sec_per_step"] for x, y in ok]
+        ratio = b["cpu_per_step"] / c["cpu_per_step"]
+        wall = b["sec_per_step"] / c["sec_per_step"]
+        name = f"**{recipe}**" if recipe in PAPER else recipe
+        spe = c["steps_per_epoch"]
+        gfl = c["flops_per_step"] / c["cpu_per_step"] / 1e9
+        lines.append(
+            f"| {name} | {spe:.0f} | {b['cpu_per_step']:.3f} | {c['cpu_per_step']:.3f} | "
+            f"**{ratio:.2f}x** ({min(cpu_pairs):.2f}-{max(cpu_pairs):.2f}) | {wall:.2f}x ({min(wall_pairs):.2f}-{max(wall_pairs):.2f}) | "
+            f"{spe * b['cpu_per_step']:.0f} s | {spe * c['cpu_per_step']:.0f} s | {c['batch_rows'] / c['cpu_per_step']:.0f} | "
+            f"{c['flops_per_step'] / 1e9:.2f} | {gfl:.2f} ({100 * gfl / peak:.1f} %) |"
+        )
+    data = {"info": info, "peak_gflops": peak, "baseline": base_sha, "current": cur_sha, "runs": runs}
+    body = header_md("Training speed, this checkout vs a baseline commit", command, info, lines)
+    write_atomic(args.out, "# Training speed\n\n" + body + "\n")
+    dump_json(args.out.with_suffix(".json"), data)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         ["git", "-C", str(REPO), "rev-parse", "--short", args.current], capture_output=True, text=True, check=True
     ).stdout.strip()
     loads = [loadavg()]
+    command = "python benchmarks/speed_train.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below: remove the worktrees
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {r: {"baseline": [], "current": []} for r in recipes}
     t_start = time.time()
     with tempfile.TemporaryDirectory(prefix="speed_train-") as tmpdir:
@@ -222,54 +282,17 @@ def main(argv: list[str] | None = None) -> int:
                     for side in order:
                         res = run_side(sides[side], recipe, args, tmp, side)
                         runs[recipe][side].append(res)
-                        msg = "failed" if res.get("failed") else f"{res['sec_per_step'] * 1000:.0f} ms/step"
+                        msg = "failed" if res.get("failed") else (
+                            f"{res['cpu_per_step'] * 1000:.0f} CPU ms/step, {res['sec_per_step'] * 1000:.0f} wall ms/step")
                         print(f"[speed_train] {recipe} rep {rep + 1}/{args.repeats} {side}: {msg} (load {loadavg()})",
                               flush=True)
                 loads.append(loadavg())
+                write_report(args, recipes, runs, info, peak, base_sha, cur_sha, dirty, loads, t_start, command)
         finally:
             for path in {wt, cur} - {REPO}:
                 subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)], capture_output=True)
 
-    command = "python benchmarks/speed_train.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    lines = [
-        f"- baseline: `{args.baseline}` (= `{base_sha}`) in a temporary git worktree; current: `{cur_sha}`"
-        + (" with uncommitted changes" if dirty else ""),
-        f"- peak: best one-thread fp32 `[2048 x 2048] @ [2048 x 2048]`: **{peak:.1f} GFLOP/s**",
-        f"- load average (1/5/15 min) after each recipe: {'; '.join(loads)}",
-        f"- wall time of the whole benchmark: {(time.time() - t_start) / 60:.1f} min",
-        f"- per run: {args.warmup} untimed warm-up steps, then steps timed for {args.seconds:g} s (at least "
-        f"{args.min_steps}); epoch time EXTRAPOLATED = steps per epoch x median s/step; {args.repeats} repeats, "
-        "baseline and current interleaved (order alternating), medians reported",
-        "- GFLOP/s: FLOPs of one training step (forward + backward) from `torch.utils.flop_counter.FlopCounterMode` "
-        "(matrix products and attention only) / median s/step; % of peak",
-        "- ratio = baseline s/step / current s/step (higher = current faster); the range is min-max over the "
-        "repeat pairs",
-        "",
-        "| recipe | steps/epoch | baseline s/step | current s/step | **speed-up** (range) | current seq/s | "
-        "baseline epoch | current epoch | GFLOP/step | current GFLOP/s (% peak) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    data: dict[str, Any] = {"info": info, "peak_gflops": peak, "baseline": base_sha, "runs": runs, "summary": {}}
-    for recipe in recipes:
-        b, c = summarise(runs[recipe]["baseline"]), summarise(runs[recipe]["current"])
-        if b is None or c is None:
-            lines.append(f"| {recipe} | failed: see the log of the run | | | | | | | | |")
-            continue
-        pairs = [x["sec_per_step"] / y["sec_per_step"] for x, y in zip(runs[recipe]["baseline"], runs[recipe]["current"])
-                 if not x.get("failed") and not y.get("failed")]
-        ratio = b["sec_per_step"] / c["sec_per_step"]
-        data["summary"][recipe] = {"baseline": b, "current": c, "ratio": ratio, "pair_ratios": pairs}
-        name = f"**{recipe}**" if recipe in PAPER else recipe
-        lines.append(
-            f"| {name} | {c['steps_per_epoch']:.0f} | {b['sec_per_step']:.3f} | {c['sec_per_step']:.3f} | "
-            f"**{ratio:.2f}x** ({min(pairs):.2f}-{max(pairs):.2f}) | {c['seq_per_s']:.0f} | {b['epoch_s']:.0f} s | "
-            f"{c['epoch_s']:.0f} s | {c['flops_per_step'] / 1e9:.2f} | {c['gflops']:.2f} ({100 * c['gflops'] / peak:.1f} %) |"
-        )
-        print(f"[speed_train] {recipe}: {ratio:.2f}x", flush=True)
-    body = header_md("Training speed, this checkout vs a baseline commit", command, info, lines)
-    write_atomic(args.out, "# Training speed\n\n" + body + "\n")
-    dump_json(args.out.with_suffix(".json"), data)
-    print(f"[speed_train] wrote {args.out}")
+    write_report(args, recipes, runs, info, peak, base_sha, cur_sha, dirty, loads, t_start, command, final=True)
     return 0
 
 
