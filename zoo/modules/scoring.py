@@ -35,7 +35,11 @@ def max_interest_scores(
         ``[B, N+1]`` scores.
     """
     B, K, _ = interests.shape
-    train = torch.is_grad_enabled() and (interests.requires_grad or item_emb.requires_grad)
+    train = (
+        torch.is_grad_enabled()
+        and (interests.requires_grad or item_emb.requires_grad)
+        and not torch.is_autocast_enabled(interests.device.type)  # mixed precision: autograd's own path
+    )
     chunks = []
     for c0 in range(0, item_emb.shape[0], chunk_size):
         if train:
