@@ -24,5 +24,5 @@ class Dropout(nn.Dropout):
             return x
         if x.device.type != "cpu" or self.p >= 1.0 or self.inplace:
             return F.dropout(x, self.p, True, self.inplace)
-        keep = torch.rand_like(x) >= self.p  # P(keep) = 1 - p
-        return x * keep * (1.0 / (1.0 - self.p))
+        keep = torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))  # 1/(1-p) w.p. 1 - p, else 0
+        return x * keep  # = x * (rand >= p) * 1/(1-p) bit for bit, one pass and no bool mask fewer

@@ -35,11 +35,51 @@ def max_interest_scores(
         ``[B, N+1]`` scores.
     """
     B, K, _ = interests.shape
+    train = (
+        torch.is_grad_enabled()
+        and (interests.requires_grad or item_emb.requires_grad)
+        and not torch.is_autocast_enabled(interests.device.type)  # mixed precision: autograd's own path
+    )
     chunks = []
     for c0 in range(0, item_emb.shape[0], chunk_size):
+        if train:
+            chunks.append(_MaxInterestScores.apply(interests, item_emb[c0 : c0 + chunk_size], interest_mask))  # [B, C]
+            continue
         s = torch.einsum("bkd,nd->bkn", interests, item_emb[c0 : c0 + chunk_size])  # [B, K, C]
         chunks.append(interest_max(s, interest_mask))  # [B, C]
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks, 1)
+
+
+class _MaxInterestScores(torch.autograd.Function):
+    """``max_{k allowed} <u_bk, e_n>`` with its gradient, for training (full-softmax CE, in-batch logits).
+
+    The same values and gradients as ``interest_max(einsum(u, e), mask)`` with autograd, without
+    its extra ``[B, K, C]`` masked copy and gather: the forward masks the score tensor in place
+    and takes ``max`` (value = the winner's raw score, index = the winner), the backward scatters
+    the gradient onto the winners and runs the two products.  Saved: u, e and the ``[B, C]``
+    winners.  A row with no allowed interest scores ``-inf`` and passes no gradient (as ``interest_max``).
+    """
+
+    @staticmethod
+    def forward(ctx, interests: Tensor, item_emb: Tensor, interest_mask: Tensor | None) -> Tensor:  # noqa: ANN001
+        s = torch.einsum("bkd,nd->bkn", interests, item_emb)  # [B, K, C]
+        if interest_mask is not None:
+            s.masked_fill_(~interest_mask[:, :, None], float("-inf"))
+        best, winner = s.max(1)  # [B, C] each
+        none_active = None if interest_mask is None else ~interest_mask.any(1)  # [B]
+        ctx.save_for_backward(interests, item_emb, winner, none_active)
+        return best
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
+        interests, item_emb, winner, none_active = ctx.saved_tensors
+        B, K, _ = interests.shape
+        if none_active is not None:
+            grad = grad.masked_fill(none_active[:, None], 0.0)  # -inf rows pass no gradient
+        g = interests.new_zeros(B, K, item_emb.shape[0]).scatter_(1, winner[:, None], grad[:, None])  # [B, K, C]
+        d_int = torch.einsum("bkn,nd->bkd", g, item_emb) if ctx.needs_input_grad[0] else None
+        d_emb = torch.einsum("bkn,bkd->nd", g, interests) if ctx.needs_input_grad[1] else None
+        return d_int, d_emb, None
 
 
 def interest_max(scores: Tensor, interest_mask: Tensor | None = None) -> Tensor:

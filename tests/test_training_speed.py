@@ -1,0 +1,148 @@
+"""The training-speed optimisations of issue 13 are exact: each faster form against the form it
+replaced (kept here as the reference), and short training runs against loss curves recorded
+at commit b5b8ccd (before any of them), same seeds, dropout and noise on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_batch
+from test_miracle import make_model
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from zoo.models.gru4rec import GRU4Rec
+from zoo.models.horae import HORAE
+from zoo.models.miracle import MIRACLE
+from zoo.models.timirec import TiMiRec
+from zoo.modules.moe import DenseMoE, MoEAdaptor
+from zoo.modules.rnn import GRUEncoder
+from zoo.modules.scoring import interest_max, max_interest_scores
+
+
+def _grads(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in module.parameters()]
+
+
+def test_moe_adaptor_equals_per_expert_form_and_draws_the_same_randoms():
+    torch.manual_seed(0)
+    moe = MoEAdaptor(24, 8, n_experts=3, dropout=0.3)
+    for p in moe.parameters():  # non-zero biases and gates, so every term matters
+        torch.nn.init.normal_(p, 0.0, 0.3)
+    t = torch.randn(4, 5, 24)
+    outs = []
+    for forward in (lambda x: DenseMoE.forward(moe, x), moe):  # reference: b5b8ccd's per-expert form
+        moe.zero_grad()
+        torch.manual_seed(1)
+        y = forward(t)
+        y.pow(2).sum().backward()
+        outs.append((y.detach(), _grads(moe), torch.rand(3)))  # the next draw: same random stream
+    (y0, g0, r0), (y1, g1, r1) = outs
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert torch.equal(r0, r1)
+    moe.eval()
+    torch.testing.assert_close(moe(t), DenseMoE.forward(moe, t), rtol=1e-5, atol=1e-6)
+
+
+def test_max_interest_scores_training_path_equals_masked_max_with_autograd():
+    torch.manual_seed(0)
+    u = torch.randn(6, 4, 8, requires_grad=True)
+    e = torch.randn(11, 8, requires_grad=True)
+    active = torch.rand(6, 4) < 0.5
+    active[0] = False  # a user with no active interest: -inf scores, no gradient
+    active[1] = True
+    target = torch.randint(0, 11, (6,))
+    results = []
+    for scores in (lambda: interest_max(torch.einsum("bkd,nd->bkn", u, e), active),  # reference
+                   lambda: max_interest_scores(u, e, active, chunk_size=4)):  # chunked, custom backward
+        u.grad = e.grad = None
+        s = scores()
+        F.cross_entropy(s[1:], target[1:]).backward()
+        results.append((s.detach(), u.grad.clone(), e.grad.clone()))
+    (s0, gu0, ge0), (s1, gu1, ge1) = results
+    assert torch.equal(s0, s1) and torch.isinf(s1[0]).all()
+    torch.testing.assert_close(gu1, gu0)
+    torch.testing.assert_close(ge1, ge0)
+
+
+def _packed_gru(enc: GRUEncoder, x: torch.Tensor, pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """b5b8ccd's GRUEncoder.forward: pack by length."""
+    B, L, _ = x.shape
+    lengths = pad.sum(1).clamp(min=1)
+    shift = (torch.arange(L)[None, :] + (L - lengths)[:, None]) % L
+    x_right = x.gather(1, shift[:, :, None].expand_as(x))
+    out, h = enc.gru(pack_padded_sequence(x_right, lengths.cpu(), batch_first=True, enforce_sorted=False))
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=L)
+    back = (torch.arange(L)[None, :] - (L - lengths)[:, None]) % L
+    return out.gather(1, back[:, :, None].expand(B, L, out.shape[-1])) * pad[:, :, None], h[-1]
+
+
+def test_gru_encoder_equals_the_packed_gru():
+    torch.manual_seed(0)
+    enc = GRUEncoder(6, 5)
+    x = torch.randn(7, 9, 6, requires_grad=True)
+    lengths = torch.tensor([9, 1, 4, 9, 2, 7, 0])  # 0: an empty row (treated as length 1, as before)
+    pad = torch.arange(9)[None] >= (9 - lengths)[:, None]
+    results = []
+    for forward in (lambda: _packed_gru(enc, x, pad), lambda: enc(x, pad)):
+        x.grad = None
+        enc.zero_grad()
+        out, h = forward()
+        (out.sin().sum() + h.cos().sum()).backward()
+        results.append((out.detach(), h.detach(), x.grad.clone(), _grads(enc)))
+    for a, b in zip(results[0][:3], results[1][:3]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    for a, b in zip(results[0][3], results[1][3]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+#: Adam(lr 1e-2) losses of three training steps on one tiny batch, dropout and noise on, recorded
+#: at b5b8ccd (before the optimisations) by the loop of ``_losses`` below.
+GOLDEN = {
+    "miracle_pretrain": (MIRACLE, dict(stage="pretrain", score_with_id=False), [7.090655, 7.1364, 7.077707]),
+    "miracle_finetune": (MIRACLE, dict(stage="finetune", score_with_id=False), [8.912057, 8.940111, 8.913677]),
+    "horae_pretrain": (HORAE, dict(stage="pretrain", score_with_id=False), [7.51778, 7.411774, 7.315747]),
+    "horae_finetune": (HORAE, dict(stage="finetune", score_with_id=False), [8.89656, 8.899576, 8.590393]),
+    "timirec_finetune": (TiMiRec, dict(d=16, K=3, max_len=10, stage="finetune"), [0.693137, 0.692188, 0.689864]),
+    "gru4rec": (GRU4Rec, dict(d=16), [3.891469, 3.739695, 3.403414]),
+}
+
+
+def _losses(cls, kw: dict, steps: int = 3) -> list[float]:
+    torch.manual_seed(0)
+    model = make_model(cls, num_capsules=4, n_experts=3, **kw) if cls in (HORAE, MIRACLE) else cls(num_items=50, **kw)
+    batch = make_batch(B=8, L=10, num_items=50, min_len=6)
+    model.train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    torch.manual_seed(1)
+    out = []
+    for _ in range(steps):
+        loss = torch.stack(list(model.training_loss(batch).values())).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        out.append(loss.item())
+    return out
+
+
+@pytest.mark.parametrize("name", list(GOLDEN))
+def test_loss_curve_equals_the_one_before_the_optimisations(name):
+    cls, kw, golden = GOLDEN[name]
+    assert _losses(cls, kw) == pytest.approx(golden, rel=1e-5, abs=1e-5)
+
+
+def test_cpu_dropout_equals_the_mask_times_scale_form_bit_for_bit():
+    from zoo.modules.dropout import Dropout
+
+    drop = Dropout(0.3).train()
+    x = torch.randn(5, 7, requires_grad=True)
+    g = torch.randn(5, 7)
+    torch.manual_seed(3)
+    y = drop(x)
+    (y * g).sum().backward()
+    torch.manual_seed(3)
+    keep = torch.rand_like(x) >= 0.3  # b5b8ccd's form
+    assert torch.equal(y, x.detach() * keep * (1.0 / 0.7))
+    assert torch.equal(x.grad, g * (1.0 / 0.7) * keep)
