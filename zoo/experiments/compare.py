@@ -400,6 +400,7 @@ class Table:
         for r in self.rows:
             r.model = names.get(r.model, r.model)
         self.reference = names.get(self.reference, self.reference)
+        self.notes = [next((names[k] + n[len(k):] for k in names if n.startswith(f"{k}: ")), n) for n in self.notes]
 
     def records(self) -> list[dict[str, Any]]:
         """The rows as plain dicts (for JSON)."""

@@ -799,6 +799,8 @@ def dataset_stats(recs: list[dict[str, Any]], rows_order: list[str], metrics: li
                           "one model each (their saved configs differ beyond the seed)"]
         names[m.label] = owners.pop()
     table.relabel(names)
+    if ref is not None:
+        table.reference_reason = "the full model, which every ablation row is compared with"
     return table, table.notes
 
 
