@@ -506,3 +506,15 @@ def test_table_cells_are_compare_runs_statistics(tmp_path):
     mind = json.loads((cells[-1].run.run_dir / "test_metrics.json").read_text())["test"]["test/recall@10"]
     assert re.search(rf"^\| MIND \| {mind:.4f} † · paper ", md, re.M) and "† not every run of this row has its per-user ranks" in md
     assert "| MIND |" not in paired
+
+
+def test_fit_command_resumes_with_last_and_overwrites_only_an_earlier_run(tmp_path):
+    """The resume fallback (an unreadable last.ckpt) starts afresh over the killed run's files: --overwrite true."""
+    from zoo.experiments.reproduce import fit_command
+
+    run, opts = Run({}, tmp_path / "cell-s0", 0, "g"), Options(out=tmp_path, quiet=True)
+    assert "--overwrite" not in fit_command(run, opts, False)  # a new folder: nothing to replace
+    run.run_dir.mkdir()
+    (run.run_dir / "last.ckpt").write_bytes(b"cut off by a kill")
+    assert fit_command(run, opts, True)[-2:] == ["--ckpt_path", "last"]
+    assert fit_command(run, opts, False)[-2:] == ["--overwrite", "true"]
