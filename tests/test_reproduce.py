@@ -1,4 +1,5 @@
-"""`zoo reproduce` / `zoo ablate` end to end on the tiny GroupLens fixture, plus the paper numbers and the t-test."""
+"""`zoo reproduce` / `zoo ablate` end to end on the tiny GroupLens fixture, plus the paper numbers and the
+tables' statistics (those of `zoo compare`)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from zoo.experiments.reproduce import (
-    NUMBERS, Cell, Options, Run, betainc, execute_plan, find_twin, load_numbers, make_plan, paired_ttest, plan_cell,
-    resolve_path,
+    NUMBERS, Cell, Options, Run, execute_plan, find_twin, load_numbers, make_plan, plan_cell, resolve_path,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,11 @@ def tiny_sets(ml_folder: Path, cache: Path) -> list[str]:
 def zoo(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([ZOO, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def result_line(md: str, row: str) -> str:
+    """The results-table line of ``row`` (the reference row is marked "(reference)")."""
+    return next(line for line in md.splitlines() if re.match(rf"\| {re.escape(row)}( \(reference\))? \|", line))
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +62,11 @@ def test_table_has_every_expected_cell(reduced):
     labels = ["R@10", "R@50", "N@10", "N@50"]
     assert "| model | " + " | ".join(labels) + " |" in md
     for model in ("SASRec", "Pop"):
-        line = next(l for l in md.splitlines() if l.startswith(f"| {model} |"))
+        line = result_line(md, model)
         cells = line.strip("|").split("|")[1:]
-        assert len(cells) == 4 and all(re.match(r"\s*[01]\.\d{4} · paper —", c) for c in cells), line
+        assert len(cells) == 4 and all(re.match(r"\s*[01]\.\d{4} \[[01]\.\d{4}, [01]\.\d{4}\] · paper —", c) for c in cells), line
+    assert re.search(r"Paired test against \*\*(SASRec|Pop)\*\* \(the best baseline on recall@10\)", md), md
+    assert re.search(r"^\| (SASRec|Pop) \| [+-]0\.\d{4} \[.*p_Holm=", md, re.M), md
     with open(out / "horae" / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert {r["model"] for r in rows} == {"SASRec", "Pop"} and all(r["status"] == "done" for r in rows)
@@ -161,10 +169,11 @@ def test_the_plan_is_exactly_what_runs(ml_folder, tmp_path):
     assert started_dirs(real.stdout) == plan
     md = (tmp_path / "timirec" / "ablation-Table_4-default.md").read_text()
     for row in ("joint train", "TiMiRec"):
-        line = next(l for l in md.splitlines() if l.startswith(f"| {row} |"))
-        assert len(re.findall(r"[01]\.\d{4} · paper —", line)) == 2, line
+        line = result_line(md, row)
+        assert len(re.findall(r"[01]\.\d{4} \[[01]\.\d{4}, [01]\.\d{4}\] · paper —", line)) == 2, line  # the shared row has its ranks too
     recipe = yaml.safe_load(Path(plan[0], "recipe.yaml").read_text())
     assert recipe["model"]["init_args"]["pretrained_ckpt"] is None
+    assert "Paired test against **TiMiRec**" in md and result_line(md, "TiMiRec").startswith("| TiMiRec (reference) |")
 
 
 def test_default_out_is_outside_version_control_and_a_failed_run_leaves_no_empty_folder(tmp_path):
@@ -293,17 +302,6 @@ def test_data_root_rewrites_only_data_paths(tmp_path):
     assert resolve_path("~/.cache/zoo/raw/ml-100k", tmp_path) == Path("~/.cache/zoo/raw/ml-100k").expanduser()
 
 
-def test_paired_ttest_matches_known_values():
-    # d = 1, 2, 3, 4: mean 2.5, sd 1.2910, t = 3.8730, df 3, two-sided p = 0.030466 (t tables)
-    t, p, n = paired_ttest([2.0, 4.0, 6.0, 8.0], [1.0, 2.0, 3.0, 4.0])
-    assert n == 4 and t == pytest.approx(3.872983, rel=1e-6) and p == pytest.approx(0.030466, abs=2e-6)
-    # df = 1: p = 1 - 2 atan(|t|)/pi (Cauchy)
-    t, p, _ = paired_ttest([3.0, 1.0], [1.0, 0.0])
-    assert p == pytest.approx(1 - 2 * math.atan(abs(t)) / math.pi, rel=1e-9)
-    assert betainc(2.0, 3.0, 0.4) == pytest.approx(0.5248, abs=1e-4)  # I_0.4(2,3) = 1 - (0.6^4 + 4*0.4*0.6^3)
-    assert math.isnan(paired_ttest([1.0], [0.0])[1])
-
-
 def _paper_lines(name: str) -> list[list[str]]:
     text = re.sub(r"</?(u|b)>", "", (PAPERS_TXT / f"{name}.txt").read_text()).replace("*", "")
     return [[c.strip() for c in line.split("\t")] for line in text.splitlines()]
@@ -350,9 +348,12 @@ def test_a_run_already_made_for_another_table_is_shared_not_rerun(tmp_path):
     cells = [Cell("miracle", "Table 2", "default", "SASRec", 0, second), Cell("horae", "Table 7", "default", "SASRec", 0, first)]
     steps = make_plan(cells, opts)
     assert [s.action for s in steps] == ["share", "reuse"] and steps[0].source == first.run_dir
+    (first.run_dir / "ranks.npz").write_bytes(b"the twin's per-user ranks")
     outcomes = execute_plan(steps, opts)
     assert outcomes[second.run_dir]["status"] == "reused" and outcomes[second.run_dir]["twin_of"] == str(first.run_dir)
     assert json.loads((second.run_dir / "test_metrics.json").read_text())["test"]["test/recall@10"] == 0.25
+    assert (second.run_dir / "ranks.npz").read_bytes() == b"the twin's per-user ranks"  # the ranks come along
+    assert not [p.name for p in second.run_dir.iterdir() if p.name.startswith(".")]  # no temp file left
     assert outcomes[first.run_dir]["status"] == "reused" and outcomes[first.run_dir]["stale"] is False
     forced = make_plan(cells, Options(out=tmp_path, quiet=True, force=True))
     assert [s.action for s in forced] == ["run", "run"]  # --force re-runs, shares nothing
@@ -364,9 +365,17 @@ def test_a_run_already_made_for_another_table_is_shared_not_rerun(tmp_path):
     in_ablation = _finished(Run(other_cfg, ablation_row.run_dir, 0, "g"), {})
     main_cell = Run(other_cfg, tmp_path / "timirec" / "default" / "SASRec-s0", 0, "g")
     assert find_twin(main_cell, [tmp_path]) == in_ablation.run_dir  # ... and the other way round
+    main_cell.run_dir.mkdir(parents=True)
+    (main_cell.run_dir / "ranks.npz").write_bytes(b"an older run's ranks")
+    execute_plan(make_plan([Cell("timirec", "Table 2", "default", "SASRec", 0, main_cell)], opts), opts)
+    assert (main_cell.run_dir / "test_metrics.json").is_file()  # a twin without ranks is shared without them
+    assert not (main_cell.run_dir / "ranks.npz").exists()  # (its cells fall back to mean ± std), none left over
     elsewhere = tmp_path / "runs-ablate"
     assert find_twin(Run(cfg, elsewhere / "horae" / "ablation" / "T" / "default" / "SASRec-s0", 0, "g"),
                      [elsewhere, tmp_path]) == first.run_dir  # a finished cell in another --out is shared too
+    # a re-run that was to replace this run died before it did: the old metrics are shown as stale
+    (first.run_dir / "reproduce.json").write_text(json.dumps({"config_hash": first.hash, "seed": 0, "status": "running"}))
+    assert make_plan([cells[1]], opts)[0].stale
 
 
 def test_a_cell_planned_earlier_in_the_same_plan_is_shared_and_each_pretraining_runs_once(tmp_path):
@@ -424,3 +433,88 @@ def test_reproduction_doc_matches_the_numbers_file_and_the_cli():
             argparse.ArgumentParser.parse_args = orig
         flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
         assert flags and all(f"`{f}" in doc for f in flags), [f for f in flags if f"`{f}" not in doc]
+
+
+def test_force_rerun_overwrites_and_a_killed_run_resumes_from_last(reduced):
+    """A finished run re-run under --force passes `--overwrite true` to its fit (the folder holds the old
+    run, which the fit refuses otherwise); a fit killed after its checkpoints resumes with `--ckpt_path last`."""
+    out, args, _ = reduced
+    pop = out / "horae" / "default" / "Pop-s0"
+    before = (pop / "test_metrics.json").stat().st_mtime_ns
+    forced = zoo(*[a if a != "SASRec" else "Pop" for a in args], "--force")
+    assert forced.returncode == 0, forced.stdout[-3000:] + forced.stderr[-3000:]
+    assert started_dirs(forced.stdout) == [str(pop)]
+    assert (pop / "test_metrics.json").stat().st_mtime_ns > before and (pop / "ranks.npz").is_file()
+    assert "--overwrite true" in (pop / "zoo.log").read_text().rsplit("\n$ ", 1)[1].splitlines()[0]
+    sas = out / "horae" / "default" / "SASRec-s0"
+    for f in ("test_metrics.json", "ranks.npz"):  # as a kill during the test after fit leaves it
+        (sas / f).unlink()
+    resumed = zoo(*args)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert re.search(r"\[1/1\] resume .*SASRec", resumed.stdout) and started_dirs(resumed.stdout) == [str(sas)]
+    cmd = (sas / "zoo.log").read_text().rsplit("\n$ ", 1)[1].splitlines()[0]
+    assert cmd.endswith("--ckpt_path last") and "--overwrite" not in cmd
+    assert (sas / "test_metrics.json").is_file() and (sas / "ranks.npz").is_file()
+
+
+def _synthetic_cell(root: Path, row: str, cls: str, seed: int, ranks: list[int] | None, users: list[str]) -> Cell:
+    """A finished reproduce cell folder: test_metrics.json (the metrics of ``ranks``), reproduce.json and,
+    unless ``ranks`` is None (a run tested before per-user ranks), ranks.npz."""
+    from zoo.ranks import Ranks, per_user, save_ranks
+
+    rk = Ranks("full", np.asarray(users), np.asarray(ranks if ranks is not None else [3] * len(users)), 300, [10, 50])
+    cfg = {"seed_everything": seed, "monitor": "val/recall@10", "model": {"class_path": cls, "init_args": {"d": 8}},
+           "data": {"init_args": {"seed": seed}}, "trainer": {"max_epochs": 40}}
+    run = _finished(Run(cfg, root / "horae" / "default" / f"{row}-s{seed}", seed, "g"),
+                    {f"test/{m}": float(per_user(rk, m).mean()) for m in rk.metric_names()})
+    blob = json.loads((run.run_dir / "test_metrics.json").read_text())
+    (run.run_dir / "test_metrics.json").write_text(json.dumps({**blob, "config": cfg}))
+    if ranks is not None:
+        save_ranks(run.run_dir / "ranks.npz", rk)
+    return Cell("horae", "Table 7", "default", row, seed, run)
+
+
+def test_table_cells_are_compare_runs_statistics(tmp_path):
+    """Golden: the table of run folders with fixed ranks shows, per cell, compare_runs' mean [CI] ± seed std
+    over the same folders and its paired test against the best baseline (Holm over the table); a row
+    without ranks.npz falls back to mean ± std over seeds, marked †, and stays out of the test."""
+    from zoo.experiments.compare import compare_runs
+    from zoo.experiments.reproduce import N_BOOT, STATS_SEED, markdown_table, record
+
+    users = [f"u{i}" for i in range(40)]
+    base = np.random.default_rng(3).integers(0, 120, 40)
+    cells = [_synthetic_cell(tmp_path, "SASRec", "zoo.models.sasrec.SASRec", s, list(base + 2 * s), users)
+             for s in (0, 1)]
+    cells += [_synthetic_cell(tmp_path, "Pop", "zoo.models.pop.Pop", 0, list(base + 30), users),
+              _synthetic_cell(tmp_path, "HORAE", "zoo.models.horae.HORAE", 0, list(np.maximum(base - 20, 0)), users),
+              _synthetic_cell(tmp_path, "MIND", "zoo.models.mind.MIND", 0, None, users)]
+    records = [record(c, {"status": "done"}) for c in cells]
+    table = load_numbers()["horae"]["main"]
+    md = markdown_table("horae", table, ["HORAE", "SASRec", "MIND", "Pop"], records, "# header\n")
+    ref = compare_runs([c.run.run_dir for row in ("HORAE", "SASRec", "Pop") for c in cells if c.row == row],
+                       metrics=list(table["metrics"]),
+                       n_boot=N_BOOT, seed=STATS_SEED)
+    results, paired = md.split("Paired test")
+    lines = {l.split(" |")[0][2:]: l for l in results.splitlines() if l.startswith("| ")}
+    sas = ref.row("SASRec", "recall@10")
+    assert ref.reference == "SASRec" and sas.n_seeds == 2
+    assert f"{sas.mean:.4f} [{sas.ci_low:.4f}, {sas.ci_high:.4f}] ± {sas.seed_std:.4f} · paper" in lines["SASRec (reference)"]
+    hor = ref.row("HORAE", "ndcg@50")
+    assert f"{hor.mean:.4f} [{hor.ci_low:.4f}, {hor.ci_high:.4f}] · paper" in lines["HORAE"]
+    assert f"p_Holm={'%.2g' % hor.p_holm if hor.p_holm >= 1e-3 else '%.1e' % hor.p_holm}" in md
+    assert "Paired test" + paired == ref.paired_markdown()  # the whole paired block, Holm over the 8 tests
+    mind = json.loads((cells[-1].run.run_dir / "test_metrics.json").read_text())["test"]["test/recall@10"]
+    assert re.search(rf"^\| MIND \| {mind:.4f} † · paper ", md, re.M) and "† not every run of this row has its per-user ranks" in md
+    assert "| MIND |" not in paired
+
+
+def test_fit_command_resumes_with_last_and_overwrites_only_an_earlier_run(tmp_path):
+    """The resume fallback (an unreadable last.ckpt) starts afresh over the killed run's files: --overwrite true."""
+    from zoo.experiments.reproduce import fit_command
+
+    run, opts = Run({}, tmp_path / "cell-s0", 0, "g"), Options(out=tmp_path, quiet=True)
+    assert "--overwrite" not in fit_command(run, opts, False)  # a new folder: nothing to replace
+    run.run_dir.mkdir()
+    (run.run_dir / "last.ckpt").write_bytes(b"cut off by a kill")
+    assert fit_command(run, opts, True)[-2:] == ["--ckpt_path", "last"]
+    assert fit_command(run, opts, False)[-2:] == ["--overwrite", "true"]

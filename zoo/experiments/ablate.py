@@ -69,14 +69,12 @@ def ablate(paper: str, dataset: str, numbers: dict[str, Any], opts: Options, tab
     all_records: list[dict[str, Any]] = []
     for table, names, cells in chosen:
         recs, records = records[:len(cells)], records[len(cells):]
-        sig = table.get("significance") or {}
-        blocks = {table["base"]: [r for r in names if r != table["base"]]} if sig.get("claimed") else None
         row_text = ", ".join(f"{r} = {table['rows'][r]}" for r in names)
         header = (f"# {info['title']}\n\n{table['table']}: {table['caption']}.\n\n"
                   f"Rows: {row_text}.\n\n"
                   f"Command: `{opts.command}`\n\nMachine: {machine_line(not opts.dry_run)}\n\n"
                   f"Paper numbers: {'chart only (none printed)' if not table.get('results') else 'as printed'}.\n")
-        md = markdown_table(paper, table, names, recs, header, table["base"] if blocks else None, blocks)
+        md = markdown_table(paper, table, names, recs, header, reference_row=table["base"])
         if opts.dry_run:
             if not opts.quiet:
                 print(md)

@@ -366,7 +366,16 @@ class Table:
             out.write(f"| {name} | {seeds} | " + " | ".join(cells) + " |\n")
         if len(self.models) == 1:
             return out.getvalue() + "".join(f"\n- {n}" for n in self.notes) + ("\n" if self.notes else "")
-        out.write(f"\nPaired test against **{self.reference}** ({self.reference_reason}): Δ = model − reference "
+        out.write("\n" + self.paired_markdown())
+        if self.notes:
+            out.write("\nNotes:\n\n" + "".join(f"- {n}\n" for n in self.notes))
+        return out.getvalue()
+
+    def paired_markdown(self) -> str:
+        """The paired-test block: every model's Δ to the reference with its paired CI, p and p_Holm."""
+        pct = f"{self.level:.0%}"
+        out = io.StringIO()
+        out.write(f"Paired test against **{self.reference}** ({self.reference_reason}): Δ = model − reference "
                   f"[{pct} paired bootstrap CI]; p = two-sided sign-flip permutation test over users; "
                   f"p_Holm = Holm-corrected over all {sum(1 for r in self.rows if not math.isnan(r.p_value))} tests "
                   f"of this table; * = p_Holm < {self.alpha}.\n\n")
@@ -382,9 +391,16 @@ class Table:
                 cells.append(f"{r.delta:+.4f} [{r.delta_low:+.4f}, {r.delta_high:+.4f}] "
                              f"p={_fmt_p(r.p_value)} p_Holm={_fmt_p(r.p_holm)}{star}")
             out.write(f"| {m.label} | " + " | ".join(cells) + " |\n")
-        if self.notes:
-            out.write("\nNotes:\n\n" + "".join(f"- {n}\n" for n in self.notes))
         return out.getvalue()
+
+    def relabel(self, names: dict[str, str]) -> None:
+        """Rename models (``{label: new label}``; labels not named stay), e.g. to a results table's row names."""
+        for m in self.models:
+            m.label = names.get(m.label, m.label)
+        for r in self.rows:
+            r.model = names.get(r.model, r.model)
+        self.reference = names.get(self.reference, self.reference)
+        self.notes = [next((names[k] + n[len(k):] for k in names if n.startswith(f"{k}: ")), n) for n in self.notes]
 
     def records(self) -> list[dict[str, Any]]:
         """The rows as plain dicts (for JSON)."""

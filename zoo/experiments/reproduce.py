@@ -32,9 +32,10 @@ reported as skipped with the expected paths.
 Outputs under ``--out`` (default ``runs/reproduce``, outside version control; the committed tables
 in ``benchmarks/results`` are written only when that folder is given as ``--out``), per paper: ``<paper>/results.csv`` and
 ``results.json`` (one row per run: every test metric, seed, config hash, checkpoint, wall time) and
-``<paper>/table.md`` (ours mean ± std over seeds beside the paper's number and the relative
-difference; a paired t-test of the paper's model against our best baseline where the paper claims
-significance).  Runs log to W&B offline by default (``--wandb off`` disables it), all runs of a
+``<paper>/table.md`` (ours: mean over test users, seeds averaged, with a 95% bootstrap CI over users
+and the std over seeds, beside the paper's number and the relative difference; then every row's
+paired sign-flip test over users against our best baseline, Holm-corrected across the dataset's
+table: the statistics of ``zoo compare``, :mod:`zoo.experiments.compare`).  Runs log to W&B offline by default (``--wandb off`` disables it), all runs of a
 (paper, dataset) in one group, plus one summary run holding the results table.
 """
 
@@ -71,12 +72,18 @@ PATH_KEYS = {"image_features", "text_features", "images_dir"}
 
 
 # ----------------------------------------------------------------------------- files
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
+def atomic_write(path: Path, text: str | bytes) -> None:
+    """Write ``text`` (or bytes) to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        if isinstance(text, bytes):
+            tmp.write_bytes(text)
+        else:
+            tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_numbers(path: Path = NUMBERS) -> dict[str, Any]:
@@ -459,8 +466,10 @@ def make_plan(cells: list[Cell], opts: Options) -> list[Step]:
         if run.run_dir in by_dir:
             return by_dir[run.run_dir]
         if run.done and not opts.force:
-            stored = _stored_meta(run).get("config_hash")
-            step = Step(run, "reuse", label, stale=stored not in (None, run.hash))
+            meta = _stored_meta(run)
+            # another config's run, or an old run a re-run was to replace ("running"/"failed": it never did)
+            stale = meta.get("config_hash") not in (None, run.hash) or meta.get("status") in ("running", "failed")
+            step = Step(run, "reuse", label, stale=stale)
         else:
             twin = None
             if not pretrain and not opts.force:
@@ -601,6 +610,22 @@ def _watch(cmd: list[str], logf: Any, env: dict[str, str], step: Step, n: int, o
             return rc
 
 
+def fit_command(run: Run, opts: Options, resume: bool) -> list[str]:
+    """The ``zoo fit`` command line of a run: ``--ckpt_path last`` to resume its folder's run;
+    ``--overwrite true`` when starting afresh over a folder that holds an earlier run (a stale one
+    under ``--force``, or the leftovers of a failed one), which the fit refuses otherwise
+    (``zoo.runfiles.check_fit_folder``) and replaces only once it writes its first checkpoint."""
+    from zoo.runfiles import FIT_FILES
+
+    cmd = [sys.executable, "-c", ENTRY, "fit", "--config", str(run.run_dir / "recipe.yaml"), "--seed_everything",
+           str(run.seed), "--run_dir", str(run.run_dir), "--wandb", opts.wandb]
+    if resume:
+        return cmd + ["--ckpt_path", "last"]
+    if any((run.run_dir / f).exists() for f in FIT_FILES):
+        cmd += ["--overwrite", "true"]
+    return cmd
+
+
 def fit(step: Step, n: int, opts: Options) -> dict[str, Any]:
     """Run ``zoo fit`` for one planned step (its own process, log in ``<run_dir>/zoo.log``)."""
     run = step.run
@@ -609,26 +634,24 @@ def fit(step: Step, n: int, opts: Options) -> dict[str, Any]:
     recipe_path = run.run_dir / "recipe.yaml"
     atomic_write(recipe_path, f"# materialised by zoo/experiments/reproduce.py; config hash {run.hash}\n"
                  + yaml.safe_dump(run.cfg, sort_keys=False))
-    if step.action == "run":
-        for stale_file in ("test_metrics.json", "last.ckpt", "best.ckpt"):
-            (run.run_dir / stale_file).unlink(missing_ok=True)
+    # "running" with this hash: a kill before the fit replaces an old run (--force, or a stale one)
+    # leaves the old test_metrics.json, which the next plan then shows as stale, never as this config's
     atomic_write(meta_path, json.dumps({"config_hash": run.hash, "seed": run.seed, "status": "running"}, indent=2))
     env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_RUN_GROUP=run.group, WANDB_JOB_TYPE=run.job_type)
-    cmd = [sys.executable, "-c", ENTRY, "fit", "--config", str(recipe_path), "--seed_everything", str(run.seed),
-           "--run_dir", str(run.run_dir), "--wandb", opts.wandb]
     resume = step.action == "resume"
     opts.log(f"[{step.index}/{n}] start {step.label}{' (resume from last.ckpt)' if resume else ''}  "
              f"est ≤ {fmt_s(step.estimate_s)}  -> {run.run_dir}")
     t0 = time.time()
     with open(run.run_dir / "zoo.log", "a", encoding="utf-8") as logf:
+        cmd = fit_command(run, opts, resume)
         logf.write(f"\n$ {' '.join(cmd)}\n")
         logf.flush()
-        rc = _watch(cmd + (["--ckpt_path", str(run.run_dir / "last.ckpt")] if resume else []), logf, env, step, n,
-                    opts, t0)
+        rc = _watch(cmd, logf, env, step, n, opts, t0)
         if rc != 0 and resume:  # a checkpoint cut off by a kill: start the run again
             logf.write("\n[reproduce] resuming failed; starting again from scratch\n")
+            cmd = fit_command(run, opts, False)
+            logf.write(f"\n$ {' '.join(cmd)}\n")
             logf.flush()
-            (run.run_dir / "last.ckpt").unlink(missing_ok=True)
             rc = _watch(cmd, logf, env, step, n, opts, t0)
     wall = time.time() - t0
     ok = rc == 0 and run.done
@@ -656,10 +679,17 @@ def share(step: Step, outcomes: dict[Path, dict[str, Any]], opts: Options) -> di
         why = outcomes.get(src, {}).get("reason", "it did not finish")
         return {"status": "failed", "reason": f"shares {src}, which failed: {why}"}
     run.run_dir.mkdir(parents=True, exist_ok=True)
+    # ranks first: a shared test_metrics.json never stands beside another run's (or no) ranks.npz
+    if (src / "ranks.npz").is_file():
+        atomic_write(run.run_dir / "ranks.npz", (src / "ranks.npz").read_bytes())
+        note = ""
+    else:  # a twin tested before per-user ranks existed: its cells fall back to mean ± std over seeds
+        (run.run_dir / "ranks.npz").unlink(missing_ok=True)
+        note = " (it has no ranks.npz: no CI for this cell)"
     atomic_write(run.run_dir / "test_metrics.json", (src / "test_metrics.json").read_text())
     meta = {**json.loads((src / "reproduce.json").read_text()), "twin_of": str(src)}
     atomic_write(run.run_dir / "reproduce.json", json.dumps(meta, indent=2))
-    opts.log(f"share {step.label}: same config and seed as {src}")
+    opts.log(f"share {step.label}: same config and seed as {src}{note}")
     return {**meta, "status": "reused"}
 
 
@@ -726,63 +756,72 @@ def run_cells(cells: list[Cell], opts: Options) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- statistics
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (Numerical Recipes, modified Lentz)."""
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-14:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    lbeta = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(lbeta) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(lbeta) * _betacf(b, a, 1.0 - x) / b
-
-
-def paired_ttest(x: list[float], y: list[float]) -> tuple[float, float, int]:
-    """Two-sided paired t-test of x vs y: (t, p, n).  p = I_{df/(df+t^2)}(df/2, 1/2)."""
-    n = len(x)
-    if n != len(y) or n < 2:
-        return float("nan"), float("nan"), n
-    d = [a - b for a, b in zip(x, y)]
-    mean = sum(d) / n
-    var = sum((v - mean) ** 2 for v in d) / (n - 1)
-    if var == 0.0:
-        return (float("inf") if mean > 0 else float("-inf") if mean < 0 else float("nan")), (0.0 if mean else 1.0), n
-    t = mean / math.sqrt(var / n)
-    df = n - 1
-    return t, betainc(df / 2.0, 0.5, df / (df + t * t)), n
-
-
 def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std over seeds (the fallback cell of a run without per-user ranks; the plots)."""
     n = len(values)
     if n == 0:
         return float("nan"), float("nan")
     m = sum(values) / n
     return m, (math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
+
+
+N_BOOT = 10000  # bootstrap resamples and random sign vectors, as `zoo compare`'s default
+STATS_SEED = 0
+
+
+def dataset_stats(recs: list[dict[str, Any]], rows_order: list[str], metrics: list[str],
+                  reference_row: str | None = None) -> tuple[Any, list[str]]:
+    """``zoo compare``'s table (:func:`zoo.experiments.compare.compare_runs`) over the finished runs
+    of one dataset whose folders hold ``ranks.npz``, models relabelled to the table's rows, and the
+    notes of the table.  A row is in it only when every finished seed has its ranks; the reference
+    is ``reference_row`` when it is in it (an ablation's full model), else compare's default (the
+    best baseline).  ``(None, notes)`` when fewer than one row qualifies or the runs differ in users."""
+    from zoo.experiments.compare import compare_runs
+
+    rows: dict[str, list[str]] = {}
+    for row in rows_order:
+        done = [r for r in recs if r["model"] == row and r["status"] == "done" and r.get("run_dir")]
+        if done and all((Path(r["run_dir"]) / "ranks.npz").is_file() for r in done):
+            rows[row] = [r["run_dir"] for r in done]
+    if not rows:
+        return None, []
+    dirs = [d for ds in rows.values() for d in ds]
+    ref = rows[reference_row][0] if reference_row in rows else None
+    try:
+        table = compare_runs(dirs, reference=ref, metrics=metrics, n_boot=N_BOOT, seed=STATS_SEED)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        return None, [f"no CIs or paired test: {e}"]
+    names: dict[str, str] = {}  # compare's label -> the table's row
+    for m in table.models:
+        owners = {row for row, ds in rows.items() for r in m.runs if str(r.path) in ds}
+        if len(owners) != 1 or owners & set(names.values()):
+            return None, [f"no CIs or paired test: the seeds of {sorted(owners | set(names.values()))} do not form "
+                          "one model each (their saved configs differ beyond the seed)"]
+        names[m.label] = owners.pop()
+    table.relabel(names)
+    if ref is not None:
+        table.reference_reason = "the full model, which every ablation row is compared with"
+    return table, table.notes
+
+
+def _cell_text(vals: list[float], paper: float | None, status: str, stats: Any = None) -> str:
+    """``ours · paper value (relative difference)``; ours = mean [95% CI over users] ± std over seeds
+    from ``stats`` (a row of compare's table), else mean ± std over seeds marked † (no per-user ranks)."""
+    if stats is not None:
+        mean = stats.mean
+        ours = f"{mean:.4f} [{stats.ci_low:.4f}, {stats.ci_high:.4f}]" + (
+            f" ± {stats.seed_std:.4f}" if stats.n_seeds > 1 else "")
+    elif vals:
+        mean, s = mean_std(vals)
+        ours = (f"{mean:.4f} ± {s:.4f}" if len(vals) > 1 else f"{mean:.4f}") + " †"
+    else:
+        mean, ours = float("nan"), status
+    if paper is None:
+        return f"{ours} · paper —"
+    if stats is None and not vals:
+        return f"{ours} · paper {paper:.4f}"
+    rel = (mean - paper) / paper * 100 if paper else float("nan")
+    return f"{ours} · paper {paper:.4f} ({rel:+.1f}%)"
 
 
 # ----------------------------------------------------------------------------- tables
@@ -793,25 +832,13 @@ def paper_value(table: dict[str, Any], dataset: str, row: str, metric: str) -> f
     return None if v is None else float(v) * float(table.get("scale", 1.0))
 
 
-def _cell_text(vals: list[float], paper: float | None, status: str) -> str:
-    if vals:
-        m, s = mean_std(vals)
-        ours = f"{m:.4f} ± {s:.4f}" if len(vals) > 1 else f"{m:.4f}"
-    else:
-        ours = status
-    if paper is None:
-        return f"{ours} · paper —"
-    if not vals:
-        return f"{ours} · paper {paper:.4f}"
-    rel = (mean_std(vals)[0] - paper) / paper * 100 if paper else float("nan")
-    return f"{ours} · paper {paper:.4f} ({rel:+.1f}%)"
-
-
 def markdown_table(paper: str, table: dict[str, Any], rows_order: list[str], records: list[dict[str, Any]],
-                   header: str, significance_model: str | None = None,
-                   blocks: dict[str, list[str]] | None = None, not_implemented: Iterable[str] = ()) -> str:
-    """Per dataset: ours (mean ± std over seeds) · paper value (relative difference); skipped cells
-    with their expected paths; the paired t-test where the paper claims significance."""
+                   header: str, reference_row: str | None = None, not_implemented: Iterable[str] = ()) -> str:
+    """Per dataset: ours (mean over users and seeds [95% bootstrap CI over users] ± std over seeds,
+    the statistics of ``zoo compare``) · paper value (relative difference of our mean); skipped
+    and failed cells with their reasons; then compare's paired sign-flip test over users of every
+    row against the reference (the best baseline, or ``reference_row``), Holm-corrected across the
+    dataset's table.  Rows whose runs have no ``ranks.npz`` show mean ± std over seeds (†)."""
     metrics: dict[str, str] = table["metrics"]
     out = io.StringIO()
     out.write(header)
@@ -819,56 +846,43 @@ def markdown_table(paper: str, table: dict[str, Any], rows_order: list[str], rec
     for ds in datasets:
         recs = [r for r in records if r["dataset"] == ds]
         seeds = sorted({r["seed"] for r in recs})
+        stats, notes = dataset_stats(recs, rows_order, list(metrics), reference_row)
+        in_stats = {m.label for m in stats.models} if stats is not None else set()
+        users = f" over {stats.n_users} test users" if stats is not None else ""
         out.write(f"\n### {ds}\n\n{len(seeds)} seed(s): {', '.join(map(str, seeds))}. "
-                  f"Cell: ours mean ± std · paper value (relative difference of our mean).\n\n")
+                  f"Cell: ours mean{users} (seeds averaged) [95% percentile bootstrap CI over users, {N_BOOT} "
+                  f"resamples] ± std of the per-seed values (none with one seed: its seed-to-seed variation is unknown) · "
+                  f"paper value (relative difference of our mean).\n\n")
         out.write("| model | " + " | ".join(metrics.values()) + " |\n|---|" + "---|" * len(metrics) + "\n")
+        fallback = False
         for row in rows_order + [r for r in not_implemented if r not in rows_order]:
             rr = [r for r in recs if r["model"] == row]
             if not rr and (row not in not_implemented or all(paper_value(table, ds, row, m) is None for m in metrics)):
                 continue  # a column the paper prints but the zoo lacks is shown only beside a printed number
             done = [r for r in rr if r["status"] == "done"]
             status = "not implemented" if row in not_implemented else (rr[0]["status"] if rr else "—")
+            fallback |= row not in in_stats and bool(done)
             cells = [_cell_text([float(r[f"test/{m}"]) for r in done if f"test/{m}" in r], paper_value(table, ds, row, m),
-                                status) for m in metrics]
+                                status, stats.row(row, m) if row in in_stats else None) for m in metrics]
             stale = " (stale)" if any(r.get("stale") for r in done) else ""
-            out.write(f"| {row}{stale} | " + " | ".join(cells) + " |\n")
+            ref = " (reference)" if stats is not None and row == stats.reference and len(in_stats) > 1 else ""
+            out.write(f"| {row}{stale}{ref} | " + " | ".join(cells) + " |\n")
         skipped = [r for r in recs if r["status"] == "skipped"]
         failed = [r for r in recs if r["status"] == "failed"]
         for r in {r["model"]: r for r in skipped}.values():
             out.write(f"\n- skipped {r['model']}: {r['reason']}")
         for r in failed:
             out.write(f"\n- failed {r['model']} seed {r['seed']}: {r['reason']}")
-        if skipped or failed:
+        if fallback:
+            out.write("\n- † not every run of this row has its per-user ranks (ranks.npz; tested before they were "
+                      "written): mean ± std over seeds, no CI, not in the paired test; `zoo test --run DIR` adds them")
+        for n in notes:
+            out.write(f"\n- {n}")
+        if skipped or failed or fallback or notes:
             out.write("\n")
-        if significance_model and blocks:
-            out.write(significance_text(recs, metrics, blocks))
+        if stats is not None and len(in_stats) > 1:
+            out.write("\n" + stats.paired_markdown())
     return out.getvalue()
-
-
-def significance_text(recs: list[dict[str, Any]], metrics: dict[str, str], blocks: dict[str, list[str]]) -> str:
-    """Paired t-test (over seeds) of each block's own model vs the baseline with the best mean of ours."""
-    lines = []
-    for model, baselines in blocks.items():
-        for m, label in metrics.items():
-            key = f"test/{m}"
-            ours = {r["seed"]: float(r[key]) for r in recs if r["model"] == model and r["status"] == "done" and key in r}
-            best, best_mean = None, -math.inf
-            for b in baselines:
-                vals = [float(r[key]) for r in recs if r["model"] == b and r["status"] == "done" and key in r]
-                if vals and mean_std(vals)[0] > best_mean:
-                    best, best_mean = b, mean_std(vals)[0]
-            if not ours or best is None:
-                continue
-            base = {r["seed"]: float(r[key]) for r in recs if r["model"] == best and r["status"] == "done" and key in r}
-            common = sorted(set(ours) & set(base))
-            t, p, n = paired_ttest([ours[s] for s in common], [base[s] for s in common])
-            ptxt = "n/a (needs ≥ 2 paired seeds)" if n < 2 or math.isnan(p) else f"{p:.4f}"
-            mark = "" if n < 2 or math.isnan(p) else ("**" if p <= 0.01 else "*" if p <= 0.05 else "n.s.")
-            lines.append(f"| {model} vs {best} | {label} | {n} | {t:+.3f} | {ptxt} {mark} |")
-    if not lines:
-        return ""
-    return ("\nPaired t-test over seeds (two-sided), the paper's model vs our best baseline:\n\n"
-            "| comparison | metric | n | t | p |\n|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
 
 
 def write_results(folder: Path, stem: str, records: list[dict[str, Any]], markdown: str, extra: dict[str, Any]) -> None:
@@ -985,18 +999,14 @@ def write_main_table(paper: str, numbers: dict[str, Any], records: list[dict[str
                      models: list[str] | None = None) -> None:
     """``<out>/<paper>/table.md`` + ``results.{csv,json}`` and the W&B summary; printed on a dry run."""
     table = numbers[paper]["main"]
-    own = numbers[paper]["model"]
     rows, not_impl = main_rows(paper, numbers, models)
-    blocks = None
     sig = table.get("significance") or {}
-    if sig.get("claimed"):
-        blocks = sig.get("blocks") or {own: [m for m in table["models"] if m != own]}
     header = (f"# {numbers[paper]['title']}\n\n{table['table']}: {table['caption']}.\n\n"
               f"Protocol: {table['protocol']}.\n\n"
               f"Command: `{opts.command}`\n\n"
               f"Machine: {machine_line(not opts.dry_run)}\n\n"
               f"Paper significance claim: {sig.get('text', 'none')}\n")
-    md = markdown_table(paper, table, rows, records, header, own if blocks else None, blocks, not_impl)
+    md = markdown_table(paper, table, rows, records, header, not_implemented=not_impl)
     if opts.dry_run:
         if not opts.quiet:
             print(md)
