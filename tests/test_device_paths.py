@@ -215,10 +215,13 @@ def _have_compiler() -> str | None:
 
 @pytest.mark.slow  # cold inductor compile: ~30 s (SASRec) + ~60 s (HORAE) of CPU
 @pytest.mark.parametrize("name", ["SASRec-CE", "HORAE-transductive"])
-def test_compile_inductor_trains_a_few_steps(name: str) -> None:
+def test_compile_inductor_trains_a_few_steps(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     reason = _have_compiler()
     if reason:
         pytest.skip(reason)
+    # inductor's C++ builder imports setuptools; once an earlier test of the session has imported the
+    # standard library's distutils, setuptools' distutils shim asserts ("distutils/core.py"): keep stdlib's
+    monkeypatch.setenv("SETUPTOOLS_USE_DISTUTILS", "stdlib")
     torch._dynamo.reset()
     eager, compiled = build(name), build(name)
     compiled.load_state_dict(eager.state_dict())
