@@ -249,18 +249,17 @@ class SequentialRecommender(L.LightningModule):
         elif "targets" not in batch:  # full ranking, one target: fused mask + count (zoo/metrics.py)
             key = f"{stage}_full"
             self.metrics[key].update(ranks=self.full_ranks(user, batch))
-        else:
+        else:  # several targets per user (the ComiRec protocol)
             scores = self.score_all(user).float()  # [B, N+1]
             scores[:, 0] = float("-inf")
-            multi = "targets" in batch
-            targets = batch["targets"] if multi else batch["target"][:, None]  # [B, T]
+            targets = batch["targets"]  # [B, T]
             if self.mask_history and "history_items" in batch:
                 keep = scores.gather(1, targets)
                 scores.scatter_(1, batch["history_items"], float("-inf"))
                 scores.scatter_(1, targets, keep)  # a repeated target stays rankable
                 scores[:, 0] = float("-inf")
-            key = f"{stage}_{'multi' if multi else 'full'}"
-            self.metrics[key].update(scores, targets if multi else batch["target"])
+            key = f"{stage}_multi"
+            self.metrics[key].update(scores, targets)
         self._used_metrics.add(key)
         sink = self.metrics[key].rank_sink
         if stage == "test" and sink is not None:  # per-user ranks: O(users), kept on the CPU
