@@ -151,6 +151,15 @@ def _function(node: ast.ClassDef, name: str) -> ast.FunctionDef | None:
     return next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
 
 
+def named_arguments(a: ast.arguments) -> list[tuple[ast.arg, ast.expr | None]]:
+    """A function's named arguments with their defaults (None: no default); self/cls, *args and
+    **kwargs left out.  Shared by the pre-check, ``zoo models`` and the models page (docgen)."""
+    positional = a.posonlyargs + a.args
+    pos_defaults = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
+    return [(arg, d) for arg, d in [*zip(positional, pos_defaults), *zip(a.kwonlyargs, a.kw_defaults)]
+            if arg.arg not in ("self", "cls")]
+
+
 def method_signature(where: tuple[str, str], method: str = "__init__", _depth: int = 0) -> Signature:
     node = class_node(where)
     if node is None or _depth > 10:
@@ -161,11 +170,7 @@ def method_signature(where: tuple[str, str], method: str = "__init__", _depth: i
         return method_signature(first, method, _depth + 1) if first else Signature(complete=not node.bases)
     sig = Signature()
     a = fn.args
-    positional = a.posonlyargs + a.args
-    pos_defaults = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
-    for arg, default in [*zip(positional, pos_defaults), *zip(a.kwonlyargs, a.kw_defaults)]:
-        if arg.arg in ("self", "cls"):
-            continue
+    for arg, default in named_arguments(a):
         sig.names.append(arg.arg)
         sig.annotations[arg.arg] = arg.annotation
         if default is not None:

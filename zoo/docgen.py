@@ -90,11 +90,9 @@ def _class_index() -> dict[str, ModelDoc]:
 
 def _signature(args: ast.arguments) -> list[Param]:
     """Named options of ``__init__`` (self, *args and **kwargs left out) with their defaults."""
-    positional = args.posonlyargs + args.args
-    defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
-    out = [Param(a.arg, "" if d is None else ast.unparse(d)) for a, d in zip(positional, defaults)]
-    out += [Param(a.arg, "" if d is None else ast.unparse(d)) for a, d in zip(args.kwonlyargs, args.kw_defaults)]
-    return [p for p in out if p.name != "self"]
+    from zoo.catalog import named_arguments
+
+    return [Param(a.arg, "" if d is None else ast.unparse(d)) for a, d in named_arguments(args)]
 
 
 def args_block(class_doc: str) -> str:
