@@ -68,6 +68,9 @@ RECHORUS_COMMON = ["--dataset", NAME, "--early_stop", "0", "--gpu", "", "--num_w
                    "--main_metric", "NDCG@10", "--save_final_results", "0", "--num_neg", "1"]
 
 
+TIMIREC_MATCH = ["--model.init_args.K", "2", "--model.init_args.transformer", "false", "--model.init_args.lr", "0.001"]
+
+
 @dataclass
 class Arm:
     """One model in one framework."""
@@ -100,6 +103,17 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
                                                   "--attn_size", "8", "--add_pos", "1", "--add_trm", "0",
                                                   "--lr", "1e-3", "--l2", "1e-6"]),
     Arm("zoo-TiMiRec", "zoo", ["--config", "recipes/timirec.yaml"], after="zoo-TiMiRec-pretrain"),
+    # ReChorus-matched zoo arms: the peerswitch recipes (recipes/*_rechorus.yaml: every switch for a known
+    # ReChorus difference set) with the hyperparameters overridden to this table's matched values
+    Arm("zoo-SASRec-rcmatch", "zoo", ["--config", "recipes/sasrec_rechorus.yaml", "--model.init_args.n_layers", "2",
+                                      "--model.init_args.n_heads", "2", "--model.init_args.dropout", "0.2",
+                                      "--model.init_args.lr", "0.001", "--model.init_args.weight_decay", "0.0"], HP_SASREC),
+    Arm("zoo-ComiRec-SA-rcmatch", "zoo", ["--config", "recipes/comirec_rechorus.yaml", "--model.init_args.d_a", "256",
+                                          "--model.init_args.weight_decay", "0.0"]),
+    Arm("zoo-TiMiRec-pretrain-rcmatch", "zoo", ["--config", "recipes/timirec_rechorus_pretrain.yaml", *TIMIREC_MATCH]),
+    Arm("zoo-TiMiRec-rcmatch", "zoo", ["--config", "recipes/timirec_rechorus.yaml", *TIMIREC_MATCH,
+                                       "--model.init_args.T", "0.5", "--model.init_args.head_layers", "2"],
+        after="zoo-TiMiRec-pretrain-rcmatch"),
     Arm("ReChorus-TiMiRec", "ReChorus", ["--model_name", "TiMiRec", "--stage", "finetune", "--K", "2",
                                          "--attn_size", "8", "--add_pos", "1", "--add_trm", "0", "--temp", "0.5",
                                          "--n_layers", "2", "--lr", "1e-3", "--l2", "1e-6"],
@@ -130,6 +144,13 @@ PAIRS: dict[str, tuple[str, str, list[str]]] = {
         "BPR negatives over the whole history (ReChorus)", "init N(0, 0.01) (ReChorus)",
         "no weight decay on biases (ReChorus)", "position index from the most recent item (ReChorus)",
         "stage 2 starts from each side's own stage-1 extractor (the rows above)"]),
+    # the same peer runs against the ReChorus-matched zoo arms
+    "rechorus_sasrec_matched": ("zoo-SASRec-rcmatch", "ReChorus-SASRec", [
+        "dropout placement: ReChorus drops out inside the Transformer layer only, the zoo also on the input "
+        "embeddings and the attention probabilities"]),
+    "rechorus_comirec_sa_matched": ("zoo-ComiRec-SA-rcmatch", "ReChorus-ComiRec-SA", ["none known"]),
+    "rechorus_timirec_pretrain_matched": ("zoo-TiMiRec-pretrain-rcmatch", "ReChorus-TiMiRec-pretrain", ["none known"]),
+    "rechorus_timirec_matched": ("zoo-TiMiRec-rcmatch", "ReChorus-TiMiRec", ["none known"]),
 }
 
 
