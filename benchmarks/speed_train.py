@@ -30,7 +30,7 @@ recipe's ``freeze`` list kept), which costs the same per step.  The processed da
 (``~/.cache/zoo``) is shared by both sides; prepare it first (``zoo data``, or any ``zoo fit``).
 Writes ``benchmarks/results/speed_train.md`` (``--out``) and a JSON of every run beside it.
 
-A recipe may carry switches for the CURRENT side only, ``recipe:key=value,key=value``: keys are
+A recipe may carry switches for the CURRENT side only, ``recipe:key=value+key=value``: keys are
 the model's ``init_args`` (``adaptor_masks=item``) or ``precision`` (the Trainer's, e.g.
 ``bf16-mixed``); the baseline side runs the plain recipe, so the ratio is the switch's speed-up
 over the baseline's default (approximate switches: see the model docstrings)::
@@ -77,15 +77,15 @@ def _cls(path: str):
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"horae:adaptor_masks=item,precision=bf16-mixed"`` -> ``("horae", {...})`` (values as YAML scalars)."""
+    """``"horae:adaptor_masks=item+precision=bf16-mixed"`` -> ``("horae", {...})`` (values as YAML scalars)."""
     import yaml
 
     recipe, _, rest = spec.partition(":")
     switches: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
+    for item in filter(None, rest.split("+")):
         key, eq, value = item.partition("=")
         if not eq or not key:
-            raise SystemExit(f"--recipes: {spec!r}: expected recipe:key=value[,key=value], got {item!r}")
+            raise SystemExit(f"--recipes: {spec!r}: expected recipe:key=value[+key=value], got {item!r}")
         switches[key.strip()] = yaml.safe_load(value)
     return recipe, switches
 
