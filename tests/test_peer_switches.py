@@ -171,17 +171,20 @@ def test_decay_biases_false_puts_every_bias_in_a_zero_decay_group():
             "extractor.transformer.layers.0.attention.layer_norm.bias"} <= no_decay
     assert {"item_emb.weight", "extractor.transformer.layers.0.attention.layer_norm.weight"} <= decayed  # as ReChorus
     assert groups[(0.5, 0.0)] == {n for n in no_decay if n.startswith("predictor")}  # lr groups kept apart
-    default = TiMiRec(num_items=N, d=8, K=2, max_len=L, weight_decay=0.1).configure_optimizers()
-    assert [g["weight_decay"] for g in default.param_groups] == [0.1]
+    default = ComiRec(num_items=N, d=8, K=2, max_len=L, weight_decay=0.1).configure_optimizers()
+    assert [g["weight_decay"] for g in default.param_groups] == [0.1]  # decay_biases defaults to True
+    timirec = TiMiRec(num_items=N, d=8, K=2, max_len=L, weight_decay=0.1).configure_optimizers()
+    assert sorted(g["weight_decay"] for g in timirec.param_groups) == [0.0, 0.1]  # TiMiRec: the code's False
 
 
 # ------------------------------------------------------------------ 3. initialisation
 @pytest.mark.parametrize("cls,kw,default_std", [
-    (SASRec, dict(d=64), 0.02), (ComiRec, dict(d=64, K=2), 0.02), (TiMiRec, dict(d=64, K=2), 0.01),
-], ids=["sasrec", "comirec", "timirec"])
+    (SASRec, dict(d=64), 0.02), (ComiRec, dict(d=64, K=2), 0.02), (TiMiRec, dict(d=64, K=2, init_bias_std=0.0), 0.01),
+], ids=["sasrec", "comirec", "timirec"])  # TiMiRec's default init_bias_std is already the code's 0.01
 def test_init_std_is_measured(cls, kw, default_std):
     torch.manual_seed(0)
     default = cls(num_items=2000, **kw)
+    kw = {k: v for k, v in kw.items() if k != "init_bias_std"}
     rechorus = cls(num_items=2000, init_std=0.01, init_bias_std=0.01, **kw)
     assert default.item_emb.weight.std().item() == pytest.approx(default_std, rel=0.03)
     assert rechorus.item_emb.weight.std().item() == pytest.approx(0.01, rel=0.03)
@@ -286,7 +289,7 @@ def test_sasrec_rechorus_switches_give_rechorus_layers():
         assert not torch.allclose(default.user_representation(batch), rechorus_sasrec_user(default, batch["item_seq"]))
 
 
-@pytest.mark.parametrize("switch", [dict(activation="relu"), dict(attn_projection=False)])
+@pytest.mark.parametrize("switch", [dict(activation="gelu"), dict(attn_projection=True)])  # the defaults are the code's
 def test_plus_layer_switches_change_timirec(switch):
     batch = make_batch(B=6, L=L, num_items=N)
     torch.manual_seed(0)

@@ -42,10 +42,11 @@ Paper vs official code (ReChorus ``TiMiRec.py``, maintained by the authors; spec
 | (no switch) L_distill form | cross-entropy ``-p^T log q`` (Eq. 9) | ``KL(p ‖ q)`` (batchmean) | code | same gradient, only the logged value differs |
 | ``position_index`` | "trainable positional embeddings" | counts from the most recent item (1 = newest, pads 0) | ``"slot"`` (the same model as the code's ``"recent"`` on the datamodule's max_len-padded windows) | B3; ``"recent"`` is the code's index at any length |
 | ``init_std`` | silent | N(0, 0.01^2) on every Linear and Embedding, GRU defaults | ``0.01`` (code) | ReChorus ``BaseModel.init_weights`` |
-| ``init_bias_std`` | silent | Linear biases N(0, 0.01^2) | ``0.0`` (zeros; kept as before) | 0.01 is the code's |
-| ``activation`` | silent | ReLU in the "+" layer (``layers.TransformerLayer``) | ``"gelu"`` (kept as before) | ``"relu"`` is the code's |
-| ``attn_projection`` | silent | no output projection after the "+" layer's heads | ``True`` (kept as before) | ``False`` is the code's |
-| ``train_negatives_exclude`` | silent | BPR negative outside the user's whole training history (``train_clicked_set``) | ``"window"`` (kept as before) | ``"history"`` is the code's |
+| ``init_bias_std`` | silent | Linear biases N(0, 0.01^2) | ``0.01`` (code) | ``0.0`` = zero biases (the zoo before issue 15's rule) |
+| ``activation`` | silent | ReLU in the "+" layer (``layers.TransformerLayer``) | ``"relu"`` (code) | ``"gelu"`` = the zoo's shared layer |
+| ``attn_projection`` | silent | no output projection after the "+" layer's heads | ``False`` (code) | ``True`` = the zoo's shared layer |
+| ``decay_biases`` | silent | no weight decay on biases (``customize_parameters``) | ``False`` (code) | ``True`` decays every parameter |
+| ``train_negatives_exclude`` | silent | BPR negative outside the user's whole training history (``train_clicked_set``) | ``"window"`` for the class, so a model built without a datamodule's training history still trains; every TiMiRec recipe sets the code's value | ``history`` (code, in the recipes) |
 
 The "+" Transformer layer is otherwise the zoo's shared post-LN layer with the code's settings (1
 head, d_ff = d, no dropout, eps 1e-5).  ``recipes/timirec_rechorus_pretrain.yaml`` and
@@ -83,6 +84,8 @@ class TiMiRec(MultiInterestRecommender):
         position_index / init_std / init_bias_std / activation / attn_projection: see the
             paper-vs-code table (the "+" layer's FFN activation and attention output projection;
             the Linear/Embedding weight and bias init std).
+        decay_biases: weight decay on biases too; ``False`` = ReChorus's ``customize_parameters``
+            (code, default for TiMiRec; the base class defaults to ``True``).
         T: distillation temperature (Beauty 0.1, ML-1M 0.5).
         head_layers / head_dropout: predictor head (Eq. 15): 2 layers (paper; the code's ML-1M
             run) or 1 (the code's Beauty run); dropout before the ReLU of the 2-layer head.
@@ -108,13 +111,14 @@ class TiMiRec(MultiInterestRecommender):
         stop_grad: bool = True,
         loss: str = "bpr",
         position_index: str = "slot",
-        activation: str = "gelu",
-        attn_projection: bool = True,
+        activation: str = "relu",
+        attn_projection: bool = False,
         init_std: float = 0.01,
-        init_bias_std: float = 0.0,
+        init_bias_std: float = 0.01,
+        decay_biases: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(loss=loss, **kwargs)
+        super().__init__(loss=loss, decay_biases=decay_biases, **kwargs)
         self.save_hyperparameters()
         if stage not in ("pretrain", "finetune"):
             raise ValueError(f"stage must be 'pretrain' or 'finetune', got {stage!r}")
