@@ -29,6 +29,14 @@ Fine-tuning recipes run without their ``pretrained_ckpt`` (freshly initialised w
 recipe's ``freeze`` list kept), which costs the same per step.  The processed data cache
 (``~/.cache/zoo``) is shared by both sides; prepare it first (``zoo data``, or any ``zoo fit``).
 Writes ``benchmarks/results/speed_train.md`` (``--out``) and a JSON of every run beside it.
+
+A recipe may carry switches for the CURRENT side only, ``recipe:key=value+key=value``: keys are
+the model's ``init_args`` (``adaptor_masks=item``) or ``precision`` (the Trainer's, e.g.
+``bf16-mixed``); the baseline side runs the plain recipe, so the ratio is the switch's speed-up
+over the baseline's default (approximate switches: see the model docstrings)::
+
+    python benchmarks/speed_train.py --recipes horae_pretrain:adaptor_masks=item,horae:precision=bf16-mixed \
+        --out benchmarks/results/speed_train_switches.md
 """
 
 from __future__ import annotations
@@ -68,7 +76,21 @@ def _cls(path: str):
     return getattr(importlib.import_module(mod), name)
 
 
-def worker(recipe: str, warmup: int, seconds: float, min_steps: int, out: Path) -> None:
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"horae:adaptor_masks=item+precision=bf16-mixed"`` -> ``("horae", {...})`` (values as YAML scalars)."""
+    import yaml
+
+    recipe, _, rest = spec.partition(":")
+    switches: dict[str, Any] = {}
+    for item in filter(None, rest.split("+")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise SystemExit(f"--recipes: {spec!r}: expected recipe:key=value[+key=value], got {item!r}")
+        switches[key.strip()] = yaml.safe_load(value)
+    return recipe, switches
+
+
+def worker(spec: str, warmup: int, seconds: float, min_steps: int, out: Path) -> None:
     """One side, one recipe: time training steps of the side's own code (run with cwd and
     PYTHONPATH = that side's checkout)."""
     import lightning as L
@@ -77,6 +99,8 @@ def worker(recipe: str, warmup: int, seconds: float, min_steps: int, out: Path) 
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(1)
+    recipe, switches = parse_spec(spec)
+    precision = switches.pop("precision", None)
     root = Path.cwd()
     cfg = yaml.safe_load((root / "recipes" / f"{recipe}.yaml").read_text(encoding="utf-8"))
     L.seed_everything(int(cfg.get("seed_everything", 0)), verbose=False)
@@ -84,6 +108,7 @@ def worker(recipe: str, warmup: int, seconds: float, min_steps: int, out: Path) 
     m_init = dict(cfg["model"].get("init_args", {}))
     if m_init.get("pretrained_ckpt"):
         m_init["pretrained_ckpt"] = None  # same cost per step; the recipe's freeze list is kept
+    m_init.update(switches)
     model = _cls(cfg["model"]["class_path"])(num_items=dm.num_items, data_info=dm.info, **m_init)
 
     times: list[float] = []
@@ -110,6 +135,7 @@ def worker(recipe: str, warmup: int, seconds: float, min_steps: int, out: Path) 
         accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
         use_distributed_sampler=False, gradient_clip_val=tr_cfg.get("gradient_clip_val"), callbacks=[clock],
+        **({"precision": precision} if precision else {}),
     )
     trainer.fit(model, datamodule=dm)
     steps_per_epoch = len(dm.train_dataloader())
@@ -122,12 +148,12 @@ def worker(recipe: str, warmup: int, seconds: float, min_steps: int, out: Path) 
 
     model.train()
     batch = next(iter(dm.train_dataloader()))
-    with FlopCounterMode(display=False) as fc:
+    with FlopCounterMode(display=False) as fc, torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16-mixed"):
         terms = model.training_loss(batch)
         torch.stack(list(terms.values())).sum().backward()
     flops = fc.get_total_flops()
     res = dict(
-        recipe=recipe, steps=n, sec_per_step=sec_per_step, cpu_per_step=cpu_per_step, mean_sec_per_step=(times[-1] - clock.t0) / n,
+        recipe=spec, steps=n, sec_per_step=sec_per_step, cpu_per_step=cpu_per_step, mean_sec_per_step=(times[-1] - clock.t0) / n,
         seq_per_s=sum(rows) / (times[-1] - clock.t0), batch_rows=statistics.median(rows),
         steps_per_epoch=steps_per_epoch, epoch_s=steps_per_epoch * sec_per_step, flops_per_step=flops,
         gflops=flops / sec_per_step / 1e9, loadavg=loadavg(),
@@ -152,10 +178,12 @@ def peak_matmul_gflops(n: int = 2048, repeats: int = 8) -> float:
 
 # ----------------------------------------------------------------------------- driver
 def run_side(root: Path, recipe: str, args: argparse.Namespace, tmp: Path, tag: str) -> dict[str, Any]:
-    out = tmp / f"{recipe}-{tag}.json"
-    log = tmp / f"{recipe}-{tag}.log"
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in recipe)
+    out = tmp / f"{safe}-{tag}.json"
+    log = tmp / f"{safe}-{tag}.log"
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", recipe, "--warmup", str(args.warmup),
+    spec = recipe if tag == "current" else parse_spec(recipe)[0]  # switches on the current side only
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", spec, "--warmup", str(args.warmup),
            "--seconds", str(args.seconds), "--min_steps", str(args.min_steps), "--json", str(out)]
     with open(log, "w", encoding="utf-8") as fh:
         rc = subprocess.run(cmd, cwd=root, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=args.timeout).returncode
@@ -217,7 +245,7 @@ def write_report(args: argparse.Namespace, recipes: list[str], runs: dict, info:
         wall_pairs = [x["sec_per_step"] / y["sec_per_step"] for x, y in ok]
         ratio = b["cpu_per_step"] / c["cpu_per_step"]
         wall = b["sec_per_step"] / c["sec_per_step"]
-        name = f"**{recipe}**" if recipe in PAPER else recipe
+        name = f"**{recipe}**" if recipe.partition(":")[0] in PAPER else recipe
         spe = c["steps_per_epoch"]
         gfl = c["flops_per_step"] / c["cpu_per_step"] / 1e9
         lines.append(

@@ -592,6 +592,12 @@ class SequentialDataModule(L.LightningDataModule):
         np.add.at(cover, tr_end, -1)
         in_train = np.cumsum(cover)[:-1] > 0
         info["popularity"] = torch.from_numpy(np.bincount(d.items[in_train], minlength=N + 1).astype(np.float32))
+        # each user's distinct training items (CSR, ascending): BPR negatives outside the whole
+        # training history (train_negatives_exclude="history", ReChorus's train_clicked_set)
+        owner = np.repeat(np.arange(d.num_users), np.diff(d.user_ptr))  # [I] user of each flat position
+        seen = np.unique(owner[in_train].astype(np.int64) * (N + 1) + d.items[in_train])  # [nnz] ascending
+        info["train_history_ptr"] = torch.from_numpy(np.searchsorted(seen // (N + 1), np.arange(d.num_users + 1)).astype(np.int64))
+        info["train_history_items"] = torch.from_numpy((seen % (N + 1)).astype(np.int64))
         C = d.stats["num_categories"]
         if C:
             info["category"] = torch.from_numpy(d.item_category)
@@ -602,9 +608,7 @@ class SequentialDataModule(L.LightningDataModule):
             info["category_multi_hot"] = torch.from_numpy(mh)
             cat = d.item_category[d.items]  # [I]
             nxt_ok = in_train[:-1] & in_train[1:]
-            # adjacent pairs must belong to the same user
-            owner = np.repeat(np.arange(d.num_users), np.diff(d.user_ptr))
-            nxt_ok &= owner[:-1] == owner[1:]
+            nxt_ok &= owner[:-1] == owner[1:]  # adjacent pairs must belong to the same user
             a, c2 = cat[:-1][nxt_ok], cat[1:][nxt_ok]
             trans = np.zeros((C + 1, C + 1), dtype=np.float32)
             np.add.at(trans, (a, c2), 1.0)

@@ -300,7 +300,7 @@ def test_config_error_through_the_console_script_is_one_clear_line():
     assert r.returncode == 2 and "Traceback" not in r.stderr
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("zoo: error")]
     assert errors == ["zoo: error (recipe): command line --model.init_args.n_layer: option 'n_layer' is not accepted "
-                      "by zoo.models.sasrec.SASRec; did you mean 'n_layers'? "
+                      "by zoo.models.sasrec.SASRec; did you mean 'n_layers' or 'input_layernorm'? "
                       "(`zoo fit --model.help zoo.models.sasrec.SASRec` lists its options)"]
 
 

@@ -61,10 +61,16 @@ def side_info() -> dict[str, torch.Tensor]:
         "popularity": torch.randint(0, 9, (N + 1,), generator=g).float(),
         "text": text,
         "image": image,
+        # 8 users' distinct training items (CSR, ascending): the ReChorus cases' BPR negatives avoid them
+        "train_history_ptr": torch.arange(0, 81, 10),
+        "train_history_items": torch.cat([torch.randperm(N, generator=g)[:10].sort().values + 1 for _ in range(8)]),
     }
 
 
 COMMON = dict(num_items=N, mask_history=True, topk=(5, 10))
+RECHORUS = dict(loss="bpr", train_negatives_exclude="history", init_std=0.01, init_bias_std=0.01, decay_biases=False)
+RECHORUS_SASREC = dict(RECHORUS, input_layernorm=False, d_ff=D, activation="relu", attn_projection=False, ln_eps=1e-5,
+                       position_index="recent")
 TEXT = dict(d=D, n_layers=1, n_heads=2, d_ff=2 * D, max_len=L, n_experts=2, num_capsules=4,
             data_info={"text_dim": TEXT_DIM})
 MI = dict(d=D, K=K, max_len=L, n_neg=20)
@@ -87,6 +93,12 @@ CASES: dict[str, Callable[[], SequentialRecommender]] = {
     "TiMiRec-stage1": lambda: TiMiRec(stage="pretrain", d=D, K=K, max_len=L, **COMMON),
     "TiMiRec-stage2": lambda: TiMiRec(stage="finetune", d=D, K=K, max_len=L, **COMMON),
     "TiMiRec+-stage2": lambda: TiMiRec(stage="finetune", transformer=True, d=D, K=K, max_len=L, **COMMON),
+    # every peer switch at ReChorus's value (docs/compare.md "Peer differences")
+    "SASRec-ReChorus": lambda: SASRec(d=D, n_layers=1, n_heads=2, max_len=L, **RECHORUS_SASREC, **COMMON),
+    "ComiRec-SA-ReChorus": lambda: ComiRec(extractor="sa", **MI, **RECHORUS, position_index="recent", **COMMON),
+    "TiMiRec+-stage2-ReChorus": lambda: TiMiRec(stage="finetune", transformer=True, d=D, K=K, max_len=L, **RECHORUS,
+                                                position_index="recent", activation="relu", attn_projection=False,
+                                                **COMMON),
     "HPCL4SR": lambda: HPCL4SR(num_categories=C, **{**MI, "max_len": L + 4}, **COMMON),
     "HM4SR": lambda: HM4SR(d=D, d_ff=2 * D, max_len=L, text_dim=TEXT_DIM, image_dim=IMAGE_DIM, num_categories=C,
                            n_interactive_experts=2, n_temporal_experts=2, num_interval_buckets=3000, **COMMON),
@@ -160,6 +172,8 @@ def test_side_info_moves_with_the_module(name: str) -> None:
         assert {"text_features", "image_features", "category_multi_hot"} <= {n for n, _ in model.named_buffers()}
     if name == "HPCL4SR":
         assert {"item_category", "graph.propagation"} <= {n for n, _ in model.named_buffers()}
+    if name == "SASRec-ReChorus":
+        assert {"history_negatives.keys", "history_negatives.ptr"} <= {n for n, _ in model.named_buffers()}
     if name == "ComiRec-SA-popneg":
         assert model.rec_loss.probs is not None and "rec_loss.probs" in dict(model.named_buffers())
 

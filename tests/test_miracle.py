@@ -83,6 +83,48 @@ def test_text_item_embedding_errors_and_cache():
     torch.testing.assert_close(b, emb(torch.arange(N_ITEMS + 1)))
 
 
+def test_adaptor_masks_item_shares_one_pass_per_step():
+    emb = TextItemEmbedding(N_ITEMS, TEXT_DIM, D, n_experts=2, adaptor_dropout=0.5, adaptor_masks="item")
+    emb.set_text(text_table())
+    seq = torch.tensor([[3, 7, 3], [7, 3, 9]])  # item 3 three times, 7 twice
+    emb.train()
+    with emb.shared_pass(torch.cat([seq.flatten(), torch.tensor([11])])):
+        x = emb(seq)  # [2, 3, D]
+        y = emb(torch.tensor([11, 3]))  # a second lookup in the same step: same table
+        with pytest.raises(RuntimeError, match="outside the step"):
+            emb(torch.tensor([12]))
+    torch.testing.assert_close(x[0, 0], x[0, 2])
+    torch.testing.assert_close(x[0, 0], x[1, 1])
+    torch.testing.assert_close(y[1], x[0, 0])
+    assert not torch.allclose(x[0, 0], x[0, 1])
+    x.sum().backward()
+    assert all(p.grad is not None for p in emb.adaptor.experts.parameters())
+    position = TextItemEmbedding(N_ITEMS, TEXT_DIM, D, n_experts=2, adaptor_dropout=0.5)
+    position.set_text(text_table())
+    position.train()
+    with position.shared_pass(seq.flatten()):  # a no-op: every position draws its own masks
+        z = position(seq)
+    assert not torch.allclose(z[0, 0], z[0, 2])
+    emb.eval()
+    position.load_state_dict(emb.state_dict())
+    position.eval()
+    with emb.shared_pass(seq.flatten()), torch.no_grad():  # no-op in evaluation: exact, no dropout
+        torch.testing.assert_close(emb(seq), position(seq))
+    with pytest.raises(ValueError, match="adaptor_masks"):
+        TextItemEmbedding(N_ITEMS, TEXT_DIM, D, adaptor_masks="user")
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_adaptor_masks_item_trains_both_stages(stage):
+    from zoo.models.horae import HORAE
+
+    torch.manual_seed(0)
+    model = make_model(HORAE, stage=stage, adaptor_masks="item").train()
+    total_loss(model, long_batch()).backward()
+    assert model.item_encoder._shared is None  # the step's table is dropped when the step ends
+    assert model.item_encoder.adaptor.experts[0].lin.weight.grad is not None
+
+
 def test_model_without_text_raises_clear_errors():
     model = MIRACLE(d=D, n_heads=2, d_ff=32, max_len=L, num_items=N_ITEMS, data_info={"text_dim": TEXT_DIM})
     with pytest.raises(KeyError, match="text_encoder"):

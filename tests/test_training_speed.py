@@ -105,12 +105,13 @@ def test_gru_encoder_equals_the_packed_gru():
 MIRACLE_B5B8 = dict(score_with_id=False, attention_activation="tanh", mask_pad_logit=True)
 HORAE_B5B8 = dict(MIRACLE_B5B8, intra_mode="paper", anchor_capsule="maxpool", anchor_mask_items=False,
                   contrastive_weight=0.05, orthogonality_weight=10.0, gru_zero_pads=True)
+TIMIREC_B5B8 = dict(init_bias_std=0.0, activation="gelu", attn_projection=True, decay_biases=True)
 GOLDEN = {
     "miracle_pretrain": (MIRACLE, dict(stage="pretrain", **MIRACLE_B5B8), [7.090655, 7.1364, 7.077707]),
     "miracle_finetune": (MIRACLE, dict(stage="finetune", **MIRACLE_B5B8), [8.912057, 8.940111, 8.913677]),
     "horae_pretrain": (HORAE, dict(stage="pretrain", **HORAE_B5B8), [7.51778, 7.411774, 7.315747]),
     "horae_finetune": (HORAE, dict(stage="finetune", **HORAE_B5B8), [8.89656, 8.899576, 8.590393]),
-    "timirec_finetune": (TiMiRec, dict(d=16, K=3, max_len=10, stage="finetune"), [0.693137, 0.692188, 0.689864]),
+    "timirec_finetune": (TiMiRec, dict(d=16, K=3, max_len=10, stage="finetune", **TIMIREC_B5B8), [0.693137, 0.692188, 0.689864]),
     "gru4rec": (GRU4Rec, dict(d=16), [3.891469, 3.739695, 3.403414]),
 }
 

@@ -52,6 +52,10 @@ class SequentialRecommender(L.LightningModule):
         optimizer: ``"adam"`` or ``"adamw"``.
         lr: learning rate.  weight_decay: L2 / decoupled weight decay.
         param_group_lr: optional ``{module-name prefix: lr}`` for separate learning rates.
+        decay_biases: apply ``weight_decay`` to biases too (default).  False puts every parameter
+            whose own name contains "bias" (Linear and LayerNorm biases, a GRU's ``bias_ih`` /
+            ``bias_hh``) in a ``weight_decay=0`` group, as ReChorus's
+            ``BaseModel.customize_parameters`` (LayerNorm weights and embeddings keep the decay).
         topk: cut-offs K of the ranking metrics.
         eval_chunk_size: items per chunk when scoring all items for multi-interest models.
         mask_history: exclude each user's earlier items from the ranking (off, as the papers).
@@ -70,6 +74,7 @@ class SequentialRecommender(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         param_group_lr: dict[str, float] | None = None,
+        decay_biases: bool = True,
         topk: Sequence[int] = (10, 20, 50),
         eval_chunk_size: int = 4096,
         mask_history: bool = False,
@@ -86,6 +91,7 @@ class SequentialRecommender(L.LightningModule):
         self.data_info = dict(data_info or {})
         self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
         self.param_group_lr = dict(param_group_lr or {})
+        self.decay_biases = decay_biases
         self.topk = list(topk)
         self.eval_chunk_size = eval_chunk_size
         self.mask_history = mask_history
@@ -214,11 +220,12 @@ class SequentialRecommender(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        groups: dict[float, list[nn.Parameter]] = {}
+        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
         for n, p in named:
             lr = next((v for k, v in self.param_group_lr.items() if n.startswith(k)), self.lr)
-            groups.setdefault(lr, []).append(p)
-        param_groups = [{"params": ps, "lr": lr} for lr, ps in groups.items()]
+            no_decay = not self.decay_biases and "bias" in n.rsplit(".", 1)[-1]  # ReChorus: biases undecayed
+            groups.setdefault((lr, 0.0 if no_decay else self.weight_decay), []).append(p)
+        param_groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
         cls = torch.optim.AdamW if self.optimizer_name == "adamw" else torch.optim.Adam
         return cls(param_groups, lr=self.lr, weight_decay=self.weight_decay)
 

@@ -12,8 +12,13 @@ best interest per item (``max_k <v_k, e_i>``, the merge of K Faiss retrievals):
   interests, stop-gradient on the first r-1 iterations, no position embedding.
 * ComiRec+ (``transformer=True``; TiMiRec's comparator): one bidirectional Transformer layer
   (1 head, d_ff = d, no dropout) on ``E[s] + P`` before the SA pooling, pooling its outputs.
-  Differs from ReChorus' layer in the shared encoder's output projection and GELU (ReChorus:
-  no projection, ReLU).
+  ReChorus's layer (TiMiRec's ``add_trm``) has no attention output projection and ReLU:
+  ``attn_projection=False, activation="relu"``.
+
+Peer switches for ReChorus's ``src/models/sequential/ComiRec.py`` (``recipes/comirec_rechorus.yaml``;
+docs/compare.md "Peer differences"): ``loss="bpr"`` with ``train_negatives_exclude="history"``,
+``position_index="recent"`` (ReChorus counts from the newest item; THUDM from the oldest),
+``d_a=8``, ``init_std=0.01`` / ``init_bias_std=0.01``, and the base's ``decay_biases=False``.
 
 Training objective (``loss``): ``"sampled_softmax"`` (ComiRec: 10·B shared negatives with logQ
 correction and accidental-hit removal; see :mod:`zoo.modules.sampled_softmax`),
@@ -37,6 +42,7 @@ popularity hand-over for the popularity negative sampler.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -64,6 +70,9 @@ class MultiInterestRecommender(SequentialRecommender):
         n_neg: shared negatives per batch of the sampled softmax.
         neg_sampler: ``"uniform"`` or ``"popularity"`` (the sampled softmax's negatives).
         logq_correction: subtract ``log(n_neg q(j))`` from each sampled logit.
+        train_negatives_exclude: what a BPR negative avoids: ``"window"`` (the target and the
+            example's history window; the zoo's default) or ``"history"`` (the user's whole
+            training history, ReChorus ``BaseModel.py``; needs the datamodule's side info).
         **kwargs: :class:`SequentialRecommender` options.
     """
 
@@ -76,13 +85,16 @@ class MultiInterestRecommender(SequentialRecommender):
         n_neg: int = 1280,
         neg_sampler: str = "uniform",
         logq_correction: bool = True,
+        train_negatives_exclude: str = "window",
         **kwargs: Any,
     ) -> None:
-        """loss / n_neg / neg_sampler / logq_correction: the next-item objective
-        (:class:`NextItemLoss`: sampled softmax with shared negatives, full softmax or BPR);
-        **kwargs: :class:`SequentialRecommender` options."""
+        """loss / n_neg / neg_sampler / logq_correction / train_negatives_exclude: the next-item
+        objective (:class:`NextItemLoss`: sampled softmax with shared negatives, full softmax or
+        BPR); **kwargs: :class:`SequentialRecommender` options."""
         super().__init__(**kwargs)
-        self.rec_loss = NextItemLoss(self.num_items, loss, n_neg, neg_sampler, logq_correction)
+        self.rec_loss = NextItemLoss(
+            self.num_items, loss, n_neg, neg_sampler, logq_correction, exclude=train_negatives_exclude
+        )
 
     def interests(self, batch: dict[str, Tensor]) -> Interests:
         raise NotImplementedError
@@ -111,7 +123,7 @@ class MultiInterestRecommender(SequentialRecommender):
         items = self.output_items()
         target = batch["target"]
         v = best_interest(V, items[target], mask)  # [B, d]
-        return self.rec_loss(v, target, items, batch["item_seq"])
+        return self.rec_loss(v, target, items, batch["item_seq"], batch.get("user"))
 
     def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         V, mask = self.interests(batch)
@@ -119,6 +131,7 @@ class MultiInterestRecommender(SequentialRecommender):
 
     def attach_side_info(self, info: dict[str, Tensor]) -> None:
         self._side_info = info
+        self.rec_loss.set_train_history(info, self.device)  # train_negatives_exclude="history" only
         if self.rec_loss.sampler == "popularity":
             if "popularity" not in info:
                 raise ValueError("neg_sampler='popularity' needs the datamodule's 'popularity' side info")
@@ -134,6 +147,13 @@ class ComiRec(MultiInterestRecommender):
         d_a: SA attention size (None = 4d as the THUDM code; TiMiRec's ReChorus code uses 8).
         max_len: longest history (position table, per-position capsule maps).
         transformer: ComiRec+ (SA only): one Transformer layer before the pooling.
+        position_index: SA positions, ``"oldest"`` (THUDM: position 0 = the oldest item),
+            ``"recent"`` (ReChorus: distance from the newest item) or ``"slot"`` (the same model
+            as ``"recent"`` on max_len-padded batches; :class:`zoo.modules.embeddings.LearnedPositions`).
+        activation / attn_projection: the ComiRec+ layer's FFN activation (``"gelu"``; ReChorus
+            ``"relu"``) and attention output projection (True; ReChorus none).
+        init_std / init_bias_std: normal init std of Linear/Embedding weights (0.02; ReChorus
+            0.01) and of Linear biases (0 = zeros; ReChorus 0.01).  The DR capsule map keeps N(0, 1).
         pool: SA values, ``"raw"`` item embeddings (official codes) or ``"input"`` (pos-added /
             Transformer outputs; forced by nothing, the + recipe sets it).
         routing_iters / routing_softmax: DR iterations and softmax axis (``"interest"`` as
@@ -154,6 +174,11 @@ class ComiRec(MultiInterestRecommender):
         pool: str = "raw",
         routing_iters: int = 3,
         routing_softmax: str = "interest",
+        position_index: str = "oldest",
+        activation: str = "gelu",
+        attn_projection: bool = True,
+        init_std: float = 0.02,
+        init_bias_std: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -166,14 +191,16 @@ class ComiRec(MultiInterestRecommender):
         self.item_emb = nn.Embedding(self.num_items + 1, d, padding_idx=0)
         if extractor == "sa":
             self.extractor: nn.Module = SelfAttentiveExtractor(
-                d, K, d_a or 4 * d, max_len, position_index="oldest", transformer=transformer, pool=pool
+                d, K, d_a or 4 * d, max_len, position_index=position_index, transformer=transformer, pool=pool,
+                activation=activation, attn_projection=attn_projection,
             )
         else:
             self.extractor = CapsuleInterestExtractor(
                 d, K, max_len, bilinear="per_position", iters=routing_iters, softmax_over=routing_softmax
             )
-        init_weights(self.item_emb)
-        self.extractor.apply(init_weights)  # Linear/Embedding N(0, 0.02); the capsule map keeps N(0, 1)
+        init = partial(init_weights, std=init_std, bias_std=init_bias_std)
+        init(self.item_emb)
+        self.extractor.apply(init)  # Linear/Embedding N(0, init_std^2); the capsule map keeps N(0, 1)
 
     def interests(self, batch: dict[str, Tensor]) -> Interests:
         item_seq = batch["item_seq"]  # [B, L]

@@ -92,6 +92,10 @@ class MIRACLE(SequentialRecommender):
         dropout: hidden, attention, capsule dropouts (0.3).  max_len: N (20).
         text_dim: d_b (default ``data_info["text_dim"]``).  n_experts: G (8).
         adaptor_dropout: dropout inside the whitening experts (0.3).
+        adaptor_masks: ``"position"`` (official code, default: each position and each encoder
+            pass draws its own adaptor dropout masks) or ``"item"`` (approximate, faster: one
+            adaptor pass per training step over the step's items, one mask per item and step;
+            :mod:`zoo.modules.text_items`).
         num_capsules: C (32).  routing_iters: tau, routing iterations (3).
         noise_scale: activation noise scale (0.2).
         stage: ``"pretrain"`` (in-batch CE + l_b + l_c + l_i) or ``"finetune"`` (full CE + l_b + l_c).
@@ -127,6 +131,7 @@ class MIRACLE(SequentialRecommender):
         text_dim: int | None = None,
         n_experts: int = 8,
         adaptor_dropout: float = 0.3,
+        adaptor_masks: str = "position",
         num_capsules: int = 32,
         routing_iters: int = 3,
         noise_scale: float = 0.2,
@@ -173,7 +178,9 @@ class MIRACLE(SequentialRecommender):
         self.contrastive_weight, self.contrastive_tau = contrastive_weight, contrastive_tau
         self.mask_ratio, self.mask_min_len, self.train_mask_token = mask_ratio, mask_min_len, train_mask_token
 
-        self.item_encoder = TextItemEmbedding(self.num_items, int(text_dim), d, n_experts, adaptor_dropout, self.use_id)
+        self.item_encoder = TextItemEmbedding(
+            self.num_items, int(text_dim), d, n_experts, adaptor_dropout, self.use_id, adaptor_masks
+        )
         self.position_embedding = LearnedPositions(max_len, d)  # P, slot index (code)
         self.input_norm = nn.LayerNorm(d, eps=1e-12)
         self.input_dropout = Dropout(dropout)
@@ -273,6 +280,14 @@ class MIRACLE(SequentialRecommender):
 
     # ------------------------------------------------------------------ losses
     def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.stage == "pretrain":  # the items this step looks up: history and in-batch targets
+            step_ids = torch.cat([batch["item_seq"].flatten(), batch["target"]])  # [B*L + B]
+        else:  # full softmax: the whole catalogue
+            step_ids = torch.arange(self.num_items + 1, device=batch["item_seq"].device)  # [N+1]
+        with self.item_encoder.shared_pass(step_ids):
+            return self._training_terms(batch)
+
+    def _training_terms(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         state = self.forward_interests(batch)
         pad_mask = batch["item_seq"] > 0
         terms: dict[str, Tensor] = {}

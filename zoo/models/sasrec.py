@@ -2,7 +2,8 @@
 
 The baseline every paper of the zoo compares against.  As in those papers' tables (and
 RecBole), it is trained with cross-entropy over ALL items (``loss="ce"``); the original
-paper's binary cross-entropy with one sampled negative is ``loss="bce"``.  With the
+paper's binary cross-entropy with one sampled negative is ``loss="bce"``, ReChorus's BPR with
+one negative ``loss="bpr"``.  With the
 datamodule's ``train_sampling: all_prefixes`` the loss is at the last position of every
 training prefix (RecBole); with ``train_sampling: windows`` it is at every position of each
 window (the original SASRec), which supervises up to ``max_len`` targets per forward pass.
@@ -10,10 +11,31 @@ window (the original SASRec), which supervises up to ``max_len`` targets per for
     E = LayerNorm(ItemEmb(s) + PosEmb) -> dropout            # [B, L, d]
     H = CausalTransformer(E)                                  # [B, L, d]
     score(i) = <H[:, -1], ItemEmb(i)>                          # shared item table
+
+Peer switches: ReChorus's SASRec (``src/models/sequential/SASRec.py`` on ``src/utils/layers.py``,
+``src/models/BaseModel.py``) differs from the defaults here (RecBole's form) as follows;
+``recipes/sasrec_rechorus.yaml`` sets every one of them (docs/compare.md "Peer differences"):
+
+| switch | zoo default | ReChorus |
+|---|---|---|
+| ``loss`` | ``"ce"`` | ``"bpr"``, one negative |
+| ``train_negatives_exclude`` | ``"none"`` | ``"history"`` (``train_clicked_set``) |
+| ``input_layernorm`` | ``True`` | ``False`` (embeddings + positions go straight in) |
+| ``d_ff`` | ``None`` = 4d | d (``d_ff=emb_size``) |
+| ``activation`` | ``"gelu"`` | ``"relu"`` |
+| ``attn_projection`` | ``True`` | ``False`` |
+| ``ln_eps`` | 1e-12 | 1e-5 |
+| ``init_std`` / ``init_bias_std`` | 0.02 / 0 | 0.01 / 0.01 |
+| ``position_index`` | ``"slot"`` | ``"recent"`` (same model on max_len-padded batches) |
+| ``decay_biases`` (base) | ``True`` | ``False`` |
+
+Not switched: ReChorus applies no dropout to the input embeddings nor to the attention
+probabilities, which ``dropout`` here does; moot at ReChorus's default dropout 0.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -23,6 +45,7 @@ from torch import Tensor, nn
 from zoo.models.base import SequentialRecommender
 from zoo.modules.dropout import Dropout
 from zoo.modules.embeddings import LearnedPositions
+from zoo.modules.negatives import HistoryNegatives, check_exclude, window_negatives
 from zoo.modules.scoring import dot_scores
 from zoo.modules.transformer import TransformerEncoder, init_weights
 
@@ -37,11 +60,25 @@ class SASRec(SequentialRecommender):
         d: hidden size.  n_layers / n_heads: Transformer depth and heads.
         dropout: dropout on embeddings and inside the Transformer.
         max_len: longest history (the datamodule's ``max_len``).
-        loss: ``"ce"`` (full softmax, the papers' tables) or ``"bce"`` (original SASRec, one
-            uniformly sampled negative).
+        loss: ``"ce"`` (full softmax, the papers' tables), ``"bce"`` (original SASRec, one
+            uniformly sampled negative) or ``"bpr"`` (ReChorus: ``-log sigma(s+ - s-)``, one
+            negative).
         position_index: ``"slot"`` (left-padded slots, the newest item always at position L-1:
-            the original SASRec) or ``"oldest"`` (position 0 = the oldest item of the window:
-            RecBole's right-padded convention, for like-for-like comparisons with it).
+            the original SASRec), ``"recent"`` (distance from the newest item: ReChorus; the same
+            model as ``"slot"`` on the datamodule's max_len-padded batches, see
+            :class:`zoo.modules.embeddings.LearnedPositions`) or ``"oldest"`` (position 0 = the
+            oldest item of the window: RecBole's right-padded convention).
+        train_negatives_exclude: what the ``bce``/``bpr`` negative avoids: ``"none"`` (any item,
+            the original SASRec), ``"window"`` (the target and the input window's items) or
+            ``"history"`` (the user's whole training history: ReChorus; needs the datamodule).
+        input_layernorm: LayerNorm on item + position embeddings before the encoder (RecBole);
+            ReChorus has none.
+        d_ff: feed-forward inner size (None = 4d; ReChorus d).
+        activation: feed-forward activation, ``"gelu"`` (RecBole) or ``"relu"`` (ReChorus).
+        attn_projection: output projection after the attention heads (RecBole); ReChorus none.
+        ln_eps: the Transformer's LayerNorm epsilon (1e-12 RecBole; ReChorus 1e-5).
+        init_std / init_bias_std: normal init std of Linear/Embedding weights (0.02; ReChorus
+            0.01) and of Linear biases (0 = zeros; ReChorus 0.01).
         **kwargs: :class:`SequentialRecommender` options (num_items, lr, topk, ...).
     """
 
@@ -54,24 +91,55 @@ class SASRec(SequentialRecommender):
         max_len: int = 50,
         loss: str = "ce",
         position_index: str = "slot",
+        train_negatives_exclude: str = "none",
+        input_layernorm: bool = True,
+        d_ff: int | None = None,
+        activation: str = "gelu",
+        attn_projection: bool = True,
+        ln_eps: float = 1e-12,
+        init_std: float = 0.02,
+        init_bias_std: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters()
-        if loss not in ("ce", "bce"):
-            raise ValueError(f"loss must be 'ce' or 'bce', got {loss!r}")
+        if loss not in ("ce", "bce", "bpr"):
+            raise ValueError(f"loss must be 'ce', 'bce' or 'bpr', got {loss!r}")
+        self.neg_exclude = check_exclude(train_negatives_exclude)
+        if loss == "ce" and train_negatives_exclude != "none":
+            raise ValueError("train_negatives_exclude applies to loss='bce' or 'bpr'; loss='ce' samples no negatives")
         self.loss_type = loss
         self.item_emb = nn.Embedding(self.num_items + 1, d, padding_idx=0)
         self.pos_emb = LearnedPositions(max_len, d, index=position_index)
-        self.emb_norm = nn.LayerNorm(d, eps=1e-12)
+        self.emb_norm = nn.LayerNorm(d, eps=1e-12) if input_layernorm else nn.Identity()
         self.emb_dropout = Dropout(dropout)
-        self.encoder = TransformerEncoder(d, n_layers, n_heads, 4 * d, dropout, causal=True)
-        self.apply(init_weights)
+        self.encoder = TransformerEncoder(
+            d, n_layers, n_heads, d_ff or 4 * d, dropout, causal=True, ln_eps=ln_eps,
+            activation=activation, attn_projection=attn_projection,
+        )
+        self.history_negatives = HistoryNegatives(self.num_items) if train_negatives_exclude == "history" else None
+        self.apply(partial(init_weights, std=init_std, bias_std=init_bias_std))
+
+    def attach_side_info(self, info: dict[str, Tensor]) -> None:
+        if self.history_negatives is None:
+            return
+        if "train_history_ptr" not in info or "train_history_items" not in info:
+            raise ValueError("train_negatives_exclude='history' needs the datamodule's 'train_history_ptr' / "
+                             "'train_history_items' side info")
+        self.history_negatives.set_history(info["train_history_ptr"].to(self.device), info["train_history_items"].to(self.device))
 
     def encode(self, item_seq: Tensor, last_only: bool = False) -> Tensor:
         """item_seq ``[B, L]`` -> hidden states ``[B, L, d]`` (``last_only``: the last one, ``[B, d]``)."""
         h = self.emb_dropout(self.emb_norm(self.item_emb(item_seq) + self.pos_emb(item_seq)))  # [B, L, d]
         return self.encoder(h, item_seq > 0, last_only=last_only)
+
+    def negatives(self, target: Tensor, window: Tensor, user: Tensor) -> Tensor:
+        """One negative per target ``[M]`` (``window [M, L]``: each row's input items, ``user [M]``)."""
+        if self.neg_exclude == "history":
+            return self.history_negatives(user)
+        if self.neg_exclude == "window":
+            return window_negatives(self.num_items, target, window)
+        return torch.randint(1, self.num_items + 1, target.shape, device=target.device)  # [M]
 
     def user_representation(self, batch: dict[str, Tensor]) -> Tensor:
         return self.encode(batch["item_seq"], last_only=True)  # [B, d] (state at the most recent item)
@@ -86,18 +154,29 @@ class SASRec(SequentialRecommender):
         return torch.einsum("bd,bcd->bc", user_repr, self.item_emb(candidates))  # [B, C]
 
     def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        item_seq = batch["item_seq"]  # [B, L]
         if "target_seq" in batch:  # windows: the next item at every real position (original SASRec)
-            h = self.encode(batch["item_seq"])  # [B, L, d]
+            h = self.encode(item_seq)  # [B, L, d]
             real = batch["target_seq"] > 0  # [B, L]
             u, target = h[real], batch["target_seq"][real]  # [M, d], [M]
+            row = real.nonzero()[:, 0] if self.loss_type != "ce" else None  # [M] batch row of each target
         else:
             u = self.user_representation(batch)  # [B, d]
             target = batch["target"]
+            row = None
         if self.loss_type == "ce":
             logits = self.score_all(u)  # [B, N+1]
             logits[:, 0] = float("-inf")
             return {"rec": F.cross_entropy(logits, target)}
-        neg = torch.randint(1, self.num_items + 1, target.shape, device=target.device)  # [B]
+        window, user = item_seq, batch.get("user")
+        if row is not None:
+            window = item_seq[row]  # [M, L]
+            user = None if user is None else user[row]
+        if self.neg_exclude == "history" and user is None:
+            raise ValueError("train_negatives_exclude='history' needs the batch's 'user' ids")
+        neg = self.negatives(target, window, user)  # [M]
         pos_s = (u * self.item_emb(target)).sum(-1)
         neg_s = (u * self.item_emb(neg)).sum(-1)
+        if self.loss_type == "bpr":  # ReChorus GeneralModel.loss with one negative
+            return {"rec": F.softplus(-(pos_s - neg_s)).mean()}
         return {"rec": F.softplus(-pos_s).mean() + F.softplus(neg_s).mean()}

@@ -40,13 +40,17 @@ Paper vs official code (ReChorus ``TiMiRec.py``, maintained by the authors; spec
 | (no switch) W1 / W2, D_a | bias-free, D_a not given (Eq. 12) | with biases, D_a = 8 (``d_a``) | code | B5 |
 | (no switch) reductions | sums over u, t (Eqs. 9-10) | batch means | code | B7, B8 |
 | (no switch) L_distill form | cross-entropy ``-p^T log q`` (Eq. 9) | ``KL(p ‖ q)`` (batchmean) | code | same gradient, only the logged value differs |
-| (no switch) position index | "trainable positional embeddings" | counts from the most recent item (1 = newest, pads 0) | code (the zoo's ``"slot"`` index on left-padded windows) | B3 |
-| (no switch) initialisation | silent | N(0, 0.01^2) on every Linear and Embedding, GRU defaults | code | ReChorus ``init_weights`` |
+| ``position_index`` | "trainable positional embeddings" | counts from the most recent item (1 = newest, pads 0) | ``"slot"`` (the same model as the code's ``"recent"`` on the datamodule's max_len-padded windows) | B3; ``"recent"`` is the code's index at any length |
+| ``init_std`` | silent | N(0, 0.01^2) on every Linear and Embedding, GRU defaults | ``0.01`` (code) | ReChorus ``BaseModel.init_weights`` |
+| ``init_bias_std`` | silent | Linear biases N(0, 0.01^2) | ``0.01`` (code) | ``0.0`` = zero biases (the zoo before issue 15's rule) |
+| ``activation`` | silent | ReLU in the "+" layer (``layers.TransformerLayer``) | ``"relu"`` (code) | ``"gelu"`` = the zoo's shared layer |
+| ``attn_projection`` | silent | no output projection after the "+" layer's heads | ``False`` (code) | ``True`` = the zoo's shared layer |
+| ``decay_biases`` | silent | no weight decay on biases (``customize_parameters``) | ``False`` (code) | ``True`` decays every parameter |
+| ``train_negatives_exclude`` | silent | BPR negative outside the user's whole training history (``train_clicked_set``) | ``"window"`` for the class, so a model built without a datamodule's training history still trains; every TiMiRec recipe sets the code's value | ``history`` (code, in the recipes) |
 
-Known differences from the code with no switch yet (issue #15 item 4): the "+" Transformer layer
-is the zoo's shared post-LN layer (1 head, d_ff = d, no dropout, eps 1e-5), which adds an output
-projection and uses GELU where ReChorus has none and ReLU; BPR negatives are drawn outside the
-history window, ReChorus excludes the user's whole training history.
+The "+" Transformer layer is otherwise the zoo's shared post-LN layer with the code's settings (1
+head, d_ff = d, no dropout, eps 1e-5).  ``recipes/timirec_rechorus_pretrain.yaml`` and
+``recipes/timirec_rechorus.yaml`` set every ReChorus value (docs/compare.md "Peer differences").
 """
 
 from __future__ import annotations
@@ -77,6 +81,11 @@ class TiMiRec(MultiInterestRecommender):
         stage: ``"pretrain"`` (extractor only, greedy) or ``"finetune"`` (with the predictor).
         d: embedding size (64).  K: interests (Beauty 4, ML-1M 2).  d_a: attention size (8).
         max_len: longest history (20).  transformer: TiMiRec+ (ComiRec+ extractor).
+        position_index / init_std / init_bias_std / activation / attn_projection: see the
+            paper-vs-code table (the "+" layer's FFN activation and attention output projection;
+            the Linear/Embedding weight and bias init std).
+        decay_biases: weight decay on biases too; ``False`` = ReChorus's ``customize_parameters``
+            (code, default for TiMiRec; the base class defaults to ``True``).
         T: distillation temperature (Beauty 0.1, ML-1M 0.5).
         head_layers / head_dropout: predictor head (Eq. 15): 2 layers (paper; the code's ML-1M
             run) or 1 (the code's Beauty run); dropout before the ReLU of the 2-layer head.
@@ -101,9 +110,15 @@ class TiMiRec(MultiInterestRecommender):
         distill: bool = True,
         stop_grad: bool = True,
         loss: str = "bpr",
+        position_index: str = "slot",
+        activation: str = "relu",
+        attn_projection: bool = False,
+        init_std: float = 0.01,
+        init_bias_std: float = 0.01,
+        decay_biases: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(loss=loss, **kwargs)
+        super().__init__(loss=loss, decay_biases=decay_biases, **kwargs)
         self.save_hyperparameters()
         if stage not in ("pretrain", "finetune"):
             raise ValueError(f"stage must be 'pretrain' or 'finetune', got {stage!r}")
@@ -115,14 +130,15 @@ class TiMiRec(MultiInterestRecommender):
         self.aggregation = "max" if stage == "pretrain" else aggregation
         self.item_emb = nn.Embedding(self.num_items + 1, d)  # E_ext (ReChorus: no padding_idx)
         self.extractor = SelfAttentiveExtractor(
-            d, K, d_a, max_len, position_index="slot", transformer=transformer, pool="input"
+            d, K, d_a, max_len, position_index=position_index, transformer=transformer, pool="input",
+            activation=activation, attn_projection=attn_projection,
         )
         self.predictor = (
             TargetInterestPredictor(self.num_items, d, K, head_layers, head_dropout)
             if self.aggregation == "predicted"
             else None
         )
-        self.apply(partial(init_weights, std=0.01))
+        self.apply(partial(init_weights, std=init_std, bias_std=init_bias_std))
 
     # ------------------------------------------------------------------ modules
     def interests(self, batch: dict[str, Tensor]) -> tuple[Tensor, None]:
@@ -191,5 +207,5 @@ class TiMiRec(MultiInterestRecommender):
             v = self.aggregate(V, torch.softmax(z_q, dim=-1))  # Eq. 4
             if self.distill:
                 terms["distill"] = self.distillation_loss(z_q, V, target_emb)
-        terms["rec"] = self.rec_loss(v, target, self.item_emb.weight, item_seq)
+        terms["rec"] = self.rec_loss(v, target, self.item_emb.weight, item_seq, batch.get("user"))
         return terms

@@ -10,15 +10,21 @@ class LearnedPositions(nn.Module):
     """Learned absolute position embedding for LEFT-padded sequences ``[B, L]``.
 
     ``index="slot"``: position = slot index 0..L-1, so the most recent item always has
-    position L-1 (SASRec's original left-padded convention, ReChorus' "recency" index).
+    position L-1 (SASRec's original left-padded convention).
+    ``index="recent"``: position = distance from the most recent item (newest 0, the one before
+    1, ...): ReChorus's index (``SASRec.py``, ``ComiRec.py``, ``TiMiRec.py``: ``lengths - idx``,
+    newest = 1, its row 0 reserved for pads).  On the datamodule's batches, always padded to
+    ``max_len``, ``"slot"`` and ``"recent"`` give the same model: slot p is recency L-1-p, a
+    fixed permutation of the rows of an i.i.d.-initialised table.  They differ only when a
+    sequence shorter than ``max_len`` is fed directly; ``"recent"`` is ReChorus's at any L.
     ``index="oldest"``: position 0 = the oldest real item (RecBole's right-padded convention,
     used by MIRACLE/HM4SR code); pads get position 0 and are masked anyway.
     """
 
     def __init__(self, max_len: int, d: int, index: str = "slot") -> None:
         super().__init__()
-        if index not in ("slot", "oldest"):
-            raise ValueError(f"index must be 'slot' or 'oldest', got {index!r}")
+        if index not in ("slot", "recent", "oldest"):
+            raise ValueError(f"index must be 'slot', 'recent' or 'oldest', got {index!r}")
         self.index = index
         self.embedding = nn.Embedding(max_len, d)
 
@@ -27,7 +33,9 @@ class LearnedPositions(nn.Module):
         if L > self.embedding.num_embeddings:
             raise ValueError(f"sequence length {L} exceeds max_len={self.embedding.num_embeddings}")
         pos = torch.arange(L, device=item_seq.device).expand(B, L)  # [B, L]
-        if self.index == "oldest":
+        if self.index == "recent":
+            pos = L - 1 - pos  # newest 0; pads (left) get larger indices and are masked anyway
+        elif self.index == "oldest":
             n_pad = (item_seq == 0).sum(1, keepdim=True)  # [B, 1]
             pos = (pos - n_pad).clamp(min=0)
         return pos

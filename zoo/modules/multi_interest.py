@@ -76,10 +76,13 @@ class SelfAttentiveExtractor(nn.Module):
     Args:
         d, K, d_a: sizes (see :class:`SelfAttentivePooling`).
         max_len: longest history (size of the position table).
-        position_index: ``"oldest"`` (THUDM ComiRec: slot 0 = oldest item) or ``"slot"``
-            (ReChorus/TiMiRec recency index: the most recent item always has the same position).
+        position_index: ``"oldest"`` (THUDM ComiRec: slot 0 = oldest item), ``"slot"`` or
+            ``"recent"`` (ReChorus/TiMiRec recency index: the most recent item always has the
+            same position; see :class:`LearnedPositions`).
         transformer: one bidirectional post-LN Transformer layer before the pooling (ComiRec+ /
             TiMiRec+; ReChorus: 1 head, d_ff = d, no dropout).
+        activation / attn_projection: that layer's FFN activation (``"gelu"``; ReChorus
+            ``"relu"``) and attention output projection (True; ReChorus has none).
         pool: ``"input"`` pools the vectors the attention saw (pos-added / Transformer outputs;
             TiMiRec) or ``"raw"`` the raw item embeddings (THUDM and ReChorus ComiRec-SA).
     """
@@ -94,6 +97,8 @@ class SelfAttentiveExtractor(nn.Module):
         transformer: bool = False,
         n_heads: int = 1,
         pool: str = "input",
+        activation: str = "gelu",
+        attn_projection: bool = True,
     ) -> None:
         super().__init__()
         if pool not in ("input", "raw"):
@@ -101,7 +106,8 @@ class SelfAttentiveExtractor(nn.Module):
         self.pool = pool
         self.pos_emb = LearnedPositions(max_len, d, index=position_index)
         self.transformer = (
-            TransformerEncoder(d, n_layers=1, n_heads=n_heads, d_ff=d, dropout=0.0, causal=False, ln_eps=1e-5)
+            TransformerEncoder(d, n_layers=1, n_heads=n_heads, d_ff=d, dropout=0.0, causal=False, ln_eps=1e-5,
+                               activation=activation, attn_projection=attn_projection)
             if transformer
             else None
         )

@@ -12,8 +12,9 @@ predicted aggregate):
   negative equal to the row's target (an accidental hit) is masked out.
 * ``"full_softmax"``: cross-entropy over all N items (MDMI, the papers' SASRec tables).
 * ``"bpr"`` (TiMiRec Eq. 10): ``-log sigma(<v, i+> - <v, i->)`` with one uniform negative per
-  example that is neither the target nor in the example's history (ReChorus re-draws it every
-  epoch; here every step).
+  example that is neither the target nor in the example's history window (``exclude="window"``),
+  or outside the user's whole training history (``exclude="history"``, ReChorus); ReChorus
+  re-draws it every epoch, here every step (:mod:`zoo.modules.negatives`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from zoo.modules.negatives import HistoryNegatives, check_exclude, window_negatives
 
 LOSSES = ("sampled_softmax", "full_softmax", "bpr")
 
@@ -39,6 +42,9 @@ class NextItemLoss(nn.Module):
         mask_accidental_hits: drop negatives equal to the row's target.
         replacement: sample negatives with replacement (default); without replacement with
             ``n_neg >= N`` and uniform sampling the loss equals the full softmax (tests).
+        exclude: what a BPR negative avoids, ``"window"`` (the target and the history window)
+            or ``"history"`` (the user's whole training history, ReChorus; needs
+            :meth:`set_train_history` and the batch's user ids).
     """
 
     def __init__(
@@ -50,10 +56,15 @@ class NextItemLoss(nn.Module):
         logq_correction: bool = True,
         mask_accidental_hits: bool = True,
         replacement: bool = True,
+        exclude: str = "window",
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        self.exclude = check_exclude(exclude, ("window", "history"))
+        if exclude == "history" and loss != "bpr":
+            raise ValueError(f"train_negatives_exclude='history' applies to loss='bpr' (ReChorus's BPR), not loss={loss!r}")
+        self.history_negatives = HistoryNegatives(num_items) if exclude == "history" else None
         if sampler not in ("uniform", "popularity"):
             raise ValueError(f"neg_sampler must be 'uniform' or 'popularity', got {sampler!r}")
         if n_neg < 1:
@@ -87,28 +98,37 @@ class NextItemLoss(nn.Module):
             log_q = torch.full((neg.shape[0],), -math.log(N), device=device)
         return neg, log_q + math.log(n)
 
-    def bpr_negatives(self, target: Tensor, history: Tensor | None, rounds: int = 10) -> Tensor:
-        """One uniform negative per row that avoids the target and the history (vectorised rejection)."""
-        neg = torch.randint(1, self.num_items + 1, target.shape, device=target.device)  # [B]
-        for _ in range(rounds):
-            bad = neg == target
-            if history is not None:
-                bad |= (history == neg[:, None]).any(1)
-            if not bad.any():
-                break
-            neg = torch.where(bad, torch.randint_like(neg, 1, self.num_items + 1), neg)
-        return neg
+    def set_train_history(self, info: dict[str, Tensor], device: torch.device | str = "cpu") -> None:
+        """Attach the datamodule's ``train_history_ptr`` / ``train_history_items`` (``exclude="history"``)."""
+        if self.history_negatives is None:
+            return
+        if "train_history_ptr" not in info or "train_history_items" not in info:
+            raise ValueError("train_negatives_exclude='history' needs the datamodule's 'train_history_ptr' / "
+                             "'train_history_items' side info")
+        self.history_negatives.set_history(info["train_history_ptr"].to(device), info["train_history_items"].to(device))
+
+    def bpr_negatives(self, target: Tensor, history: Tensor | None, rounds: int = 10, user: Tensor | None = None) -> Tensor:
+        """One uniform negative per row ``[B]``: outside the target and the window ``history``
+        (``exclude="window"``), or outside ``user``'s training history (``exclude="history"``)."""
+        if self.history_negatives is not None:
+            if user is None:
+                raise ValueError("train_negatives_exclude='history' needs the batch's 'user' ids")
+            return self.history_negatives(user).to(target.device)
+        return window_negatives(self.num_items, target, history, rounds)
 
     # ------------------------------------------------------------------ loss
-    def forward(self, user: Tensor, target: Tensor, item_emb: Tensor, history: Tensor | None = None) -> Tensor:
-        """user ``[B, d]``, target ``[B]``, item_emb ``[N+1, d]``, history ``[B, L]`` -> scalar mean loss."""
+    def forward(
+        self, user: Tensor, target: Tensor, item_emb: Tensor, history: Tensor | None = None, users: Tensor | None = None
+    ) -> Tensor:
+        """user ``[B, d]``, target ``[B]``, item_emb ``[N+1, d]``, history ``[B, L]``, users ``[B]``
+        (user ids, for ``exclude="history"``) -> scalar mean loss."""
         if self.loss == "full_softmax":
             logits = user @ item_emb.T  # [B, N+1]
             logits = logits.masked_fill(torch.arange(logits.shape[1], device=user.device) == 0, float("-inf"))
             return F.cross_entropy(logits, target)
         pos = (user * item_emb[target]).sum(-1)  # [B]
         if self.loss == "bpr":
-            neg = self.bpr_negatives(target, history)
+            neg = self.bpr_negatives(target, history, user=users)
             return F.softplus(-(pos - (user * item_emb[neg]).sum(-1))).mean()
         neg, log_count = self.sample(self.n_neg, user.device)  # [n], [n]
         neg_logits = user @ item_emb[neg].T  # [B, n]

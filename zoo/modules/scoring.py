@@ -58,10 +58,14 @@ class _MaxInterestScores(torch.autograd.Function):
     and takes ``max`` (value = the winner's raw score, index = the winner), the backward scatters
     the gradient onto the winners and runs the two products.  Saved: u, e and the ``[B, C]``
     winners.  A row with no allowed interest scores ``-inf`` and passes no gradient (as ``interest_max``).
+    Under autocast (``--trainer.precision bf16-mixed``) the backward's two products run in the
+    forward's autocast dtype too (as ``torch.amp.custom_bwd`` does), not in fp32.
     """
 
     @staticmethod
     def forward(ctx, interests: Tensor, item_emb: Tensor, interest_mask: Tensor | None) -> Tensor:  # noqa: ANN001
+        device = interests.device.type
+        ctx.autocast = (device, torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else None
         s = torch.einsum("bkd,nd->bkn", interests, item_emb)  # [B, K, C]
         if interest_mask is not None:
             s.masked_fill_(~interest_mask[:, :, None], float("-inf"))
@@ -76,10 +80,16 @@ class _MaxInterestScores(torch.autograd.Function):
         B, K, _ = interests.shape
         if none_active is not None:
             grad = grad.masked_fill(none_active[:, None], 0.0)  # -inf rows pass no gradient
-        g = interests.new_zeros(B, K, item_emb.shape[0]).scatter_(1, winner[:, None], grad[:, None])  # [B, K, C]
-        d_int = torch.einsum("bkn,nd->bkd", g, item_emb) if ctx.needs_input_grad[0] else None
-        d_emb = torch.einsum("bkn,bkd->nd", g, interests) if ctx.needs_input_grad[1] else None
-        return d_int, d_emb, None
+        g = grad.new_zeros(B, K, item_emb.shape[0]).scatter_(1, winner[:, None], grad[:, None])  # [B, K, C]
+        device, dtype = ctx.autocast if ctx.autocast is not None else (interests.device.type, None)
+        with torch.autocast(device, dtype=dtype, enabled=ctx.autocast is not None):
+            d_int = torch.einsum("bkn,nd->bkd", g, item_emb) if ctx.needs_input_grad[0] else None
+            d_emb = torch.einsum("bkn,bkd->nd", g, interests) if ctx.needs_input_grad[1] else None
+        return (
+            None if d_int is None else d_int.to(interests.dtype),
+            None if d_emb is None else d_emb.to(item_emb.dtype),
+            None,
+        )
 
 
 def interest_max(scores: Tensor, interest_mask: Tensor | None = None) -> Tensor:

@@ -12,9 +12,24 @@ An item is represented by its frozen text feature (a ``[N+1, d_b]`` table comput
 The text table is a NON-persistent buffer set from ``attach_side_info({"text": ...})``: it comes
 from the data, so a pre-trained checkpoint carries no item-count-dependent tensor and loads into
 a fine-tuning model over another catalogue.
+
+Dropout masks of the adaptor (``adaptor_masks``):
+
+* ``"position"`` (official code, default): every lookup runs the adaptor on its own rows, so
+  each position of each sequence, and each pass (HORAE runs the encoder four times per
+  pre-training step), draws its own dropout masks;
+* ``"item"`` (approximate, faster): inside :meth:`TextItemEmbedding.shared_pass` the adaptor runs
+  ONCE per training step over the step's distinct items and every lookup gathers from that
+  table, so an item keeps one dropout mask per expert for the whole step, wherever it occurs.
+  Same per-item distribution, fewer independent draws; on the embedded default it cuts HORAE's
+  adaptor rows per pre-training step from 20,736 to about 1,300
+  (``benchmarks/results/speed_train.md``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +44,8 @@ class TextItemEmbedding(nn.Module):
         num_items: N (ids 1..N, 0 = padding).  text_dim: d_b.  d: d_n.
         n_experts / adaptor_dropout: MoE adaptor settings (G = 8, dropout 0.3 in the papers).
         use_id: add an ID embedding (transductive setting).
+        adaptor_masks: ``"position"`` (code) or ``"item"`` (one adaptor pass per step; see the
+            module docstring).
     """
 
     def __init__(
@@ -39,8 +56,13 @@ class TextItemEmbedding(nn.Module):
         n_experts: int = 8,
         adaptor_dropout: float = 0.3,
         use_id: bool = False,
+        adaptor_masks: str = "position",
     ) -> None:
         super().__init__()
+        if adaptor_masks not in ("position", "item"):
+            raise ValueError(f"adaptor_masks must be 'position' or 'item', got {adaptor_masks!r}")
+        self.adaptor_masks = adaptor_masks
+        self._shared: tuple[Tensor, Tensor] | None = None  # (sorted ids [U], MoE(t_ids) [U, d]) in shared_pass
         self.num_items, self.text_dim, self.use_id = num_items, text_dim, use_id
         self.adaptor = MoEAdaptor(text_dim, d, n_experts, adaptor_dropout)
         self.id_embedding = nn.Embedding(num_items + 1, d) if use_id else None
@@ -71,7 +93,28 @@ class TextItemEmbedding(nn.Module):
     def text_part(self, ids: Tensor) -> Tensor:
         """ids ``[...]`` -> MoE(t_ids) ``[..., d]`` (Eq. 2)."""
         self._check()
+        if self._shared is not None:
+            uniq, table = self._shared  # [U], [U, d]
+            pos = torch.searchsorted(uniq, ids).clamp_(max=uniq.numel() - 1)  # [...]
+            if not torch.equal(uniq[pos], ids):
+                raise RuntimeError("TextItemEmbedding.shared_pass: a lookup asked for an item outside the step's ids")
+            return table[pos]  # [..., d]
         return self.adaptor(self.text[ids])
+
+    @contextmanager
+    def shared_pass(self, ids: Tensor) -> Iterator[None]:
+        """With ``adaptor_masks="item"`` in training: one adaptor pass over ``unique(ids)`` serves
+        every lookup inside the block (which must ask only for those ids).  A no-op otherwise."""
+        if not (self.training and self.adaptor_masks == "item"):
+            yield
+            return
+        self._check()
+        uniq = torch.unique(ids)  # [U] sorted
+        self._shared = (uniq, self.adaptor(self.text[uniq]))  # [U], [U, d]
+        try:
+            yield
+        finally:
+            self._shared = None
 
     def forward(self, ids: Tensor, with_id: bool | None = None) -> Tensor:
         """ids ``[...]`` -> ``x`` (+ ``e`` when the ID table is used) ``[..., d]``."""

@@ -1,8 +1,10 @@
 """Post-LN Transformer encoder shared by SASRec, MIRACLE/HORAE, TiMiRec+ and HM4SR.
 
 RecBole-compatible block (the papers' official code builds on RecBole): multi-head
-self-attention -> dropout -> residual -> LayerNorm, then a position-wise feed-forward
-(d -> d_ff -> d, GELU) -> dropout -> residual -> LayerNorm.
+self-attention -> output projection -> dropout -> residual -> LayerNorm, then a position-wise
+feed-forward (d -> d_ff -> d, GELU) -> dropout -> residual -> LayerNorm.  ReChorus's layer
+(``src/utils/layers.py`` ``TransformerLayer``) is the same block with ``attn_projection=False``
+(no output projection after the heads) and ``activation="relu"``.
 
 Options every model needs from one place:
 * ``causal``: SASRec-style left-to-right mask (True) or bidirectional (False, MIRACLE/HORAE).
@@ -77,7 +79,9 @@ class RotaryEmbedding(nn.Module):
 class MultiHeadSelfAttention(nn.Module):
     """Scaled dot-product self-attention with optional rotary embedding on q/k or q/v."""
 
-    def __init__(self, d: int, n_heads: int, dropout: float, rope: str = "none", ln_eps: float = 1e-12) -> None:
+    def __init__(
+        self, d: int, n_heads: int, dropout: float, rope: str = "none", ln_eps: float = 1e-12, projection: bool = True
+    ) -> None:
         super().__init__()
         if d % n_heads:
             raise ValueError(f"hidden size {d} is not divisible by n_heads={n_heads}")
@@ -85,7 +89,7 @@ class MultiHeadSelfAttention(nn.Module):
             raise ValueError(f"rope must be 'none', 'qk' or 'qv', got {rope!r}")
         self.n_heads, self.head_dim, self.rope_mode = n_heads, d // n_heads, rope
         self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
-        self.dense = nn.Linear(d, d)
+        self.dense = nn.Linear(d, d) if projection else nn.Identity()  # ReChorus: no output projection
         self.rope = RotaryEmbedding(self.head_dim) if rope != "none" else None
         self.attn_dropout = dropout
         self.prob_dropout = Dropout(dropout)  # on attention probabilities (CPU training path)
@@ -126,24 +130,33 @@ class MultiHeadSelfAttention(nn.Module):
         return self.layer_norm(self.out_dropout(self.dense(ctx)) + hq)
 
 
-class FeedForward(nn.Module):
-    """Position-wise feed-forward: Linear(d, d_ff) -> GELU -> Linear(d_ff, d), residual + LN."""
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}  # FFN activation: RecBole GELU | ReChorus ReLU
 
-    def __init__(self, d: int, d_ff: int, dropout: float, ln_eps: float = 1e-12) -> None:
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward: Linear(d, d_ff) -> GELU|ReLU -> Linear(d_ff, d), residual + LN."""
+
+    def __init__(self, d: int, d_ff: int, dropout: float, ln_eps: float = 1e-12, activation: str = "gelu") -> None:
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.act = ACTIVATIONS[activation]
         self.dense_1, self.dense_2 = nn.Linear(d, d_ff), nn.Linear(d_ff, d)
         self.dropout = Dropout(dropout)
         self.layer_norm = nn.LayerNorm(d, eps=ln_eps)
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.layer_norm(self.dropout(self.dense_2(F.gelu(self.dense_1(h)))) + h)  # [B, L, d]
+        return self.layer_norm(self.dropout(self.dense_2(self.act(self.dense_1(h)))) + h)  # [B, L, d]
 
 
 class TransformerLayer(nn.Module):
-    def __init__(self, d: int, n_heads: int, d_ff: int, dropout: float, rope: str = "none", ln_eps: float = 1e-12) -> None:
+    def __init__(
+        self, d: int, n_heads: int, d_ff: int, dropout: float, rope: str = "none", ln_eps: float = 1e-12,
+        activation: str = "gelu", attn_projection: bool = True,
+    ) -> None:
         super().__init__()
-        self.attention = MultiHeadSelfAttention(d, n_heads, dropout, rope, ln_eps)
-        self.feed_forward = FeedForward(d, d_ff, dropout, ln_eps)
+        self.attention = MultiHeadSelfAttention(d, n_heads, dropout, rope, ln_eps, attn_projection)
+        self.feed_forward = FeedForward(d, d_ff, dropout, ln_eps, activation)
 
     def forward(self, h: Tensor, mask: Tensor, last_query: bool = False) -> Tensor:
         return self.feed_forward(self.attention(h, mask, last_query))  # [B, L or 1, d]
@@ -157,6 +170,10 @@ class TransformerEncoder(nn.Module):
         dropout: dropout on attention probabilities and sub-layer outputs.
         causal: left-to-right (SASRec) or bidirectional (MIRACLE/HORAE) attention.
         rope: ``"none"``, ``"qk"`` or ``"qv"`` rotary position embedding in every layer.
+        ln_eps: LayerNorm epsilon (RecBole 1e-12; ReChorus / PyTorch default 1e-5).
+        activation: feed-forward activation, ``"gelu"`` (RecBole) or ``"relu"`` (ReChorus).
+        attn_projection: the output projection after the attention heads (RecBole); False =
+            none (ReChorus ``layers.MultiHeadAttention``).
     """
 
     def __init__(
@@ -169,11 +186,14 @@ class TransformerEncoder(nn.Module):
         causal: bool = True,
         rope: str = "none",
         ln_eps: float = 1e-12,
+        activation: str = "gelu",
+        attn_projection: bool = True,
     ) -> None:
         super().__init__()
         self.causal = causal
         self.layers = nn.ModuleList(
-            TransformerLayer(d, n_heads, d_ff or 4 * d, dropout, rope, ln_eps) for _ in range(n_layers)
+            TransformerLayer(d, n_heads, d_ff or 4 * d, dropout, rope, ln_eps, activation, attn_projection)
+            for _ in range(n_layers)
         )
 
     def forward(
@@ -200,12 +220,17 @@ class TransformerEncoder(nn.Module):
         return h[:, -1] if last_only else h
 
 
-def init_weights(module: nn.Module, std: float = 0.02) -> None:
-    """RecBole initialisation: normal(0, std) for Linear/Embedding, LayerNorm to (1, 0)."""
+def init_weights(module: nn.Module, std: float = 0.02, bias_std: float = 0.0) -> None:
+    """RecBole initialisation: normal(0, std) for Linear/Embedding, Linear biases 0, LayerNorm to
+    (1, 0).  ReChorus (``BaseModel.init_weights``): std 0.01 and Linear biases normal(0, 0.01)
+    (``bias_std=0.01``); other modules (GRU) keep PyTorch's own initialisation in both."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
         module.weight.data.normal_(0.0, std)
         if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
+            if bias_std > 0:
+                module.bias.data.normal_(0.0, bias_std)
+            else:
+                module.bias.data.zero_()
     elif isinstance(module, nn.LayerNorm):
         module.weight.data.fill_(1.0)
         module.bias.data.zero_()
