@@ -372,6 +372,14 @@ def render(rows: list[dict[str, Any]], tables: list[dict[str, Any]], verdicts: d
         lines.append(f"- **{t['zoo']} vs {t['peer']}** ({rr[0]['zoo_seeds']}/{rr[0]['peer_seeds']} seeds): "
                      f"{verdicts[t['pair']]}.")
         lines.append(f"  Known differences left at the zoo's defaults: {'; '.join(t['causes'])}.")
+    lines += ["", "The `-rcmatch` zoo arms are the zoo with every ReChorus switch of the `peerswitch` work set "
+              "(`recipes/sasrec_rechorus.yaml`, `comirec_rechorus.yaml`, `timirec_rechorus{,_pretrain}.yaml`: BPR "
+              "negatives outside the whole training history, no weight decay on biases, init N(0, 0.01) with biases "
+              "too, positions counted from the newest item; for SASRec also no input LayerNorm, a d-sized ReLU FFN, "
+              "no attention output projection, LayerNorm eps 1e-5, BPR loss), with the hyperparameters overridden to "
+              "this table's matched values. They are compared with the same ReChorus runs as the default arms. The "
+              "default zoo arms ran on this branch before main's peer switches were merged (commit eb568b5, whose "
+              "defaults the switches leave unchanged), the `-rcmatch` arms after the merge (64ee2ec)."]
     missing = [p for p in PAIRS if p not in {t['pair'] for t in tables}]
     if missing:
         lines += ["", "Not run yet (no finished seed on one side): " + ", ".join(missing) + "."]
