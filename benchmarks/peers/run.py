@@ -108,6 +108,9 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("zoo-SASRec-rcmatch", "zoo", ["--config", "recipes/sasrec_rechorus.yaml", "--model.init_args.n_layers", "2",
                                       "--model.init_args.n_heads", "2", "--model.init_args.dropout", "0.2",
                                       "--model.init_args.lr", "0.001", "--model.init_args.weight_decay", "0.0"], HP_SASREC),
+    # one switch alone: the zoo's default SASRec with ReChorus's loss (BPR, one uniform negative)
+    Arm("zoo-SASRec-bpr", "zoo", ["--config", "recipes/sasrec.yaml", "--model.init_args.max_len", "20",
+                                  "--model.init_args.loss", "bpr"], HP_SASREC),
     Arm("zoo-ComiRec-SA-rcmatch", "zoo", ["--config", "recipes/comirec_rechorus.yaml", "--model.init_args.d_a", "256",
                                           "--model.init_args.weight_decay", "0.0"]),
     Arm("zoo-TiMiRec-pretrain-rcmatch", "zoo", ["--config", "recipes/timirec_rechorus_pretrain.yaml", *TIMIREC_MATCH]),
@@ -148,6 +151,8 @@ PAIRS: dict[str, tuple[str, str, list[str]]] = {
     "rechorus_sasrec_matched": ("zoo-SASRec-rcmatch", "ReChorus-SASRec", [
         "dropout placement: ReChorus drops out inside the Transformer layer only, the zoo also on the input "
         "embeddings and the attention probabilities"]),
+    "rechorus_sasrec_bpr": ("zoo-SASRec-bpr", "ReChorus-SASRec", [
+        "the other SASRec differences (negatives over the window vs the whole history, the block, init)"]),
     "rechorus_comirec_sa_matched": ("zoo-ComiRec-SA-rcmatch", "ReChorus-ComiRec-SA", ["none known"]),
     "rechorus_timirec_pretrain_matched": ("zoo-TiMiRec-pretrain-rcmatch", "ReChorus-TiMiRec-pretrain", ["none known"]),
     "rechorus_timirec_matched": ("zoo-TiMiRec-rcmatch", "ReChorus-TiMiRec", ["none known"]),
@@ -301,6 +306,15 @@ def report(a: argparse.Namespace) -> None:
         # delta in the table is peer - zoo (the zoo is the reference); report zoo - peer
         r["delta"], r["delta_low"], r["delta_high"] = -r["delta"], -r["delta_high"], -r["delta_low"]
     verdicts = {t["pair"]: verdict([r for r in rows if r["pair"] == t["pair"]], t["causes"]) for t in tables}
+    for t in tables:  # a gap: say what the same peer runs give against the zoo arms with ReChorus's switches
+        if verdicts[t["pair"]] == "equal within noise":
+            continue
+        for u in tables:
+            if u["peer"] == t["peer"] and u["pair"] != t["pair"]:
+                r = next(r for r in rows if r["pair"] == u["pair"] and r["metric"] == METRICS[0])
+                verdicts[t["pair"]] += (f". Against the same {t['peer']} runs, `{u['zoo']}` is {verdicts[u['pair']]} "
+                                        f"({METRICS[0]} Δ {r['delta']:+.4f} [{r['delta_low']:+.4f}, "
+                                        f"{r['delta_high']:+.4f}], p_Holm {_p(r['p_holm_table'])})")
     out = a.out
     md = render(rows, tables, verdicts, a)
     _write_text(out.with_suffix(".md"), md)
@@ -371,7 +385,7 @@ def render(rows: list[dict[str, Any]], tables: list[dict[str, Any]], verdicts: d
         rr = [r for r in rows if r["pair"] == t["pair"]]
         lines.append(f"- **{t['zoo']} vs {t['peer']}** ({rr[0]['zoo_seeds']}/{rr[0]['peer_seeds']} seeds): "
                      f"{verdicts[t['pair']]}.")
-        lines.append(f"  Known differences left at the zoo's defaults: {'; '.join(t['causes'])}.")
+        lines.append(f"  Known differences remaining in this pair: {'; '.join(t['causes'])}.")
     lines += ["", "The `-rcmatch` zoo arms are the zoo with every ReChorus switch of the `peerswitch` work set "
               "(`recipes/sasrec_rechorus.yaml`, `comirec_rechorus.yaml`, `timirec_rechorus{,_pretrain}.yaml`: BPR "
               "negatives outside the whole training history, no weight decay on biases, init N(0, 0.01) with biases "
@@ -379,7 +393,11 @@ def render(rows: list[dict[str, Any]], tables: list[dict[str, Any]], verdicts: d
               "no attention output projection, LayerNorm eps 1e-5, BPR loss), with the hyperparameters overridden to "
               "this table's matched values. They are compared with the same ReChorus runs as the default arms. The "
               "default zoo arms ran on this branch before main's peer switches were merged (commit eb568b5, whose "
-              "defaults the switches leave unchanged), the `-rcmatch` arms after the merge (64ee2ec)."]
+              "defaults the switches leave unchanged), the `-rcmatch` and `-bpr` arms after the merge (64ee2ec). "
+              "One default did change in that merge: main's TiMiRec recipes now set `train_negatives_exclude: "
+              "history` (the authors' code); the `zoo-TiMiRec*` default rows ran without it (negatives drawn "
+              "uniformly), the `-rcmatch` rows with it. `zoo-SASRec-bpr` is the zoo's default SASRec with only the "
+              "loss switched to ReChorus's BPR with one uniform negative."]
     missing = [p for p in PAIRS if p not in {t['pair'] for t in tables}]
     if missing:
         lines += ["", "Not run yet (no finished seed on one side): " + ", ".join(missing) + "."]
