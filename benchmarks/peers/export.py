@@ -41,20 +41,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from datamodules.atomic import export_atomic  # noqa: E402
+from zoo.experiments.reproduce import atomic_write  # noqa: E402
 
 NAME = "ml_latest_small"
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def split_from_datamodule(dm: Any) -> dict[str, np.ndarray]:
@@ -90,7 +79,7 @@ def write_rechorus(split: dict[str, np.ndarray], folder: Path) -> list[Path]:
             rows[key].append(f"{u + 1}\t{i}\t{t}\n")
     for key, lines in rows.items():
         path = folder / f"{key}.csv"
-        _atomic_text(path, "user_id\titem_id\ttime\n" + "".join(lines))
+        atomic_write(path, "user_id\titem_id\ttime\n" + "".join(lines))
         paths.append(path)
     return paths
 
@@ -150,7 +139,7 @@ def export(dm: Any, out: str | Path, user_ids: list[str], max_len: int = 20, nam
               "users": [{"zoo": int(u), "original": str(user_ids[u]), "rechorus": int(u) + 1, "recbole": str(int(u))}
                         for u in split["user"]],
               "items": "RecBole tokens and ReChorus ids are the zoo's item indices 1..N"}
-    _atomic_text(out / "id_map.json", json.dumps(id_map, indent=1))
+    atomic_write(out / "id_map.json", json.dumps(id_map, indent=1))
     fd, tmp = tempfile.mkstemp(prefix=".split.npz.", suffix=".tmp", dir=out)
     with os.fdopen(fd, "wb") as f:
         np.savez_compressed(f, user=split["user"], test_target=split["test_target"], valid_target=split["valid_target"],

@@ -28,7 +28,6 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from zoo.experiments.compare import compare_runs, holm  # noqa: E402
+from zoo.experiments.reproduce import atomic_write  # noqa: E402
 from zoo.ranks import make_ranks, per_user, save_ranks  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -161,26 +161,10 @@ PAIRS: dict[str, tuple[str, str, list[str]]] = {
 
 # ----------------------------------------------------------------------------- helpers
 def _write_json(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(obj, indent=1, default=str))
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+_write_text = atomic_write
 
 
 def finished(run: Path) -> bool:

@@ -34,16 +34,15 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from zoo.experiments.reproduce import atomic_write
 from zoo.ranks import Ranks, load_ranks, parse_metric, per_user
 
 PAPER_MODULES = ("horae", "miracle", "timirec", "hpcl4sr", "hm4sr")  # zoo.models.<module>: the papers' models
@@ -550,18 +549,6 @@ def _find_model(models: list[Model], reference: str | Path) -> str:
 
 
 # ----------------------------------------------------------------------------- writing
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def plot_table(table: Table) -> bytes:
     """PNG: one panel per metric, each model's mean with its CI as an error bar."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
@@ -597,11 +584,11 @@ def write_table(table: Table, out: str | Path, figure: bool = True) -> dict[str,
     """``compare.md``, ``compare.csv`` and ``compare.png`` in ``out`` (each written atomically)."""
     out = Path(out)
     paths = {"markdown": out / "compare.md", "csv": out / "compare.csv"}
-    _atomic_write_bytes(paths["markdown"], table.to_markdown().encode("utf-8"))
-    _atomic_write_bytes(paths["csv"], table.to_csv().encode("utf-8"))
+    atomic_write(paths["markdown"], table.to_markdown().encode("utf-8"))
+    atomic_write(paths["csv"], table.to_csv().encode("utf-8"))
     if figure:
         paths["figure"] = out / "compare.png"
-        _atomic_write_bytes(paths["figure"], plot_table(table))
+        atomic_write(paths["figure"], plot_table(table))
     return paths
 
 
