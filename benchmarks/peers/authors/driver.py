@@ -21,8 +21,9 @@ and, monkeypatched from here (the files stay as they are):
 
 * ``pretrainDataset.torch.zeros([1, 768])`` -> ``[1, D]``: the loader's hard-coded BERT width of
   the pad row, D = the exported features' width (MiniLM: 384);
-* the config is the authors' ``parser.parser_dic()`` updated with the zoo recipe's sizes (``--set``),
-  instead of ``get_config()`` (which parses ``sys.argv``);
+* the config is the authors' ``get_config()`` with an empty command line (their defaults), then
+  updated with the zoo recipe's sizes (``--set``), the data folder, ``stage: trans``, CPU, and no
+  pre-trained file;
 * ``main.py`` is not run: its ``NotImplementedError`` forbids fine-tuning without a pre-trained
   file, and its ``trainer.train()`` runs to early stopping.  Instead this driver builds the same
   objects (``PretrainDataloader``, the model, ``PretrainTrainer``) and calls
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from zoo.ranks import Ranks, per_user, save_ranks
 
-    sys.argv = [sys.argv[0]]  # their modules parse nothing at import, but keep argv clean
+    sys.argv = [sys.argv[0]]  # their get_config() parses sys.argv: defaults only
     import parser as their_parser  # noqa: E402  (the authors' parser.py)
     import pretrainDataset
     import pretrainTrainer
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     width = int(manifest["text_dim"])
     pretrainDataset.torch = _TorchWithWidth(torch, width)
 
-    config = their_parser.parser_dic()
+    config = their_parser.get_config()  # their defaults: parser_dic() + parse_args() defaults (argv is empty)
     config.update(json.loads(a.set))
     config.update(dataset=a.name, data_path=str(data) + "/", local_save_path="./local_data/", cuda=False,
                   gpu_id=0, load_model_path="", save_flag=0, stage="trans", device=torch.device("cpu"))

@@ -80,8 +80,13 @@ NOTES: dict[str, list[str]] = {
         "the paired test is over users (the same 671 test users), averaged over seeds.",
     ],
     "horae": [
-        "Settings as the zoo recipe, except that the zoo side runs the official code's switches where the recipe's "
-        "default follows the paper (listed in the HORAE section), so that both sides compute the same model.",
+        "Settings as the zoo recipe, except two switches on the zoo side where the recipe's default follows the paper "
+        "and the official code has a bug: `rope: qv` (the code rotates queries and values) and `overflow_to_pad: true` "
+        "(gaps of 5 years or more go to the pad bin), so that both sides compute the same model. Every other fine-tuning "
+        "switch of the recipe is already the code's (refine encoder causal, GRU over pads, ID embedding on the candidates).",
+        "Both sides: transductive, no pre-training, nothing frozen (the authors' optimiser's second learning rate `lr2` "
+        "for the encoders, time tables and gate = lr = 1e-3), full-softmax CE + 10·L_b + 0.01·L_c, clipping 1.0, batch 256, "
+        "one epoch; the target's timestamp is an input on both sides (d^t), as in the paper and the code.",
     ],
 }
 
@@ -105,6 +110,7 @@ def recipe_settings(model: str) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ValueError(f"{RECIPES[model]}: optimizer {m.get('optimizer')} (the authors' AdamW with decay 0 = adam)")
     if model == "horae":
         out["encoder_layers"] = m["n_layers"]
+        out["lr2"] = m["lr"]  # HORAE's trainer: lr2 for the encoders, time tables and gate
         out["time_scale"] = m["time_scale"]
     return out, {**m, **{f"data.{k}": v for k, v in d.items()}}
 
@@ -248,8 +254,7 @@ def write_report(out: Path, results: Path, models: list[str], how: dict[str, Any
         "(gone from transformers 5; called with weight decay 0, eps 1e-8); RecBole's `TransformerEncoder` imported "
         "from RecBole 1.2.1's own `recbole/model/layers.py` (MIRACLE) or Horae's vendored RecBole (HORAE), with "
         "`recbole.utils` reduced to its `enum_type.py`; the data loader's hard-coded `torch.zeros([1, 768])` pad "
-        "row sized to the features' width (384); the config = `parser_dic()` updated with the recipe's values "
-        "instead of `get_config()`; `main.py` not run (its `NotImplementedError` forbids fine-tuning without a "
+        "row sized to the features' width (384); the config = their `get_config()` defaults updated with the recipe's values; `main.py` not run (its `NotImplementedError` forbids fine-tuning without a "
         "pre-trained file): the driver builds their loader, model and trainer and calls `train_epoch(0)` once.\n",
     ]
     body = "\n".join(head + sections)
@@ -313,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     how = _how(a)
 
     def report(msg: str) -> None:
-        write_report(out, a.results, a.models, _how(a))
+        write_report(out, a.results, list(RECIPES), _how(a))  # every model with runs, not only this call's
         if a.commit:
             subprocess.run(["git", "add", str(a.results / "authors.md"), str(a.results / "authors.json")]
                            + ([str(a.results / "authors.csv")] if (a.results / "authors.csv").exists() else []),
