@@ -269,9 +269,11 @@ def write_report(out: Path, results: Path, models: list[str], how: dict[str, Any
         "(d 64, 2 layers, 2 heads, FFN 128, dropout 0.3, 8 experts, 16 capsules, 3 routing iterations, batch 256, "
         "lr 1e-3, max_len 20). Metrics: full ranking over the 3,496 items (pad excluded), Recall/NDCG@10/50 per "
         "user from each run's ranks; the single-epoch numbers are not converged values.\n",
-        f"How it was run: {how['machine']}; torch {how['torch']}; load average at the report {how['load']}. "
-        "The authors' code: an unmodified copy of each repository "
-        f"({how['src']}), imported by `driver.py` with the CPU shims in `benchmarks/peers/authors/shims/` "
+        f"How it was run: {how['machine']}, shared with other jobs (the load average is recorded per run); "
+        f"torch {how['torch']}; the zoo's code (zoo/, datamodules/) at commit {how['zoo_code']}; load average at "
+        f"the report {how['load']}. "
+        "The authors' code: an unmodified copy (`git archive HEAD`) of WHUIR/Miracle at 735be6a and WHUIR/Horae at "
+        "605b1fc (the snapshots the specs were written from), imported by `driver.py` with the CPU shims in `benchmarks/peers/authors/shims/` "
         "(listed in the driver's docstring and below).\n",
         "Shims and monkeypatches (the authors' files are not edited): `torch_scatter.scatter_add` via "
         "`Tensor.scatter_add_`; `termcolor.cprint` = print; `transformers.optimization.AdamW` = `torch.optim.AdamW` "
@@ -318,7 +320,9 @@ def _how(args: argparse.Namespace) -> dict[str, Any]:
             return "-"
         return f"{src.name} at {src}"
 
-    return {"machine": f"{platform.machine()} {os.cpu_count()} CPUs ({platform.processor() or platform.platform()})",
+    head = subprocess.run(["git", "log", "-1", "--format=%h %cI", "--", "zoo", "datamodules"], cwd=ROOT,
+                          capture_output=True, text=True).stdout.strip()
+    return {"zoo_code": head or "unknown", "machine": f"{platform.machine()} {os.cpu_count()} CPUs ({platform.processor() or platform.platform()})",
             "torch": torch.__version__, "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             "src": "; ".join(rev(s) for s in (args.miracle_src, args.horae_src) if s), "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
