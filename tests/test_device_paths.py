@@ -173,7 +173,7 @@ def test_side_info_moves_with_the_module(name: str) -> None:
     if name == "HPCL4SR":
         assert {"item_category", "graph.propagation"} <= {n for n, _ in model.named_buffers()}
     if name == "SASRec-ReChorus":
-        assert {"history_negatives.keys", "history_negatives.ptr"} <= {n for n, _ in model.named_buffers()}
+        assert {"train_negatives.history.keys", "train_negatives.history.ptr"} <= {n for n, _ in model.named_buffers()}
     if name == "ComiRec-SA-popneg":
         assert model.rec_loss.probs is not None and "rec_loss.probs" in dict(model.named_buffers())
 

@@ -100,7 +100,7 @@ def test_history_negatives_never_hit_the_users_training_history(make, monkeypatc
     model = make()
     model.attach_side_info(csr(hist))
     seen: list[torch.Tensor] = []
-    sampler = model.rec_loss.history_negatives if hasattr(model, "rec_loss") else model.history_negatives
+    sampler = (model.rec_loss if hasattr(model, "rec_loss") else model).train_negatives.history
     real = sampler.forward
     monkeypatch.setattr(sampler, "forward", lambda user: seen.append(out := real(user)) or out)
     for _ in range(50):
@@ -112,9 +112,8 @@ def test_history_negatives_never_hit_the_users_training_history(make, monkeypatc
         assert not set(neg[:, u].tolist()) & set(h)
     # the default ("window") draws items of the user's history outside the window
     model_default = type(model)(**{**dict(model.hparams), "train_negatives_exclude": "window"})
-    drawn = torch.stack([model_default.rec_loss.bpr_negatives(batch["target"], batch["item_seq"])
-                         if hasattr(model_default, "rec_loss") else model_default.negatives(batch["target"], batch["item_seq"], batch["user"])
-                         for _ in range(200)])
+    draw = (model_default.rec_loss if hasattr(model_default, "rec_loss") else model_default).train_negatives
+    drawn = torch.stack([draw(batch["target"], batch["item_seq"], batch["user"]) for _ in range(200)])
     assert any(set(drawn[:, u].tolist()) & set(h) for u, h in enumerate(hist))
 
 
@@ -127,7 +126,7 @@ def test_sasrec_window_targets_draw_their_users_negatives():
     rows = real.nonzero()[:, 0]
     torch.manual_seed(0)
     for _ in range(30):
-        neg = model.negatives(batch["target_seq"][real], batch["item_seq"][rows], batch["user"][rows])
+        neg = model.train_negatives(batch["target_seq"][real], batch["item_seq"][rows], batch["user"][rows])
         assert all(int(n) not in hist[int(r)] for n, r in zip(neg, rows))
     assert torch.isfinite(model.training_loss(batch)["rec"])
 
@@ -325,3 +324,25 @@ def test_rechorus_recipes_set_every_switch_to_rechorus(name, keys):
         assert args[key] == want[key], f"{name}.yaml: {key}"
         line = next(ln for ln in text.splitlines() if ln.strip().startswith(f"{key}:"))
         assert "ReChorus" in line, f"{name}.yaml: the comment of {key} names no ReChorus file"
+
+
+def test_train_negatives_dispatch_and_errors():
+    """The one sampler of every BPR/BCE objective: 'none' draws any real item, 'window' avoids
+    the target and the window, 'history' refuses a batch without user ids and an unattached history."""
+    from zoo.modules.negatives import TrainNegatives
+
+    target = torch.randint(1, N + 1, (64,))
+    window = torch.randint(1, N + 1, (64, L))
+    none = TrainNegatives(N, "none")(target, window)
+    assert none.min() >= 1 and none.max() <= N and none.shape == target.shape
+    win = TrainNegatives(N, "window")(target, window)
+    assert (win != target).all() and not (window == win[:, None]).any()
+    hist = TrainNegatives(N, "history")
+    with pytest.raises(ValueError, match="needs the batch's 'user' ids"):
+        hist(target, window)
+    with pytest.raises(RuntimeError, match="side info"):
+        hist(target, window, torch.zeros(64, dtype=torch.long))
+    with pytest.raises(ValueError, match="train_history_ptr"):
+        hist.attach({})
+    with pytest.raises(ValueError, match="must be one of"):
+        TrainNegatives(N, "all")

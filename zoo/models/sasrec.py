@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from zoo.models.base import SequentialRecommender
 from zoo.modules.dropout import Dropout
 from zoo.modules.embeddings import LearnedPositions
-from zoo.modules.negatives import HistoryNegatives, check_exclude, window_negatives
+from zoo.modules.negatives import TrainNegatives
 from zoo.modules.scoring import dot_scores
 from zoo.modules.transformer import TransformerEncoder, init_weights
 
@@ -105,7 +105,7 @@ class SASRec(SequentialRecommender):
         self.save_hyperparameters()
         if loss not in ("ce", "bce", "bpr"):
             raise ValueError(f"loss must be 'ce', 'bce' or 'bpr', got {loss!r}")
-        self.neg_exclude = check_exclude(train_negatives_exclude)
+        self.train_negatives = TrainNegatives(self.num_items, train_negatives_exclude)  # bce/bpr's negative
         if loss == "ce" and train_negatives_exclude != "none":
             raise ValueError("train_negatives_exclude applies to loss='bce' or 'bpr'; loss='ce' samples no negatives")
         self.loss_type = loss
@@ -117,29 +117,15 @@ class SASRec(SequentialRecommender):
             d, n_layers, n_heads, d_ff or 4 * d, dropout, causal=True, ln_eps=ln_eps,
             activation=activation, attn_projection=attn_projection,
         )
-        self.history_negatives = HistoryNegatives(self.num_items) if train_negatives_exclude == "history" else None
         self.apply(partial(init_weights, std=init_std, bias_std=init_bias_std))
 
     def attach_side_info(self, info: dict[str, Tensor]) -> None:
-        if self.history_negatives is None:
-            return
-        if "train_history_ptr" not in info or "train_history_items" not in info:
-            raise ValueError("train_negatives_exclude='history' needs the datamodule's 'train_history_ptr' / "
-                             "'train_history_items' side info")
-        self.history_negatives.set_history(info["train_history_ptr"].to(self.device), info["train_history_items"].to(self.device))
+        self.train_negatives.attach(info, self.device)  # train_negatives_exclude="history" only
 
     def encode(self, item_seq: Tensor, last_only: bool = False) -> Tensor:
         """item_seq ``[B, L]`` -> hidden states ``[B, L, d]`` (``last_only``: the last one, ``[B, d]``)."""
         h = self.emb_dropout(self.emb_norm(self.item_emb(item_seq) + self.pos_emb(item_seq)))  # [B, L, d]
         return self.encoder(h, item_seq > 0, last_only=last_only)
-
-    def negatives(self, target: Tensor, window: Tensor, user: Tensor) -> Tensor:
-        """One negative per target ``[M]`` (``window [M, L]``: each row's input items, ``user [M]``)."""
-        if self.neg_exclude == "history":
-            return self.history_negatives(user)
-        if self.neg_exclude == "window":
-            return window_negatives(self.num_items, target, window)
-        return torch.randint(1, self.num_items + 1, target.shape, device=target.device)  # [M]
 
     def user_representation(self, batch: dict[str, Tensor]) -> Tensor:
         return self.encode(batch["item_seq"], last_only=True)  # [B, d] (state at the most recent item)
@@ -172,9 +158,7 @@ class SASRec(SequentialRecommender):
         if row is not None:
             window = item_seq[row]  # [M, L]
             user = None if user is None else user[row]
-        if self.neg_exclude == "history" and user is None:
-            raise ValueError("train_negatives_exclude='history' needs the batch's 'user' ids")
-        neg = self.negatives(target, window, user)  # [M]
+        neg = self.train_negatives(target, window, user)  # [M]
         pos_s = (u * self.item_emb(target)).sum(-1)
         neg_s = (u * self.item_emb(neg)).sum(-1)
         if self.loss_type == "bpr":  # ReChorus GeneralModel.loss with one negative

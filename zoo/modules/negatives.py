@@ -95,3 +95,38 @@ class HistoryNegatives(nn.Module):
         r = (torch.rand(user.shape, device=user.device) * free).long().clamp_(max=free - 1)  # [M] 0-based unseen rank
         below = torch.searchsorted(self.keys, user * (self.num_items + 1) + r, right=True) - lo  # [M]
         return r + 1 + below
+
+
+class TrainNegatives(nn.Module):
+    """One training negative per target, avoiding what ``exclude`` names (``"none"`` / ``"window"``
+    / ``"history"``, see the module docstring): the one sampler of every BPR/BCE objective
+    (SASRec's ``bce``/``bpr``, :class:`zoo.modules.sampled_softmax.NextItemLoss`'s ``bpr``).
+
+    :meth:`attach` takes the datamodule's side info (only ``"history"`` reads it).
+    """
+
+    def __init__(self, num_items: int, exclude: str = "window", allowed: tuple[str, ...] = EXCLUDE) -> None:
+        super().__init__()
+        self.num_items = int(num_items)
+        self.exclude = check_exclude(exclude, allowed)
+        self.history = HistoryNegatives(num_items) if exclude == "history" else None
+
+    def attach(self, info: dict[str, Tensor], device: torch.device | str = "cpu") -> None:
+        """The datamodule's ``train_history_ptr`` / ``train_history_items`` (``exclude="history"``)."""
+        if self.history is None:
+            return
+        if "train_history_ptr" not in info or "train_history_items" not in info:
+            raise ValueError("train_negatives_exclude='history' needs the datamodule's 'train_history_ptr' / "
+                             "'train_history_items' side info")
+        self.history.set_history(info["train_history_ptr"].to(device), info["train_history_items"].to(device))
+
+    def forward(self, target: Tensor, window: Tensor | None, user: Tensor | None = None, rounds: int = 10) -> Tensor:
+        """target ``[M]``, window ``[M, L]`` (each row's input items), user ``[M]`` (ids; needed by
+        ``"history"``) -> one negative id per row ``[M]`` on the target's device."""
+        if self.history is not None:
+            if user is None:
+                raise ValueError("train_negatives_exclude='history' needs the batch's 'user' ids")
+            return self.history(user).to(target.device)
+        if self.exclude == "window":
+            return window_negatives(self.num_items, target, window, rounds)
+        return torch.randint(1, self.num_items + 1, target.shape, device=target.device)  # [M]

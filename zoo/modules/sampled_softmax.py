@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.modules.negatives import HistoryNegatives, check_exclude, window_negatives
+from zoo.modules.negatives import TrainNegatives
 
 LOSSES = ("sampled_softmax", "full_softmax", "bpr")
 
@@ -61,10 +61,9 @@ class NextItemLoss(nn.Module):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        self.exclude = check_exclude(exclude, ("window", "history"))
+        self.train_negatives = TrainNegatives(num_items, exclude, allowed=("window", "history"))  # BPR's negative
         if exclude == "history" and loss != "bpr":
             raise ValueError(f"train_negatives_exclude='history' applies to loss='bpr' (ReChorus's BPR), not loss={loss!r}")
-        self.history_negatives = HistoryNegatives(num_items) if exclude == "history" else None
         if sampler not in ("uniform", "popularity"):
             raise ValueError(f"neg_sampler must be 'uniform' or 'popularity', got {sampler!r}")
         if n_neg < 1:
@@ -100,21 +99,7 @@ class NextItemLoss(nn.Module):
 
     def set_train_history(self, info: dict[str, Tensor], device: torch.device | str = "cpu") -> None:
         """Attach the datamodule's ``train_history_ptr`` / ``train_history_items`` (``exclude="history"``)."""
-        if self.history_negatives is None:
-            return
-        if "train_history_ptr" not in info or "train_history_items" not in info:
-            raise ValueError("train_negatives_exclude='history' needs the datamodule's 'train_history_ptr' / "
-                             "'train_history_items' side info")
-        self.history_negatives.set_history(info["train_history_ptr"].to(device), info["train_history_items"].to(device))
-
-    def bpr_negatives(self, target: Tensor, history: Tensor | None, rounds: int = 10, user: Tensor | None = None) -> Tensor:
-        """One uniform negative per row ``[B]``: outside the target and the window ``history``
-        (``exclude="window"``), or outside ``user``'s training history (``exclude="history"``)."""
-        if self.history_negatives is not None:
-            if user is None:
-                raise ValueError("train_negatives_exclude='history' needs the batch's 'user' ids")
-            return self.history_negatives(user).to(target.device)
-        return window_negatives(self.num_items, target, history, rounds)
+        self.train_negatives.attach(info, device)
 
     # ------------------------------------------------------------------ loss
     def forward(
@@ -128,7 +113,7 @@ class NextItemLoss(nn.Module):
             return F.cross_entropy(logits, target)
         pos = (user * item_emb[target]).sum(-1)  # [B]
         if self.loss == "bpr":
-            neg = self.bpr_negatives(target, history, user=users)
+            neg = self.train_negatives(target, history, users)  # [B]
             return F.softplus(-(pos - (user * item_emb[neg]).sum(-1))).mean()
         neg, log_count = self.sample(self.n_neg, user.device)  # [n], [n]
         neg_logits = user @ item_emb[neg].T  # [B, n]
