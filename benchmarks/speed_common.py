@@ -162,6 +162,8 @@ def header_md(title: str, command: str, info: dict[str, Any], extra: list[str] |
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Stdlib twin of ``zoo.runfiles.atomic_write``: this module must not import ``zoo``, whose
+    code a benchmark worker takes from ITS side's checkout (speed_train.py's baseline worktree)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,6 +40,7 @@ import pandas as pd
 
 from datamodules.raw import DataFormatError, RawDataset
 from datamodules.rawio import decode, line_at, make_dataset, read_bytes, read_csv_checked
+from zoo.runfiles import atomic_write
 
 ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
 SPLITS = ("train", "valid", "test")
@@ -328,21 +327,14 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def _write_atomic(path: Path, header: Sequence[str], columns: Sequence[Sequence[str]]) -> None:
-    """Write a tab-separated atomic file through a temporary file + ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write("\t".join(header) + "\n")
-            if len(columns[0]):
-                body = pd.Series(columns[0], dtype=object).astype(str)
-                for col in columns[1:]:
-                    body = body + "\t" + pd.Series(col, dtype=object).astype(str)
-                fh.write("\n".join(body.to_list()) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write a tab-separated atomic file, whole or not at all (:func:`zoo.runfiles.atomic_write`)."""
+    text = "\t".join(header) + "\n"
+    if len(columns[0]):
+        body = pd.Series(columns[0], dtype=object).astype(str)
+        for col in columns[1:]:
+            body = body + "\t" + pd.Series(col, dtype=object).astype(str)
+        text += "\n".join(body.to_list()) + "\n"
+    atomic_write(path, text)
 
 
 def _format_times(times: np.ndarray) -> np.ndarray:

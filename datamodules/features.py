@@ -46,7 +46,6 @@ import hashlib
 import json
 import logging
 import os
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,8 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from zoo.runfiles import atomic_write
 
 # Never reach the network: a hub name that is not cached must fail fast, not download.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -666,24 +667,6 @@ def _slug(name: str) -> str:
     return s[:40] or "encoder"
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write via a temporary file in the same folder, fsync, then ``os.replace``.
-
-    A crash at any point leaves either no file or the previous intact one at ``path``.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _ensure_table(
     path: Path,
     num_items: int,
@@ -708,8 +691,8 @@ def _ensure_table(
     if bad:
         raise FloatingPointError(f"{kind} encoder produced {bad} NaN/inf values; nothing was written to {path}")
     meta = {**meta, "shape": list(table.shape), "dtype": "float32", "pad_row": 0}
-    _atomic_write(path, lambda f: np.save(f, table, allow_pickle=False))
-    _atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    atomic_write(path, lambda f: np.save(f, table, allow_pickle=False), fsync=True)
+    atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=2), fsync=True)
     log.info("wrote %s features %s to %s", kind, tuple(table.shape), path)
     return path
 

@@ -33,14 +33,14 @@ import argparse
 import csv
 import gzip
 import io
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from zoo.runfiles import atomic_write
 
 #: the documented default seed of every generator in this module
 DEFAULT_SEED = 20240601
@@ -193,16 +193,7 @@ def _write(path: Path, text: str, gz: bool = False) -> Path:
                            compresslevel=6) as fh:
             fh.write(data)
         data = buffer.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, data)
     return path
 
 

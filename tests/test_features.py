@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from zoo.runfiles import atomic_write
 from datamodules import features as F
 from datamodules.features import (
     FeatureFileError,
@@ -224,7 +225,7 @@ def test_crash_mid_write_leaves_no_loadable_file(tiny_bert, tmp_path, monkeypatc
     # A crash while replacing an existing file keeps the old file intact.
     monkeypatch.setattr(F.np, "save", crash_after_partial_write)
     with pytest.raises(KeyboardInterrupt):
-        F._atomic_write(path, lambda f: np.save(f, np.ones((3, 16), np.float32)))
+        atomic_write(path, lambda f: np.save(f, np.ones((3, 16), np.float32)), fsync=True)
     assert path.read_bytes() == good
     assert load_feature_file(path, expected_rows=3, expected_dim=16).shape == (3, 16)
 
@@ -378,5 +379,5 @@ def test_half_precision_is_upcast(tmp_path, feats):
 
 def test_atomic_write_leaves_no_temp_on_success(tmp_path):
     path = tmp_path / "sub" / "a.npy"
-    F._atomic_write(path, lambda f: np.save(f, np.zeros((2, 2), np.float32)))
+    atomic_write(path, lambda f: np.save(f, np.zeros((2, 2), np.float32)))
     assert path.is_file() and sorted(os.listdir(path.parent)) == ["a.npy"]

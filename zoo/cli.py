@@ -37,17 +37,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from datamodules.base import SequentialDataModule
 from zoo.models.base import SequentialRecommender
-from zoo.runfiles import (RunFolderBusy, RunLock, check_fit_folder, remove_fit_files, remove_if_no_results,
+from zoo.runfiles import (RunFolderBusy, RunLock, atomic_write, check_fit_folder, remove_fit_files, remove_if_no_results,
                           stamped_path, write_new)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class _DropLitLoggerTip(logging.Filter):
@@ -136,14 +127,13 @@ class TopKWriter(BasePredictionWriter):
         if trainer.world_size > 1:  # one stamp for all ranks, chosen by rank 0
             stem = trainer.strategy.broadcast(stamped_path(self.run_dir, "predictions-", ".csv").stem)
             out = self.run_dir / f"{stem}{suffix}.csv"
-            atomic_write_text(out, text)
+            atomic_write(out, text)
         else:
             out = write_new(self.run_dir, "predictions-", ".csv", text)  # never replaces a file
         if interests:
             target = out.with_name(out.name.replace("predictions-", "interests-").removesuffix(".csv") + ".pt")
-            tmp = self.run_dir / f".{target.name}.tmp"
-            torch.save(torch.cat(interests), tmp)
-            os.replace(tmp, target)
+            table = torch.cat(interests)
+            atomic_write(target, lambda f: torch.save(table, f))
         print(f"[zoo] wrote top-{len(predictions[0]['items'][0]) if predictions else 0} predictions to {out}")
 
 
@@ -278,7 +268,7 @@ class RunConfig(SaveConfigCallback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         if self._pending is not None and trainer.is_global_zero:
-            atomic_write_text(*self._pending)
+            atomic_write(*self._pending)
         self._pending = None
 
 
@@ -529,7 +519,7 @@ class ZooCLI(LightningCLI):
                 "config": self._plain_config(),
             }
             self._write_test_ranks(self.run_dir() / "test_metrics.json")
-            atomic_write_text(self.run_dir() / "test_metrics.json", json.dumps(out, indent=2))
+            atomic_write(self.run_dir() / "test_metrics.json", json.dumps(out, indent=2))
             print(f"[zoo] test metrics of {out['best_checkpoint'] or 'the last weights'}:")
             for k in sorted(out["test"]):
                 print(f"[zoo]   {k:<16} {out['test'][k]:.4f}")

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import ast
-import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -246,16 +244,10 @@ def render() -> str:
 
 
 def write(path: Path = DOCS_PATH) -> None:
-    """Write the page atomically (temp file in the same folder, then os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(render())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write the page atomically (:func:`zoo.runfiles.atomic_write`)."""
+    from zoo.runfiles import atomic_write
+
+    atomic_write(path, render())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,14 +25,14 @@ Numpy only: reading results needs no torch.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from zoo.runfiles import atomic_write
 
 PROTOCOLS = ("full", "sampled", "multi")
 METRICS = {"full": ("hr", "recall", "ndcg", "mrr"), "sampled": ("hr", "recall", "ndcg", "mrr"),
@@ -111,14 +111,7 @@ def save_ranks(path: str | Path, r: Ranks) -> Path:
     if r.protocol == "multi":
         arrays["offsets"] = np.asarray(r.offsets, dtype=np.int64)
         arrays["n_targets"] = np.asarray(r.n_targets, dtype=np.int64)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
     return path
 
 

@@ -9,6 +9,7 @@
 * :class:`RunLock` makes a fit the only writer of its folder (``.zoo.lock``, an ``fcntl`` lock
   released by the kernel when the process dies; the pid inside names the holder).
 * :func:`check_fit_folder` refuses to start a fit over a finished run unless told to.
+* :func:`atomic_write` is the one way the zoo writes a file: whole or not at all.
 """
 
 from __future__ import annotations
@@ -19,11 +20,43 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 LOCK_NAME = ".zoo.lock"
 FIT_FILES = ("best.ckpt", "last.ckpt", "test_metrics.json", "ranks.npz")  # what a fit writes at the top level
 _STAMP = re.compile(r"^(?P<prefix>[A-Za-z_]+)-(?P<stamp>\d{8}-\d{6}(?:-\d+)?)$")
+
+
+def atomic_write(path: str | Path, data: str | bytes | Callable[[BinaryIO], None], *, fsync: bool = False) -> Path:
+    """Publish ``path`` whole or not at all: write a temporary file in the same folder, then
+    ``os.replace`` it over ``path``.  A crash or an exception at any point leaves the previous
+    file (or none) and no temporary file.
+
+    ``data``: text (written as UTF-8, newlines as given), bytes, or a function that writes to
+    the open binary file (``lambda f: np.save(f, a, allow_pickle=False)``).  ``fsync``: flush the
+    file to disk before the rename (caches that must survive a power cut).  The file gets the
+    usual permissions (``0o666`` less the umask), not ``mkstemp``'s owner-only ``0o600``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def ranks_path_for(metrics_path: Path) -> Path:

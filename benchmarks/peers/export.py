@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from datamodules.atomic import export_atomic  # noqa: E402
-from zoo.experiments.reproduce import atomic_write  # noqa: E402
+from zoo.runfiles import atomic_write  # noqa: E402
 
 NAME = "ml_latest_small"
 

@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from zoo.experiments.compare import compare_runs, holm  # noqa: E402
-from zoo.experiments.reproduce import atomic_write  # noqa: E402
+from zoo.runfiles import atomic_write  # noqa: E402
 from zoo.ranks import make_ranks, per_user, save_ranks  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.experiments.reproduce import atomic_write
+from zoo.runfiles import atomic_write
 from zoo.ranks import Ranks, load_ranks, parse_metric, per_user
 
 PAPER_MODULES = ("horae", "miracle", "timirec", "hpcl4sr", "hm4sr")  # zoo.models.<module>: the papers' models

@@ -27,14 +27,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from zoo.runfiles import atomic_write  # noqa: E402
 from zoo.experiments.reproduce import DEFAULT_OUT, NUMBERS, load_numbers, mean_std, paper_value, slug  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

@@ -61,6 +61,8 @@ from typing import Any, Iterable
 
 import yaml
 
+from zoo.runfiles import atomic_write  # noqa: F401  (also imported from here by older callers)
+
 PACKAGE = Path(__file__).resolve().parents[1]  # zoo/
 NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
 PAPERS = ("horae", "miracle", "timirec", "hpcl4sr", "hm4sr")
@@ -72,20 +74,6 @@ PATH_KEYS = {"image_features", "text_features", "images_dir"}
 
 
 # ----------------------------------------------------------------------------- files
-def atomic_write(path: Path, text: str | bytes) -> None:
-    """Write ``text`` (or bytes) to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        if isinstance(text, bytes):
-            tmp.write_bytes(text)
-        else:
-            tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def load_numbers(path: Path = NUMBERS) -> dict[str, Any]:
     numbers = copy.deepcopy(_read_yaml(str(path), Path(path).stat().st_mtime_ns))
     for p in PAPERS:

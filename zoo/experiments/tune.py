@@ -35,7 +35,6 @@ import math
 import os
 import re
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,9 +250,9 @@ class TrialRecorder:
                     self.validations += 1
 
             def write(self) -> None:
-                from zoo.cli import atomic_write_text
+                from zoo.runfiles import atomic_write
 
-                atomic_write_text(self.path, json.dumps({"served": self.served, "validations": self.validations}) + "\n")
+                atomic_write(self.path, json.dumps({"served": self.served, "validations": self.validations}) + "\n")
 
         return _TrialRecorder()
 
@@ -297,13 +296,14 @@ class Study:
         """One real ``zoo fit`` on the validation split; returns the best value of the monitored metric."""
         from optuna_integration import PyTorchLightningPruningCallback
 
-        from zoo.cli import atomic_write_text, run_cli
+        from zoo.cli import run_cli
+        from zoo.runfiles import atomic_write
 
         values = {p.key: p.suggest(trial) for p in self.params}
         run_dir = self.out / "trials" / f"trial-{trial.number:04d}"
         trial.set_user_attr("values", json.dumps(values))
         trial.set_user_attr("run_dir", str(run_dir))
-        atomic_write_text(run_dir / "params.json", json.dumps(values, indent=2) + "\n")
+        atomic_write(run_dir / "params.json", json.dumps(values, indent=2) + "\n")
         print(f"[zoo tune] trial {trial.number}: " + ", ".join(f"{k}={v}" for k, v in values.items()), flush=True)
         recorder = TrialRecorder(run_dir / "splits.json")
         pruning = PyTorchLightningPruningCallback(trial, self.monitor)
@@ -336,7 +336,7 @@ def trial_rows(study: Any, params: list[Param]) -> list[dict[str, Any]]:
 
 
 def write_tables(rows: list[dict[str, Any]], out: Path, monitor: str) -> None:
-    from zoo.cli import atomic_write_text
+    from zoo.runfiles import atomic_write
 
     if not rows:
         return
@@ -344,19 +344,19 @@ def write_tables(rows: list[dict[str, Any]], out: Path, monitor: str) -> None:
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
-    atomic_write_text(out / "trials.csv", buf.getvalue())
+    atomic_write(out / "trials.csv", buf.getvalue())
     cols = [c for c in rows[0] if c != "run_dir"]
     fmt = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
     head = [("value (" + monitor + ")") if c == "value" else c for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
-    atomic_write_text(out / "trials.md", "\n".join(lines) + "\n")
+    atomic_write(out / "trials.md", "\n".join(lines) + "\n")
 
 
 def write_best_yaml(study_cfg: Study, best: Any, base_cfg: dict[str, Any], direction: str) -> Path:
     """``best.yaml``: the recipe resolved with the best trial's values (``run_dir`` cleared, the ``tune:``
     block kept so that the file can seed a further search).  It is what ``zoo fit --print_config`` prints."""
-    from zoo.cli import atomic_write_text
+    from zoo.runfiles import atomic_write
 
     values = json.loads(best.user_attrs["values"])
     cfg = resolve_config(study_cfg.recipe, study_cfg.extra, values)
@@ -367,7 +367,7 @@ def write_best_yaml(study_cfg: Study, best: Any, base_cfg: dict[str, Any], direc
             *(f"#   {k}: {json.dumps(v)}" for k, v in values.items()),
             "# run it:  zoo fit --config best.yaml   (fully resolved; the tune: block is ignored by fit)"]
     path = study_cfg.out / "best.yaml"
-    atomic_write_text(path, "\n".join(head) + "\n" + yaml.safe_dump(cfg, sort_keys=False))
+    atomic_write(path, "\n".join(head) + "\n" + yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 
@@ -408,7 +408,8 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
 def fit_and_test_best(best_yaml: Path, seeds: list[int], out: Path, wandb: str, group: str) -> Path:
     """Fit ``best.yaml`` once per seed (test after fit) into ``<out>/best/seed-S``; ``best_test.md`` holds
     mean ± sample std over the seeds.  A seed whose ``test_metrics.json`` exists is not run again."""
-    from zoo.cli import atomic_write_text, run_cli
+    from zoo.cli import run_cli
+    from zoo.runfiles import atomic_write
 
     results = {}
     for s in seeds:
@@ -427,7 +428,7 @@ def fit_and_test_best(best_yaml: Path, seeds: list[int], out: Path, wandb: str, 
         m, sd = mean_std([results[s][k] for s in seeds])
         lines.append(f"| {k} | {m:.4f} ± {sd:.4f} | " + " | ".join(f"{results[s][k]:.4f}" for s in seeds) + " |")
     path = out / "best_test.md"
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -460,7 +461,7 @@ def tune(recipe: Path, trials: int, *, space: Path | None = None, timeout: float
     import optuna
     from optuna.trial import TrialState
 
-    from zoo.cli import atomic_write_text
+    from zoo.runfiles import atomic_write
 
     quiet_warnings()
     recipe = Path(recipe)
@@ -514,7 +515,7 @@ def tune(recipe: Path, trials: int, *, space: Path | None = None, timeout: float
         if test_seeds:
             summary["best_test"] = str(fit_and_test_best(best_yaml, test_seeds, out, wandb, ctx.group))
             log(f"[zoo tune] tested the best config: {summary['best_test']}")
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     log(f"[zoo tune] {states['COMPLETE']} complete, {states['PRUNED']} pruned, {states['FAIL']} failed; "
         f"tables: {out / 'trials.md'}")
     if not completed:
@@ -552,7 +553,7 @@ def tune_table(records: list[dict[str, Any]], metrics: dict[str, str], out: Path
     config with the table's seeds, and write ``<out>/tuned.md`` / ``tuned.json``: untuned beside tuned rows.
 
     ``records`` are the reproduce rows (``dataset``, ``model``, ``seed``, ``status``, ``run_dir``, ``test/...``)."""
-    from zoo.cli import atomic_write_text
+    from zoo.runfiles import atomic_write
 
     quiet_warnings()
     rows: list[dict[str, Any]] = []
@@ -586,7 +587,7 @@ def tune_table(records: list[dict[str, Any]], metrics: dict[str, str], out: Path
                 continue
             folder.mkdir(parents=True, exist_ok=True)
             space = folder / "space.yaml"
-            atomic_write_text(space, yaml.safe_dump({"tune": keys}, sort_keys=False))
+            atomic_write(space, yaml.safe_dump({"tune": keys}, sort_keys=False))
         try:
             summary = tune(recipe, trials, space=space, timeout=timeout, study_name=name, out=folder, wandb=wandb,
                            test_seeds=seeds, group=f"tune-{name}", log=log)
@@ -611,8 +612,8 @@ def tune_table(records: list[dict[str, Any]], metrics: dict[str, str], out: Path
                              for k, v in r["values"].items()) or r["status"]
             lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {r['trials']} | {vals} |")
         lines.append("")
-    atomic_write_text(out / "tuned.md", "\n".join(lines))
-    atomic_write_text(out / "tuned.json", json.dumps(rows, indent=2, default=str) + "\n")
+    atomic_write(out / "tuned.md", "\n".join(lines))
+    atomic_write(out / "tuned.json", json.dumps(rows, indent=2, default=str) + "\n")
     log(f"[zoo tune] wrote {out / 'tuned.md'}")
     return rows
 

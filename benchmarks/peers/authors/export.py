@@ -32,28 +32,16 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from zoo.runfiles import atomic_write
+
 SPLITS = (("train", "train"), ("valid", "val"), ("test", "test"))  # file split -> datamodule stage
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def split_rows(dm: Any, stage: str) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray], np.ndarray]:
@@ -151,11 +139,11 @@ def export(dm: Any, out_dir: str | Path, name: str, with_time: bool = False) -> 
     for fsplit, stage in SPLITS:
         users, hist, targets, times, ttimes = split_rows(dm, stage)
         body = inter_text(users, hist, targets, times if with_time else None, ttimes if with_time else None)
-        _atomic_write(folder / f"{name}.{fsplit}.inter", body.encode("utf-8"))
+        atomic_write(folder / f"{name}.{fsplit}.inter", body.encode("utf-8"))
         counts[fsplit] = len(users)
     feats = text[1:].to(torch.float32).contiguous().clone()  # [N, D] items 1..N, no pad row
-    _atomic_write(folder / f"{name}.feat1CLS", pickle.dumps(feats))
-    _atomic_write(folder / "user_ids.json", json.dumps(dm.original_user_ids()).encode("utf-8"))
+    atomic_write(folder / f"{name}.feat1CLS", pickle.dumps(feats))
+    atomic_write(folder / "user_ids.json", json.dumps(dm.original_user_ids()).encode("utf-8"))
     verify(dm, folder, name, with_time)
     seen = set()
     for fsplit, _ in SPLITS:
@@ -166,7 +154,7 @@ def export(dm: Any, out_dir: str | Path, name: str, with_time: bool = False) -> 
         "files": {p.name: _sha(p) for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")},
         "verified": "histories, targets" + (", timestamps" if with_time else "") + " and features equal the datamodule's",
     }
-    _atomic_write(folder / "export.json", (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
+    atomic_write(folder / "export.json", (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
     return manifest
 
 

@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from zoo.runfiles import atomic_write
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 METRICS = ["recall@10", "ndcg@10", "recall@50", "ndcg@50"]
@@ -294,7 +296,7 @@ def write_report(out: Path, results: Path, models: list[str], how: dict[str, Any
     ]
     body = "\n".join(head + sections)
     results.mkdir(parents=True, exist_ok=True)
-    _atomic(results / "authors.md", body)
+    atomic_write(results / "authors.md", body)
     import csv
     import io
 
@@ -304,21 +306,15 @@ def write_report(out: Path, results: Path, models: list[str], how: dict[str, Any
         w.writeheader()
         for r in records:
             w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
-        _atomic(results / "authors.csv", buf.getvalue())
+        atomic_write(results / "authors.csv", buf.getvalue())
     runs = {}
     for m in models:
         for p in sorted((out / m).glob("*-s*")):
             if p.is_dir() and finished(p):
                 runs[f"{m}/{p.name}"] = {"epoch": json.loads((p / "epoch.json").read_text()),
                                          "test": json.loads((p / "test_metrics.json").read_text())["test"]}
-    _atomic(results / "authors.json", json.dumps({"how": how, "summary": summaries, "rows": records, "runs": runs},
+    atomic_write(results / "authors.json", json.dumps({"how": how, "summary": summaries, "rows": records, "runs": runs},
                                                  indent=1, default=str) + "\n")
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _how(args: argparse.Namespace) -> dict[str, Any]:
@@ -397,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                                 settings, [str(Path(p).resolve()) for p in a.extra_path], a.limit_batches)
                 e = json.loads((run / "epoch.json").read_text(encoding="utf-8"))
                 e["load_avg_1min_start_end"] = [load0, os.getloadavg()[0]]
-                _atomic(run / "epoch.json", json.dumps(e, indent=1) + "\n")
+                atomic_write(run / "epoch.json", json.dumps(e, indent=1) + "\n")
                 print(f"[peers/authors] {model} {side} seed {seed} done in {time.time() - t0:.0f} s", flush=True)
                 report(f"{model} {side} seed {seed} finished")
     report("report")
