@@ -33,8 +33,8 @@ def tiny_sets(ml_folder: Path, cache: Path) -> list[str]:
     return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
 
 
-def zoo(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([ZOO, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+def zoo(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([ZOO, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
@@ -240,22 +240,27 @@ def test_every_paper_plans_every_row_once(tmp_path):
 
 def test_dry_run_of_timirec_lists_every_fit_the_real_run_makes(tmp_path):
     """The reported bug: `zoo reproduce --paper timirec --dry-run` listed 8 runs without TiMiRec and
-    TiMiRec+; `zoo ablate --paper timirec --dry-run` showed 1 of 7 rows and one pre-training twice."""
-    r = zoo("reproduce", "--paper", "timirec", "--dry-run", "--out", str(tmp_path), "--datasets", "default")
+    TiMiRec+; `zoo ablate --paper timirec --dry-run` showed 1 of 7 rows and one pre-training twice.
+    Run from an empty folder: finished runs under the checkout's runs/ would be shared, not planned."""
+    here = tmp_path / "cwd"
+    here.mkdir()
+    recipes = ("--recipes", str(ROOT / "recipes"))
+    r = zoo("reproduce", "--paper", "timirec", "--dry-run", "--out", str(tmp_path / "out"), "--datasets", "default",
+            *recipes, cwd=here)
     assert r.returncode == 0, r.stderr[-3000:]
     plan = planned_dirs(r.stdout)
     cells = [d.rsplit("/", 1)[1] for d in plan if "/timirec/default/" in d]
     assert cells == [f"{slug}-s0" for slug in ("GRU4Rec", "MIND", "ComiRec-SA", "TiMiRec", "SASRec", "ComiRec-SA+",
                                                "TiMiRec+", "Pop")]
     assert len([d for d in plan if "/pretrain/" in d]) == 2 and len(plan) == 10 == len(set(plan))
-    r = zoo("ablate", "--paper", "timirec", "--dry-run", "--out", str(tmp_path))
+    r = zoo("ablate", "--paper", "timirec", "--dry-run", "--out", str(tmp_path / "out"), *recipes, cwd=here)
     assert r.returncode == 0, r.stderr[-3000:]
     plan = planned_dirs(r.stdout)
     assert len(plan) == len(set(plan)) == 11  # 6 rows run (Table 4's TiMiRec row shares Table 3's), 5 pre-trainings
     assert "share  timirec Table 4/default/TiMiRec seed 0" in r.stdout
     rows = {m for m in re.findall(r"/ablation/Table_\d/default/([^/\s]+)-s0", r.stdout)}
     assert len(rows) == 6 and "TiMiRec" in rows
-    assert not list(tmp_path.iterdir())  # a dry run writes nothing
+    assert not list(here.iterdir()) and not (tmp_path / "out").exists()  # a dry run writes nothing
 
 
 def test_every_cell_and_ablation_row_plans(tmp_path):
