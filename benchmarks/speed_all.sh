@@ -12,5 +12,6 @@ echo "[speed_all] start $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)
 bash benchmarks/recbole_env.sh
 .venv/bin/python benchmarks/speed_recbole.py --epochs 2 --eval-repeats 2 --out "$OUT"
 .venv/bin/python benchmarks/speed_eval.py --repeats 3 --office-users 4096 --out "$OUT"
+.venv/bin/python benchmarks/speed_recbole_eval.py --rounds 2 --repeats 2 --out "$OUT"
 .venv/bin/python benchmarks/speed_scale.py --train-steps 20 --small-users 10000 --out "$OUT"
 echo "[speed_all] end $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -76,6 +76,31 @@ SEED = 42
 
 
 # ============================================================================ RecBole worker
+def recbole_config(data_path: str, checkpoint_dir: str, epochs: int) -> dict[str, Any]:
+    """RecBole's config for SASRec at ``HP`` on the exported leave-one-out split (no filtering, full ranking)."""
+    return {
+        "data_path": data_path,
+        "checkpoint_dir": checkpoint_dir,
+        "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "MAX_ITEM_LIST_LENGTH": HP["max_len"],
+        # no filtering at all: the zoo's split is already 5-core
+        "user_inter_num_interval": "[0,inf)", "item_inter_num_interval": "[0,inf)",
+        "rm_dup_inter": None, "val_interval": None, "filter_inter_by_user_or_item": False,
+        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
+        "train_neg_sample_args": None, "loss_type": "CE",
+        "hidden_size": HP["d"], "inner_size": HP["d_ff"], "n_layers": HP["n_layers"], "n_heads": HP["n_heads"],
+        "hidden_dropout_prob": HP["dropout"], "attn_dropout_prob": HP["dropout"], "hidden_act": "gelu",
+        "layer_norm_eps": 1e-12, "initializer_range": 0.02,
+        "epochs": epochs, "train_batch_size": HP["batch"], "eval_batch_size": HP["eval_batch"],
+        "learner": "adam", "learning_rate": HP["lr"], "weight_decay": 0.0,
+        "metrics": ["Recall", "NDCG", "MRR", "Hit"], "topk": [10, 20, 50], "valid_metric": "NDCG@10",
+        "stopping_step": 10, "eval_step": 1, "seed": SEED, "reproducibility": True,
+        "use_gpu": False, "gpu_id": "", "device": "cpu", "worker": 0, "show_progress": False,
+        "state": "INFO", "log_wandb": False, "save_dataset": False, "save_dataloaders": False,
+    }
+
+
 def recbole_worker(a: argparse.Namespace) -> None:
     """Runs inside RecBole's venv: build, train, test, time; write JSON to ``a.json``."""
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
@@ -88,27 +113,7 @@ def recbole_worker(a: argparse.Namespace) -> None:
     from recbole.trainer import Trainer
     from recbole.utils import init_logger, init_seed
 
-    config_dict = {
-        "data_path": a.data_path,
-        "checkpoint_dir": a.checkpoint_dir,
-        "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
-        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-        "MAX_ITEM_LIST_LENGTH": HP["max_len"],
-        # no filtering at all: the zoo's split is already 5-core
-        "user_inter_num_interval": "[0,inf)", "item_inter_num_interval": "[0,inf)",
-        "rm_dup_inter": None, "val_interval": None, "filter_inter_by_user_or_item": False,
-        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
-        "train_neg_sample_args": None, "loss_type": "CE",
-        "hidden_size": HP["d"], "inner_size": HP["d_ff"], "n_layers": HP["n_layers"], "n_heads": HP["n_heads"],
-        "hidden_dropout_prob": HP["dropout"], "attn_dropout_prob": HP["dropout"], "hidden_act": "gelu",
-        "layer_norm_eps": 1e-12, "initializer_range": 0.02,
-        "epochs": a.epochs, "train_batch_size": HP["batch"], "eval_batch_size": HP["eval_batch"],
-        "learner": "adam", "learning_rate": HP["lr"], "weight_decay": 0.0,
-        "metrics": ["Recall", "NDCG", "MRR", "Hit"], "topk": [10, 20, 50], "valid_metric": "NDCG@10",
-        "stopping_step": 10, "eval_step": 1, "seed": SEED, "reproducibility": True,
-        "use_gpu": False, "gpu_id": "", "device": "cpu", "worker": 0, "show_progress": False,
-        "state": "INFO", "log_wandb": False, "save_dataset": False, "save_dataloaders": False,
-    }
+    config_dict = recbole_config(a.data_path, a.checkpoint_dir, a.epochs)
     config = Config(model="SASRec", dataset=a.dataset, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
