@@ -101,33 +101,39 @@ def recbole_config(data_path: str, checkpoint_dir: str, epochs: int) -> dict[str
     }
 
 
+def recbole_data(data_path: str, checkpoint_dir: str, dataset: str, epochs: int) -> tuple[Any, Any, tuple, float, dict]:
+    """Inside RecBole's venv: config, dataset, its (train, valid, test) loaders, the seconds they
+    took, and RecBole's test target of every user ``{user token: item token}`` (the split check)."""
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_logger, init_seed
+
+    config = Config(model="SASRec", dataset=dataset, config_dict=recbole_config(data_path, checkpoint_dir, epochs))
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    t0 = time.perf_counter()
+    ds = create_dataset(config)
+    loaders = data_preparation(config, ds)
+    data_s = time.perf_counter() - t0
+    tds = loaders[2]._dataset
+    users = ds.id2token(config["USER_ID_FIELD"], tds.inter_feat[config["USER_ID_FIELD"]].numpy()).tolist()
+    items = ds.id2token(config["ITEM_ID_FIELD"], tds.inter_feat[config["ITEM_ID_FIELD"]].numpy()).tolist()
+    return config, ds, loaders, data_s, dict(zip(users, items))
+
+
 def recbole_worker(a: argparse.Namespace) -> None:
     """Runs inside RecBole's venv: build, train, test, time; write JSON to ``a.json``."""
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     t_start = time.perf_counter()
     import numpy as np
     import torch
-    from recbole.config import Config
-    from recbole.data import create_dataset, data_preparation
     from recbole.model.sequential_recommender import SASRec
     from recbole.trainer import Trainer
-    from recbole.utils import init_logger, init_seed
+    from recbole.utils import init_seed
 
-    config_dict = recbole_config(a.data_path, a.checkpoint_dir, a.epochs)
-    config = Config(model="SASRec", dataset=a.dataset, config_dict=config_dict)
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    t0 = time.perf_counter()
-    dataset = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-    data_s = time.perf_counter() - t0
-
-    # the split RecBole built, for the check against the zoo's
+    config, dataset, (train_data, valid_data, test_data), data_s, test_split = recbole_data(
+        a.data_path, a.checkpoint_dir, a.dataset, a.epochs)
     tds = test_data._dataset
-    uid = tds.inter_feat[config["USER_ID_FIELD"]].numpy()
-    iid = tds.inter_feat[config["ITEM_ID_FIELD"]].numpy()
-    test_users = dataset.id2token(config["USER_ID_FIELD"], uid).tolist()
-    test_items = dataset.id2token(config["ITEM_ID_FIELD"], iid).tolist()
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = SASRec(config, train_data._dataset).to(config["device"])
@@ -175,7 +181,7 @@ def recbole_worker(a: argparse.Namespace) -> None:
         test={"seconds": test_s, "rss_before_bytes": rss0, "peak_rss_bytes": test_peak,
               "batches": len(test_data), "repeats_s": repeats},
         metrics={k: float(v) for k, v in result.items()},
-        test_split=dict(zip(test_users, test_items)),
+        test_split=test_split,
         total_s=time.perf_counter() - t_start,
     )
     dump_json(Path(a.json), rec)

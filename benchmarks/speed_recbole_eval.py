@@ -45,7 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.speed_common import REPO, dump_json, header_md, loadavg, machine_info, tail, update_results_md  # noqa: E402
-from benchmarks.speed_recbole import HP, SEED, recbole_config  # noqa: E402
+from benchmarks.speed_recbole import HP, SEED, recbole_data  # noqa: E402
 
 NAME = "office_eval"
 
@@ -66,30 +66,19 @@ def _timed(fn, repeats: int) -> dict[str, list[float]]:
 def recbole_worker(a: argparse.Namespace) -> None:
     """Inside RecBole's venv: load the exported split, build SASRec, time ``Trainer.evaluate``."""
     import torch
-    from recbole.config import Config
-    from recbole.data import create_dataset, data_preparation
     from recbole.model.sequential_recommender import SASRec
     from recbole.trainer import Trainer
-    from recbole.utils import init_logger, init_seed
 
     torch.set_num_threads(a.threads)
-    config = Config(model="SASRec", dataset=NAME, config_dict=recbole_config(a.data_path, a.checkpoint_dir, 0))
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    t0 = time.perf_counter()
-    dataset = create_dataset(config)
-    _, _, test_data = data_preparation(config, dataset)
-    data_s = time.perf_counter() - t0
+    config, dataset, (_, _, test_data), data_s, test_split = recbole_data(a.data_path, a.checkpoint_dir, NAME, 0)
     tds = test_data._dataset
-    users = dataset.id2token("user_id", tds.inter_feat["user_id"].numpy()).tolist()
-    items = dataset.id2token("item_id", tds.inter_feat["item_id"].numpy()).tolist()
     model = SASRec(config, tds).to("cpu")
     trainer = Trainer(config, model)
     res = _timed(lambda: trainer.evaluate(test_data, load_best_model=False, show_progress=False), a.repeats)
     dump_json(Path(a.json), dict(
         res, framework="RecBole", version=__import__("recbole").__version__, torch=torch.__version__,
         threads=torch.get_num_threads(), data_s=data_s, n_test=len(tds), n_items=int(dataset.item_num - 1),
-        batches=len(test_data), test_split=dict(zip(users, items)),
+        batches=len(test_data), test_split=test_split,
     ))
 
 
