@@ -101,6 +101,12 @@ def recbole_config(data_path: str, checkpoint_dir: str, epochs: int) -> dict[str
     }
 
 
+def ensure_recbole_env(python: str) -> None:
+    """Build RecBole's own virtualenv (``benchmarks/recbole_env.sh``) unless ``python`` exists."""
+    if not Path(python).is_file():
+        subprocess.run(["bash", str(REPO / "benchmarks/recbole_env.sh")], check=True)
+
+
 def recbole_data(data_path: str, checkpoint_dir: str, dataset: str, epochs: int) -> tuple[Any, Any, tuple, float, dict]:
     """Inside RecBole's venv: config, dataset, its (train, valid, test) loaders, the seconds they
     took, and RecBole's test target of every user ``{user token: item token}`` (the split check)."""
@@ -272,8 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    if not Path(a.recbole_python).is_file():
-        subprocess.run(["bash", str(REPO / "benchmarks/recbole_env.sh")], check=True)
+    ensure_recbole_env(a.recbole_python)
     info = machine_info()
     split = export_split(workdir, a.max_users)
     print(f"[speed] exported {split['n_inter']:,} interactions of {split['n_users']} users -> {split['path']} "

@@ -45,7 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.speed_common import REPO, dump_json, header_md, loadavg, machine_info, tail, update_results_md  # noqa: E402
-from benchmarks.speed_recbole import HP, SEED, recbole_data  # noqa: E402
+from benchmarks.speed_recbole import HP, SEED, ensure_recbole_env, recbole_data  # noqa: E402
 
 NAME = "office_eval"
 
@@ -149,10 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     if a.worker == "zoo":
         return zoo_worker(a)
 
+    ensure_recbole_env(a.recbole_python)
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    if not Path(a.recbole_python).is_file():
-        subprocess.run(["bash", str(REPO / "benchmarks/recbole_env.sh")], check=True)
     info = machine_info()
     split = prepare(work, a.users)
     print(f"[recbole_eval] split: {split['n_users']:,} users, {split['n_items']:,} items, "
