@@ -75,7 +75,7 @@ def random_text_features(path: Path, rows: int, dim: int = 384, seed: int = 0) -
 
 
 def limit_eval_users(dm, n_users: int | None) -> None:
-    """Evaluate only the first ``n_users`` users of the valid/test splits (after every setup)."""
+    """Evaluate only the users with the ``n_users`` smallest ids (after every setup)."""
     if not n_users:
         return
     original = dm.setup
@@ -83,10 +83,11 @@ def limit_eval_users(dm, n_users: int | None) -> None:
     def setup(stage: str | None = None) -> None:
         original(stage)
         for ds in dm.eval_sets.values():
+            keep = ds.user < n_users  # the users with the n_users smallest ids, in the loader's order
             for attr in ("user", "start", "end", "targets_end", "negatives"):
                 v = getattr(ds, attr, None)
                 if v is not None:
-                    setattr(ds, attr, v[:n_users])
+                    setattr(ds, attr, v[keep])
 
     dm.setup = setup
 

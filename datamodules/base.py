@@ -532,8 +532,18 @@ class SequentialDataModule(L.LightningDataModule):
             neg = None
             if self.eval_negatives:
                 neg = sample_negatives(self.data, x["user"], self.eval_negatives, self.negatives_seed)
+            if st == "test":  # predictions stay in user order
+                self.predict_set = SequenceExamples(self.data, x["user"], x["start"], x["end"], self.max_len,
+                                                    x.get("targets_end"), history=True, negatives=neg)
+            # Evaluation visits users by history length (stable), so a batch holds histories of
+            # similar length and a padding-invariant model drops the all-pad columns
+            # (SequentialRecommender.trim_padding).  Every user's example is unchanged: metrics
+            # are sums and per-user ranks are keyed by user id.
+            order = np.argsort(np.minimum(x["end"] - x["start"], self.max_len), kind="stable")
+            pick = (lambda a: None if a is None else a[order])  # noqa: E731
             self.eval_sets[st] = SequenceExamples(
-                self.data, x["user"], x["start"], x["end"], self.max_len, x.get("targets_end"), history=True, negatives=neg
+                self.data, x["user"][order], x["start"][order], x["end"][order], self.max_len,
+                pick(x.get("targets_end")), history=True, negatives=pick(neg),
             )
         if len(self.train_set) == 0:
             raise ValueError(f"dataset '{self.data.stats['name']}' yields no training example under {self.protocol}")
@@ -562,7 +572,7 @@ class SequentialDataModule(L.LightningDataModule):
         return self._loader(self.eval_sets["test"], self.eval_batch_size, False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        return self._loader(self.predict_set, self.eval_batch_size, False)
 
     def original_user_ids(self) -> list[str]:
         """The publisher's user id of every user index (``<domain>:<id>`` when domains are merged)."""

@@ -66,7 +66,9 @@ def make_dm(folder: Path, cache: Path, **kw) -> SequentialDataModule:
 
 
 def full_batch(ds) -> dict[str, list]:
-    return {k: v.tolist() for k, v in ds[np.arange(len(ds))].items()}
+    """Every example of ``ds``; an evaluation set's (visited by history length) in user order."""
+    idx = np.argsort(ds.user, kind="stable") if ds.history else np.arange(len(ds))
+    return {k: v.tolist() for k, v in ds[idx].items()}
 
 
 @pytest.fixture
@@ -111,9 +113,10 @@ def test_leave_one_out_examples(hand, tmp_path):
     assert te["target"] == [7, 4] and te["target_time"] == [700, 250]
     assert te["history_items"] == [[1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 3, 2]]
 
-    # the loaders yield the same examples (batched, unshuffled for evaluation)
+    # the loaders yield the same examples (batched, unshuffled for evaluation, by history length)
     got = [b for b in dm.test_dataloader()]
-    assert torch.cat([b["target"] for b in got]).tolist() == [7, 4]
+    assert torch.cat([b["target"] for b in got]).tolist() == [4, 7]  # user 1 (2 items) before user 0 (3)
+    assert torch.cat([b["target"] for b in dm.predict_dataloader()]).tolist() == [7, 4]  # predictions: user order
     train_targets = sorted(torch.cat([b["target"] for b in dm.train_dataloader()]).tolist())
     assert train_targets == [2, 3, 4, 5]
 

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -309,3 +310,32 @@ def test_fused_full_ranking_equals_the_materialised_one(name: str) -> None:
             model.mask_history = mask
             expected = _reference_rank(scores, batch["target"], batch["history_items"] if mask else None)
             assert torch.equal(model.full_ranks(user, batch), expected), (name, mask)
+
+
+def _floats(x: Any) -> torch.Tensor:
+    """Every floating tensor of a user representation (a tensor, tuple or state), flattened."""
+    if torch.is_tensor(x):
+        return x.float().flatten() if x.is_floating_point() else torch.zeros(0)
+    parts = x.values() if isinstance(x, dict) else (vars(x).values() if hasattr(x, "__dict__") else x)
+    return torch.cat([_floats(v) for v in parts if torch.is_tensor(v) or isinstance(v, (tuple, list, dict))] or [torch.zeros(0)])
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_a_pad_invariant_model_is_unchanged_by_trimmed_batches(name: str) -> None:
+    """``pad_invariant`` is a claim evaluation relies on (SequentialRecommender.trim_padding): for
+    every model that makes it, dropping the all-pad leading columns leaves the representation equal."""
+    model = build(name)
+    model.eval()
+    if not model.pad_invariant:
+        pytest.skip(f"{name} is not declared padding-invariant")
+    for seed, longest in ((1, 1), (2, 3), (3, L - 2)):
+        batch = make_batch(B=6, L=L, num_items=N, seed=seed)
+        batch["item_seq"][:, : L - longest] = 0
+        batch["time_seq"][:, : L - longest] = 0
+        batch["seq_len"] = (batch["item_seq"] > 0).sum(1)
+        trimmed = model.trim_padding(batch)
+        assert trimmed["item_seq"].shape[1] == int(batch["seq_len"].max()) < L
+        with torch.no_grad():
+            got, want = _floats(model.user_representation(trimmed)), _floats(model.user_representation(batch))
+        assert want.numel() > 0
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

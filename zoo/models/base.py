@@ -66,6 +66,14 @@ class SequentialRecommender(L.LightningModule):
             loss becomes NaN or infinite.
     """
 
+    #: True when the user representation does not depend on how many left pads precede a
+    #: history (checked per model by tests/test_device_paths.py's trimming test): evaluation then
+    #: drops the columns that are padding in every row of a batch (:meth:`trim_padding`), which the
+    #: datamodule's length-ordered evaluation batches make most of them on sparse data.
+    pad_invariant: bool = False
+    #: the batch keys laid out like ``item_seq [B, L]`` (left-padded histories)
+    SEQUENCE_KEYS = ("item_seq", "time_seq")
+
     def __init__(
         self,
         num_items: int,
@@ -246,7 +254,20 @@ class SequentialRecommender(L.LightningModule):
         return loss
 
     # ------------------------------------------------------------------ evaluation
+    def trim_padding(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Drop the leading columns that are padding in every row (``pad_invariant`` models only):
+        ``[B, L] -> [B, l]`` with l the batch's longest history (at least 1).  Exact: the user
+        representation is unchanged up to float rounding."""
+        if not self.pad_invariant or "seq_len" not in batch:
+            return batch
+        L = batch["item_seq"].shape[1]
+        keep = max(int(batch["seq_len"].max()), 1)
+        if keep >= L:
+            return batch
+        return {k: v[:, L - keep:] if k in self.SEQUENCE_KEYS else v for k, v in batch.items()}
+
     def _eval_step(self, batch: dict[str, Tensor], stage: str) -> None:
+        batch = self.trim_padding(batch)
         user = self.user_representation(batch)
         if "neg_items" in batch:  # sampled-negative protocol: the target is candidate column 0
             cands = torch.cat([batch["target"][:, None], batch["neg_items"]], 1)  # [B, 1+n]
@@ -335,6 +356,7 @@ class SequentialRecommender(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Top-K item ids (K = max(topk)) per user, and the interests of multi-interest models."""
+        batch = self.trim_padding(batch)
         user = self.user_representation(batch)
         scores = self.score_all(user).float()
         scores[:, 0] = float("-inf")

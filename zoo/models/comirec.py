@@ -76,6 +76,8 @@ class MultiInterestRecommender(SequentialRecommender):
         **kwargs: :class:`SequentialRecommender` options.
     """
 
+    pad_invariant = True  # pads are masked out of every extractor; positions are right-aligned or oldest-first
+
     item_emb: nn.Embedding
     rec_loss: NextItemLoss
 

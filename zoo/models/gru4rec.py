@@ -30,6 +30,8 @@ class GRU4Rec(SequentialRecommender):
         **kwargs: :class:`SequentialRecommender` options (num_items, lr, topk, ...).
     """
 
+    pad_invariant = True  # the GRU runs over the real items only (GRUEncoder)
+
     def __init__(self, d: int = 64, d_hidden: int = 128, n_layers: int = 1, dropout: float = 0.3, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters()

@@ -288,6 +288,8 @@ class HM4SR(SequentialRecommender):
         **kwargs: :class:`SequentialRecommender` options (num_items, data_info, lr, topk, ...).
     """
 
+    pad_invariant = True  # pads are masked keys; positions right-aligned or oldest-first
+
     def __init__(
         self,
         d: int = 64,

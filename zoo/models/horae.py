@@ -143,6 +143,8 @@ class HORAE(MIRACLE):
         contrastive_weight: theta_4 on L_aug (code 0.001, default; paper 0.05).
     """
 
+    pad_invariant = False  # its fusion-gate GRU runs over the pad positions too (official code)
+
     PAPER_FREEZE: tuple[str, ...] = ("position_embedding", "encoder", "refine_encoder", "time_embedding", "fusion_gate")
 
     def __init__(

@@ -118,6 +118,8 @@ class MIRACLE(SequentialRecommender):
             ``freeze`` given, the paper's frozen modules (``PAPER_FREEZE``) are used.
     """
 
+    pad_invariant = True  # pads are masked keys and masked out of routing; positions right-aligned
+
     PAPER_FREEZE: tuple[str, ...] = ("position_embedding", "encoder")
 
     def __init__(

@@ -56,6 +56,9 @@ PAPER = {"title": "Self-Attentive Sequential Recommendation", "authors": "Kang &
 class SASRec(SequentialRecommender):
     """SASRec with a shared item table for input and output.
 
+    Padding-invariant (``pad_invariant``): pads are masked keys, positions are right-aligned
+    (``slot``/``recent``) or counted from the oldest real item, so evaluation drops all-pad columns.
+
     Args:
         d: hidden size.  n_layers / n_heads: Transformer depth and heads.
         dropout: dropout on embeddings and inside the Transformer.
@@ -81,6 +84,8 @@ class SASRec(SequentialRecommender):
             0.01) and of Linear biases (0 = zeros; ReChorus 0.01).
         **kwargs: :class:`SequentialRecommender` options (num_items, lr, topk, ...).
     """
+
+    pad_invariant = True
 
     def __init__(
         self,

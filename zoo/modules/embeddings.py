@@ -9,14 +9,15 @@ from torch import Tensor, nn
 class LearnedPositions(nn.Module):
     """Learned absolute position embedding for LEFT-padded sequences ``[B, L]``.
 
-    ``index="slot"``: position = slot index 0..L-1, so the most recent item always has
-    position L-1 (SASRec's original left-padded convention).
+    ``index="slot"``: position = slot index in a ``max_len`` window whose last slot holds the
+    most recent item, which therefore always has position ``max_len - 1`` (SASRec's original
+    left-padded convention); a shorter input ``[B, L]`` is the window's last L slots
+    (``max_len - L .. max_len - 1``), so dropping all-pad leading columns changes nothing.
     ``index="recent"``: position = distance from the most recent item (newest 0, the one before
     1, ...): ReChorus's index (``SASRec.py``, ``ComiRec.py``, ``TiMiRec.py``: ``lengths - idx``,
-    newest = 1, its row 0 reserved for pads).  On the datamodule's batches, always padded to
-    ``max_len``, ``"slot"`` and ``"recent"`` give the same model: slot p is recency L-1-p, a
-    fixed permutation of the rows of an i.i.d.-initialised table.  They differ only when a
-    sequence shorter than ``max_len`` is fed directly; ``"recent"`` is ReChorus's at any L.
+    newest = 1, its row 0 reserved for pads).  ``"slot"`` and ``"recent"`` give the same model:
+    slot p is recency ``max_len - 1 - p``, a fixed permutation of the rows of an
+    i.i.d.-initialised table.
     ``index="oldest"``: position 0 = the oldest real item (RecBole's right-padded convention,
     used by MIRACLE/HM4SR code); pads get position 0 and are masked anyway.
     """
@@ -33,7 +34,9 @@ class LearnedPositions(nn.Module):
         if L > self.embedding.num_embeddings:
             raise ValueError(f"sequence length {L} exceeds max_len={self.embedding.num_embeddings}")
         pos = torch.arange(L, device=item_seq.device).expand(B, L)  # [B, L]
-        if self.index == "recent":
+        if self.index == "slot":
+            pos = pos + (self.embedding.num_embeddings - L)  # right-aligned in the max_len window
+        elif self.index == "recent":
             pos = L - 1 - pos  # newest 0; pads (left) get larger indices and are masked anyway
         elif self.index == "oldest":
             n_pad = (item_seq == 0).sum(1, keepdim=True)  # [B, 1]
