@@ -45,10 +45,9 @@ class EpochClock(Callback):
                             "train_cpu_s": self._c_last - self._c, "steps": len(self._losses),
                             "mean_loss": sum(self._losses) / max(len(self._losses), 1),
                             "threads": torch.get_num_threads()})
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.out.with_name(f".{self.out.name}.tmp")
-        tmp.write_text(json.dumps({"side": "zoo", "epochs": self.epochs}, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, self.out)
+        from zoo.runfiles import atomic_write
+
+        atomic_write(self.out, json.dumps({"side": "zoo", "epochs": self.epochs}, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
