@@ -178,3 +178,39 @@ def test_chunked_product_columns_are_the_products_columns() -> None:
     whole = U @ E.T
     for chunk in (512, 1000, 4096):
         assert torch.equal(torch.cat([U @ E[c : c + chunk].T for c in range(0, E.shape[0], chunk)], 1), whole)
+
+
+def test_factored_rank_is_one_pass_and_falls_back_where_the_target_score_differs(monkeypatch) -> None:
+    """factored_target_rank counts in ONE pass against the target scores of the small
+    ``users @ items[target].T`` product; on this machine's BLAS those equal the chunked product's
+    bit for bit (no row recomputed), and a row whose value differs in the last bit is recomputed
+    in two passes and still gets the reference rank."""
+    import zoo.metrics as M
+
+    g = torch.Generator().manual_seed(2)
+    B, N, d = 512, 5000, 64
+    users, items = torch.randn(B, d, generator=g), torch.randn(N + 1, d, generator=g) * 0.1
+    target = torch.randint(1, N + 1, (B,), generator=g)
+    expected = _reference_rank(users @ items.T, target, None)
+    recomputed: list[int] = []
+    two_pass = M._two_pass_rank
+
+    def spy(u, *args):
+        recomputed.append(u.shape[0])
+        return two_pass(u, *args)
+
+    monkeypatch.setattr(M, "_two_pass_rank", spy)
+    assert torch.equal(M.factored_target_rank(users, items, target, chunk_size=1000), expected)
+    assert recomputed == []  # the one pass was exact for every row
+
+    exact = M._target_scores
+    off = torch.zeros(B, dtype=torch.bool)
+    off[[3, 100, 511]] = True
+
+    def nudged(u, e, t, *args):  # a BLAS whose small product differs in the last bit on 3 rows
+        s = exact(u, e, t, *args)
+        return torch.where(off, torch.nextafter(s, torch.full_like(s, float("inf"))), s)
+
+    monkeypatch.setattr(M, "_target_scores", nudged)
+    assert torch.equal(M.factored_target_rank(users, items, target, chunk_size=1000), expected)
+    assert recomputed == [3]
