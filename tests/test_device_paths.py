@@ -91,6 +91,8 @@ CASES: dict[str, Callable[[], SequentialRecommender]] = {
     "HORAE-pretrain": lambda: HORAE(stage="pretrain", **TEXT, **COMMON),
     "HORAE-inductive": lambda: HORAE(stage="finetune", setting="inductive", **TEXT, **COMMON),
     "HORAE-transductive": lambda: HORAE(stage="finetune", setting="transductive", **TEXT, **COMMON),
+    "HORAE-transductive-noGate": lambda: HORAE(stage="finetune", setting="transductive", fusion_gate=False, **TEXT,
+                                               **COMMON),
     "TiMiRec-stage1": lambda: TiMiRec(stage="pretrain", d=D, K=K, max_len=L, **COMMON),
     "TiMiRec-stage2": lambda: TiMiRec(stage="finetune", d=D, K=K, max_len=L, **COMMON),
     "TiMiRec+-stage2": lambda: TiMiRec(stage="finetune", transformer=True, d=D, K=K, max_len=L, **COMMON),

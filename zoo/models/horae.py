@@ -143,7 +143,10 @@ class HORAE(MIRACLE):
         contrastive_weight: theta_4 on L_aug (code 0.001, default; paper 0.05).
     """
 
-    pad_invariant = False  # its fusion-gate GRU runs over the pad positions too (official code)
+    @property
+    def pad_invariant(self) -> bool:  # type: ignore[override]
+        """Only without the Fusion Gate: its GRU runs over the pad positions too (official code)."""
+        return not self.use_fusion_gate
 
     PAPER_FREEZE: tuple[str, ...] = ("position_embedding", "encoder", "refine_encoder", "time_embedding", "fusion_gate")
 
