@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--office-users", type=int, default=4096, help="test users on the Office-sized catalogue (0 = skip)")
     ap.add_argument("--workdir", default="/tmp/zoo-speed-scale")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--section", default="eval",
+                    help="section of --out to replace: 'eval' (the 2-thread reference, every row) or 'eval-fused' "
+                         "(the one-thread Office rows, --only Office)")
     ap.add_argument("--only", nargs="*", default=None, help="rows whose 'model data' label contains one of these (e.g. Office)")
     a = ap.parse_args(argv)
 
@@ -99,18 +102,21 @@ def main(argv: list[str] | None = None) -> None:
                                     + (argv if argv is not None else sys.argv[1:])), a)
     print(md)
     if a.out:
-        update_results_md(Path(a.out), "eval", md)
+        update_results_md(Path(a.out), a.section, md)
 
 
 def render(rows: list[dict[str, Any]], info: dict[str, Any], command: str, a: argparse.Namespace) -> str:
-    lines = [header_md("Full-ranking evaluation against the bare matrix product", command, info, [
+    title = {"eval-fused": "Full-ranking evaluation: the fused ranking step (issue 13), one thread"}.get(
+        a.section, "Full-ranking evaluation against the bare matrix product")
+    lines = [header_md(title, command, info, [
         f"Median of {a.repeats} runs after a warm-up, {rows[0]['threads'] if rows else '?'} threads. `bare` = one "
         "`[users·K × d] @ [d × (N+1)]` product on random data; `bare batched` = the same per evaluation batch.",
         "",
         "`ranking` = `score_all` + the metric update of every batch given the user representations: `before` the "
         "materialise-mask-gather-count step of commit 5c304c9 (kept in `benchmarks/speed_zoo.py`), `fused` the "
-        "evaluation's step now (`SequentialRecommender.full_ranks`: item-chunked product for single-vector models, "
-        "one cache-blocked mask-and-count pass otherwise); the two alternate round by round in the same process.",
+        "evaluation's step now (`SequentialRecommender.full_ranks`: one pass of the item-chunked product for "
+        "single-vector models, one cache-blocked mask-and-count pass otherwise); the two alternate round by round in "
+        "the same process.",
         "",
         "| model | data | users × items (K, d) | bare product s | **full eval / bare** | full eval s | "
         "ranking before / bare | **ranking fused / bare** | encoder / bare | item table recomputed per batch, s | "
