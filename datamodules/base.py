@@ -18,6 +18,7 @@ import math
 import os
 import sys
 from importlib import metadata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +102,21 @@ class EpochBatchSampler(Sampler[np.ndarray]):
     shuffle=True (training): a permutation seeded by ``seed + epoch``, truncated to a multiple of
     the world size so every rank runs the same number of steps.  shuffle=False (evaluation):
     contiguous unpadded shards, so every example is evaluated exactly once.
+
+    ``lengths`` (training, ``data.group_by_length``): a function of the epoch giving every
+    example's history length.  The permutation is then cut into groups of ``group`` batches, each
+    group is sorted by length (longest first) and cut into batches, and the epoch's batches are
+    shuffled (seeded by the epoch): each batch holds histories of similar length, so a
+    padding-invariant model drops most of its padding (``SequentialRecommender.trim_padding``),
+    while every example is still seen once per epoch in a random batch order.  Which examples
+    share a batch changes: approximate, not the default.
     """
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, epoch_in_index: bool = False) -> None:
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, epoch_in_index: bool = False,
+                 lengths: Callable[[int], np.ndarray] | None = None, group: int = 50) -> None:
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.epoch_in_index = epoch_in_index  # yield idx + epoch * n (datasets that resample per epoch)
+        self.lengths, self.group = lengths, group
         self.epoch = 0
         self.skip: tuple[int, int] | None = None
 
@@ -121,12 +132,26 @@ class EpochBatchSampler(Sampler[np.ndarray]):
         bounds = np.linspace(0, self.n, world + 1).astype(np.int64)
         return np.arange(bounds[rank], bounds[rank + 1])
 
+    def _batches(self) -> list[np.ndarray]:
+        """The epoch's index batches, in order (a function of seed and epoch only)."""
+        idx, bs = self._indices(), self.batch_size
+        if self.lengths is None or not self.shuffle:
+            batches = [idx[s : s + bs] for s in range(0, len(idx), bs)]
+        else:
+            lens = np.asarray(self.lengths(self.epoch))[idx]  # [n] history length of each example
+            batches = []
+            for g0 in range(0, len(idx), self.group * bs):  # groups of `group` batches, longest first
+                part = idx[g0 : g0 + self.group * bs][np.argsort(-lens[g0 : g0 + self.group * bs], kind="stable")]
+                batches += [part[s : s + bs] for s in range(0, len(part), bs)]
+            order = np.random.default_rng([self.seed, self.epoch, 1]).permutation(len(batches))
+            batches = [batches[i] for i in order]
+        offset = self.epoch * self.n if self.epoch_in_index else 0
+        return [b + offset for b in batches] if offset else batches
+
     def __iter__(self):
         skip, self.skip = self.skip, None  # (epoch, batches) left by ResumableLoader.load_state_dict
         first = skip[1] if skip is not None and skip[0] == self.epoch else 0
-        idx = self._indices() + (self.epoch * self.n if self.epoch_in_index else 0)
-        for s in range(first * self.batch_size, len(idx), self.batch_size):
-            yield idx[s : s + self.batch_size]
+        yield from self._batches()[first:]
 
     def __len__(self) -> int:
         return math.ceil(len(self._indices()) / self.batch_size)
@@ -194,6 +219,10 @@ class SequenceExamples(Dataset):
     def __len__(self) -> int:
         return len(self.user)
 
+    def lengths(self, epoch: int = 0) -> np.ndarray:
+        """``[n]`` each example's history length (real items, at most ``max_len``)."""
+        return np.minimum(self.end - self.start, self.max_len)
+
     def __getitem__(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         idx = np.asarray(idx)
         s, e = self.start[idx], self.end[idx]
@@ -241,14 +270,21 @@ class RandomTargetExamples(SequenceExamples):
         self.k_min, self.seed, self.span_end = k_min, seed, end[keep]
         self._epoch, self._targets = -1, np.zeros(0, dtype=np.int64)
 
+    def _targets_of(self, epoch: int) -> np.ndarray:
+        """``[n]`` the epoch's flat target positions (seeded by ``seed`` and the epoch)."""
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._targets = self.start + rng.integers(self.k_min, self.span_end - self.start)
+            self._epoch = epoch
+        return self._targets
+
+    def lengths(self, epoch: int = 0) -> np.ndarray:
+        return np.minimum(self._targets_of(epoch) - self.start, self.max_len)
+
     def __getitem__(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         idx = np.asarray(idx)
         n = len(self.user)
-        epoch = int(idx[0] // n) if len(idx) else 0
-        if epoch != self._epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._targets = self.start + rng.integers(self.k_min, self.span_end - self.start)  # [n] flat target positions
-            self._epoch = epoch
+        self._targets_of(int(idx[0] // n) if len(idx) else 0)
         local = idx % n
         view = SequenceExamples(self.d, self.user[local], self.start[local], self._targets[local], self.max_len)
         return view[np.arange(len(local))]
@@ -339,6 +375,11 @@ class SequentialDataModule(L.LightningDataModule):
             images (HM4SR; its code normalised with mean = std = 0.5).  Items are matched to
             files through the raw ``imUrl``-style field, else ``<item_id>.jpg|png|...``.
         seed: training shuffle seed (per epoch: seed + epoch).
+        group_by_length: training batches of similar history length (groups of 50 batches sorted
+            by length, batch order shuffled; :class:`EpochBatchSampler`), so padding-invariant
+            models train on trimmed batches (``SequentialRecommender.trim_padding``).  Faster on
+            sparse data (most positions padding), approximate: which examples share a batch
+            changes.  Off by default (the papers' code shuffles freely).
     """
 
     def __init__(
@@ -376,6 +417,7 @@ class SequentialDataModule(L.LightningDataModule):
         image_std: list[float] | None = None,
         text_dim: int | None = None,
         seed: int = 42,
+        group_by_length: bool = False,
     ) -> None:
         super().__init__()
         if max_len < 1:
@@ -397,6 +439,7 @@ class SequentialDataModule(L.LightningDataModule):
         self.max_len, self.protocol, self.target_ratio = max_len, protocol, target_ratio
         self.eval_negatives, self.negatives_seed = eval_negatives, negatives_seed
         self.batch_size, self.eval_batch_size, self.num_workers, self.seed = batch_size, eval_batch_size, num_workers, seed
+        self.group_by_length = bool(group_by_length)
         domains = pretrain_domains or [dict(format=format, paths=paths, format_options=format_options, name=name)]
         self.domains = []
         for i, dom in enumerate(domains):
@@ -462,6 +505,7 @@ class SequentialDataModule(L.LightningDataModule):
             "max_len": self.max_len,
             "protocol": self.protocol,
             "max_gap_seconds": self._max_gap_seconds(),
+            **({"group_by_length": True} if self.group_by_length else {}),  # the model trims its training batches
         }
 
     def _max_gap_seconds(self) -> int:
@@ -558,7 +602,9 @@ class SequentialDataModule(L.LightningDataModule):
         return start, np.where(d.user_group == 0, end, start)
 
     def _loader(self, ds: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        sampler = EpochBatchSampler(len(ds), batch_size, shuffle, self.seed, epoch_in_index=isinstance(ds, RandomTargetExamples))
+        lengths = ds.lengths if shuffle and self.group_by_length else None
+        sampler = EpochBatchSampler(len(ds), batch_size, shuffle, self.seed,
+                                    epoch_in_index=isinstance(ds, RandomTargetExamples), lengths=lengths)
         return ResumableLoader(ds, sampler=sampler, batch_size=None, num_workers=self.num_workers,
                                persistent_workers=self.num_workers > 0)
 

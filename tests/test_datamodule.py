@@ -471,3 +471,66 @@ def test_window_sampling_supervises_every_training_target_once(ml_folder, tmp_pa
             real = s_row > 0
             pos = [int(np.flatnonzero(full == x)[0]) for x in s_row[real]]
             assert full[np.array(pos) + 1].tolist() == t_row[real].tolist()
+
+
+# --------------------------------------------------------------------------- group_by_length
+@pytest.mark.parametrize("sampling", ["all_prefixes", "random_target", "windows"])
+def test_group_by_length_batches_similar_lengths_and_keeps_the_epoch(ml_folder, tmp_path, sampling):
+    """data.group_by_length: every training example still comes once per epoch, batches hold
+    histories of similar length (their spread far below the random batches'), the order is a
+    function of (seed, epoch), a resumed epoch continues it, and each batch's ``seq_len`` is the
+    length the sampler grouped by (random_target: the epoch's own targets)."""
+    kw = dict(format="movielens", paths={"path": str(ml_folder)}, cache_dir=str(tmp_path / "c"), max_len=12,
+              train_sampling=sampling, batch_size=4)
+    if sampling == "random_target":
+        kw.update(protocol="user_split", min_target_index=2)
+    plain, grouped = SequentialDataModule(**kw), SequentialDataModule(**kw, group_by_length=True)
+    assert "group_by_length" not in plain.info and grouped.info["group_by_length"] is True
+    spreads = {}
+    for name, dm in (("plain", plain), ("grouped", grouped)):
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(1)
+        batches = list(loader)
+        assert len(batches) == len(loader)
+        keys = np.concatenate([b["user"].numpy() * 1000 + b["seq_len"].numpy() for b in batches])
+        spreads[name] = np.mean([float(b["seq_len"].max() - b["seq_len"].min()) for b in batches])
+        if name == "plain":
+            plain_keys = sorted(keys.tolist())
+        else:  # the same examples (user, length) as the plain epoch, in other batches
+            assert sorted(keys.tolist()) == plain_keys
+    assert spreads["grouped"] < 0.5 * spreads["plain"], spreads
+
+    s = grouped.train_dataloader().sampler
+    s.set_epoch(1)
+    e1 = [b.tolist() for b in s]
+    assert e1 == [b.tolist() for b in s]  # seeded by the epoch
+    s.set_epoch(2)
+    assert [b.tolist() for b in s] != e1
+    s.set_epoch(1)
+    s.skip = (1, 3)  # resumed after 3 batches of epoch 1
+    assert [b.tolist() for b in s] == e1[3:]
+
+
+def test_group_by_length_trains_a_pad_invariant_model_on_trimmed_batches(ml_folder, tmp_path):
+    """The datamodule's info tells the model (``data_info``, linked by the CLI) to trim its training
+    batches: SASRec's training loss sees each batch cut to its longest history; without the
+    switch it sees max_len columns."""
+    import lightning as L
+
+    from zoo.models.sasrec import SASRec
+
+    for group in (False, True):
+        dm = SequentialDataModule(format="movielens", paths={"path": str(ml_folder)}, cache_dir=str(tmp_path / "c"),
+                                  max_len=12, batch_size=4, group_by_length=group)
+        model = SASRec(num_items=dm.num_items, data_info=dm.info, d=8, n_layers=1, n_heads=1, max_len=12)
+        seen: list[tuple[int, int]] = []
+        loss = model.training_loss
+        model.training_loss = lambda b: (seen.append((b["item_seq"].shape[1], int(b["seq_len"].max()))), loss(b))[1]
+        L.Trainer(max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, limit_val_batches=0).fit(model, datamodule=dm)
+        assert len(seen) == 6
+        if group:
+            assert all(w == longest for w, longest in seen) and min(w for w, _ in seen) < 12
+        else:
+            assert all(w == 12 for w, _ in seen)

@@ -341,3 +341,37 @@ def test_a_pad_invariant_model_is_unchanged_by_trimmed_batches(name: str) -> Non
             got, want = _floats(model.user_representation(trimmed)), _floats(model.user_representation(batch))
         assert want.numel() > 0
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_a_pad_invariant_model_trains_the_same_on_trimmed_batches(name: str) -> None:
+    """``data.group_by_length`` trims TRAINING batches of pad-invariant models
+    (SequentialRecommender.training_step): every loss term must be unchanged by dropping the
+    all-pad leading columns, for prefix batches and for windows (``target_seq``).  Dropout is off
+    (eval mode): its masks are the one thing drawn per position."""
+    model = build(name)
+    model.eval()
+    if not model.pad_invariant:
+        pytest.skip(f"{name} is not declared padding-invariant")
+    batch = make_batch(B=6, L=L, num_items=N, seed=5)
+    longest = 3
+    batch["item_seq"][:, : L - longest] = 0
+    batch["time_seq"][:, : L - longest] = 0
+    batch["seq_len"] = (batch["item_seq"] > 0).sum(1)
+    windows = dict(batch)
+    nxt = torch.cat([batch["item_seq"][:, 1:], batch["target"][:, None]], 1)  # [B, L] the next item
+    windows["target_seq"] = nxt.masked_fill(batch["item_seq"] == 0, 0)
+    model.data_info["group_by_length"] = True
+    for b in (batch, windows):
+        trimmed = model.trim_padding(b)
+        assert trimmed["item_seq"].shape[1] == longest and all(
+            trimmed[k].shape[1] == longest for k in model.SEQUENCE_KEYS if k in b
+        )
+        with torch.no_grad():
+            torch.manual_seed(0)
+            want = model.training_loss(b)
+            torch.manual_seed(0)
+            got = model.training_loss(trimmed)
+        assert want.keys() == got.keys()
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5, msg=f"{name}: {k}")

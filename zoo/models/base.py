@@ -71,8 +71,9 @@ class SequentialRecommender(L.LightningModule):
     #: drops the columns that are padding in every row of a batch (:meth:`trim_padding`), which the
     #: datamodule's length-ordered evaluation batches make most of them on sparse data.
     pad_invariant: bool = False
-    #: the batch keys laid out like ``item_seq [B, L]`` (left-padded histories)
-    SEQUENCE_KEYS = ("item_seq", "time_seq")
+    #: the batch keys laid out like ``item_seq [B, L]`` (left-padded histories; the windows'
+    #: next items ``target_seq`` too)
+    SEQUENCE_KEYS = ("item_seq", "time_seq", "target_seq")
 
     def __init__(
         self,
@@ -239,6 +240,8 @@ class SequentialRecommender(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        if self.data_info.get("group_by_length"):  # batches of similar length: drop their common padding
+            batch = self.trim_padding(batch)
         terms = self.training_loss(batch)
         loss = torch.stack(list(terms.values())).sum()
         if self.detect_nonfinite and not torch.isfinite(loss):
@@ -257,7 +260,9 @@ class SequentialRecommender(L.LightningModule):
     def trim_padding(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Drop the leading columns that are padding in every row (``pad_invariant`` models only):
         ``[B, L] -> [B, l]`` with l the batch's longest history (at least 1).  Exact: the user
-        representation is unchanged up to float rounding."""
+        representation and the training losses are unchanged up to float rounding (in training
+        the dropout masks are drawn for the shorter batch, so the random stream differs: it is
+        applied there only with ``data.group_by_length``)."""
         if not self.pad_invariant or "seq_len" not in batch:
             return batch
         L = batch["item_seq"].shape[1]
