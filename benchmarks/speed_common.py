@@ -194,5 +194,18 @@ def dump_json(path: Path, obj: Any) -> None:
     write_atomic(Path(path), json.dumps(obj, indent=2, default=str))
 
 
+def command_line(words: list[str], argv: list[str] | None) -> str:
+    """The shell command that ran a benchmark: ``words`` then its arguments, quoted."""
+    return " ".join(shlex.quote(x) for x in words + (argv if argv is not None else sys.argv[1:]))
+
+
+def publish(result: dict[str, Any], json_path: Path, md: str, out: str | None, section: str) -> None:
+    """Keep the raw result as JSON, print the markdown, and replace ``section`` of ``out`` with it."""
+    dump_json(json_path, result)
+    print(md)
+    if out:
+        update_results_md(Path(out), section, md)
+
+
 def python_exe() -> str:
     return sys.executable

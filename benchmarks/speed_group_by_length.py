@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -37,7 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.speed_common import dump_json, header_md, loadavg, machine_info, run_measured, tail, update_results_md  # noqa: E402
+from benchmarks.speed_common import (  # noqa: E402
+    command_line, dump_json, header_md, loadavg, machine_info, publish, run_measured, tail)
 from benchmarks.speed_scale import MODELS as SCALE_MODELS  # noqa: E402
 
 MODELS = {
@@ -95,13 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.worker:
         return worker(json.loads(a.worker))
-
     from benchmarks.speed_zoo import office_atomic
 
-    info = machine_info()
-    work = Path(a.workdir)
-    inter = office_atomic(work / "atomic")
-    text = None
+    info, work = machine_info(), Path(a.workdir)
+    inter, text = office_atomic(work / "atomic"), None
     if any(MODELS[m][2].get("text_features") == "@random" for m in a.models):
         from benchmarks.speed_zoo import random_text_features
         from datamodules.base import SequentialDataModule
@@ -131,14 +128,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"[group_by_length] {name} {side} round {r}: mean step "
                       f"{statistics.mean(res['wall'][SKIP:]):.3f} s wall", flush=True)
     out = dict(info=info, results=results, train_steps=a.train_steps, rounds=a.rounds,
-               command=" ".join(shlex.quote(x) for x in ["OMP_NUM_THREADS=1", ".venv/bin/python",
-                                                          "benchmarks/speed_group_by_length.py"]
-                                + (argv if argv is not None else sys.argv[1:])))
-    dump_json(work / "group_by_length.json", out)
-    md = render(out)
-    print(md)
-    if a.out:
-        update_results_md(Path(a.out), "group_by_length", md)
+               command=command_line(["OMP_NUM_THREADS=1", ".venv/bin/python", "benchmarks/speed_group_by_length.py"], argv))
+    publish(out, work / "group_by_length.json", render(out), a.out, "group_by_length")
 
 
 def render(r: dict[str, Any]) -> str:

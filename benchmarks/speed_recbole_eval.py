@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.speed_common import REPO, dump_json, header_md, loadavg, machine_info, tail, update_results_md  # noqa: E402
+from benchmarks.speed_common import REPO, command_line, dump_json, header_md, loadavg, machine_info, publish, tail  # noqa: E402
 from benchmarks.speed_recbole import HP, SEED, ensure_recbole_env, recbole_data  # noqa: E402
 
 NAME = "office_eval"
@@ -186,13 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     result = dict(info=info, users_arg=a.users, split={k: v for k, v in split.items() if k != "test_split"},
                   split_ok=split_ok, targets_differ=differ, runs=runs, loads=loads, rounds=a.rounds,
                   repeats=a.repeats, threads=a.threads)
-    result["command"] = " ".join(shlex.quote(x) for x in [".venv/bin/python", "benchmarks/speed_recbole_eval.py"]
-                                 + (argv if argv is not None else sys.argv[1:]))
-    dump_json(work / "result.json", result)
-    md = render(result)
-    print(md)
-    if a.out:
-        update_results_md(Path(a.out), "recbole_eval", md)
+    result["command"] = command_line([".venv/bin/python", "benchmarks/speed_recbole_eval.py"], argv)
+    publish(result, work / "result.json", render(result), a.out, "recbole_eval")
 
 
 def render(r: dict[str, Any]) -> str:
