@@ -383,6 +383,32 @@ def test_a_run_already_made_for_another_table_is_shared_not_rerun(tmp_path):
     assert make_plan([cells[1]], opts)[0].stale
 
 
+def test_a_run_finished_by_another_process_after_the_plan_is_reused_not_rerun(tmp_path, monkeypatch):
+    """Two ``zoo reproduce`` invocations sharing a table's seeds: a run the other one finished
+    after this plan was made is reused when its turn comes (same config), never fitted again over
+    the other's results; another config's finished run, or ``--force``, still runs."""
+    import zoo.experiments.reproduce as R
+
+    fitted: list[Path] = []
+    monkeypatch.setattr(R, "fit", lambda step, n, opts: (fitted.append(step.run.run_dir), {"status": "done"})[1])
+    cfg = {"model": {"class_path": "zoo.models.sasrec.SASRec"}, "trainer": {"max_epochs": 1}}
+    for force in (False, True):
+        out = tmp_path / f"force-{force}"
+        opts = Options(out=out, quiet=True, force=force)
+        same, other = Run(cfg, out / "t" / "default" / "SASRec-s0", 0, "g"), Run(cfg, out / "t" / "default" / "SASRec-s1", 1, "g")
+        steps = make_plan([Cell("timirec", "Table 2", "default", "SASRec", 0, same),
+                           Cell("timirec", "Table 2", "default", "SASRec", 1, other)], opts)
+        assert [s.action for s in steps] == ["run", "run"]
+        _finished(same, {"test/ndcg@5": 0.14})  # ... by the other invocation, meanwhile
+        _finished(Run({**cfg, "trainer": {"max_epochs": 2}}, other.run_dir, 1, "g"), {})  # another config's run
+        fitted.clear()
+        outcomes = execute_plan(steps, opts)
+        if force:
+            assert fitted == [same.run_dir, other.run_dir]
+        else:
+            assert fitted == [other.run_dir] and outcomes[same.run_dir]["status"] == "reused"
+
+
 def test_a_cell_planned_earlier_in_the_same_plan_is_shared_and_each_pretraining_runs_once(tmp_path):
     """Two cells with one config and seed: the first runs, the second shares it (not a second fit);
     two cells loading one pre-training: it is planned once, before the first of them."""

@@ -681,6 +681,15 @@ def share(step: Step, outcomes: dict[Path, dict[str, Any]], opts: Options) -> di
     return {**meta, "status": "reused"}
 
 
+def _finished_meanwhile(run: Run, opts: Options) -> bool:
+    """The run was finished, with this config, after the plan was made: by another ``zoo reproduce``
+    on the same folders (two invocations sharing the seeds of a table).  Never under ``--force``."""
+    if opts.force or not run.done:
+        return False
+    meta = _stored_meta(run)
+    return meta.get("config_hash") == run.hash and meta.get("status") == "done"
+
+
 def execute_plan(steps: list[Step], opts: Options) -> dict[Path | str, dict[str, Any]]:
     """Execute the plan in order; the outcome of every step, keyed by run folder (skips by label)."""
     outcomes: dict[Path | str, dict[str, Any]] = {}
@@ -705,6 +714,9 @@ def execute_plan(steps: list[Step], opts: Options) -> dict[Path | str, dict[str,
             if pre is not None and pre["status"] not in ("done", "reused"):
                 out = {"status": "failed", "reason": f"pre-training failed: {pre.get('reason', '')}"}
                 opts.log(f"[{s.index}/{n}] FAILED {s.label}: its pre-training failed")
+            elif _finished_meanwhile(run, opts):  # re-checked now: the plan may be hours old
+                out = {**_stored_meta(run), "status": "reused", "stale": False}
+                opts.log(f"[{s.index}/{n}] reuse {s.label}: finished by another process since the plan was made")
             else:
                 out = fit(s, n, opts)
         outcomes[run.run_dir] = out
