@@ -187,3 +187,30 @@ def test_compare_command(runs, tmp_path, capsys):
     assert rc == 0 and "ndcg@10" in out and "p=" in out and (tmp_path / "o" / "compare.md").is_file()
     assert main([str(runs["horae"]), "--metrics", "ndcg_comirec@10", "--n-boot", "5", "--out", str(tmp_path / "e")]) == 1
     assert "not defined for the full protocol" in capsys.readouterr().err
+
+
+def test_seeds_saved_before_and_after_a_new_argument_form_one_model(tmp_path):
+    """A run saved before an init argument existed (it behaved as the default) and one saved after,
+    with that argument at its default, are seeds of one model; a non-default value, or another
+    value of an existing argument, is another model; run-management flags (``overwrite``) never
+    split seeds."""
+    from zoo.experiments.compare import Run, drop_defaults, group_runs
+
+    def run(name: str, seed: int, data_args: dict, **top) -> Run:
+        cfg = {"seed_everything": seed, "run_dir": str(tmp_path / name), **top,
+               "model": {"class_path": "zoo.models.sasrec.SASRec", "init_args": {"d": 64, "dropout": 0.5}},
+               "data": {"class_path": "datamodules.SequentialDataModule",
+                        "init_args": {"max_len": 20, "batch_size": 256, **data_args}}}
+        return Run(tmp_path / name, tmp_path / name / "test_metrics.json", {}, cfg, ranks=None)
+
+    old = run("SASRec-s0", 0, {})  # before data.group_by_length existed
+    new = run("SASRec-s1", 1, {"group_by_length": False}, overwrite=True)
+    grouped = run("SASRec-s2", 2, {"group_by_length": True})
+    other = run("SASRec-s3", 3, {"max_len": 50})
+    assert old.group_key() == new.group_key()
+    assert len({old.group_key(), grouped.group_key(), other.group_key()}) == 3
+    assert [len(m.runs) for m in group_runs([old, new, grouped, other])] == [2, 1, 1]
+    # defaults of the class's signature only; a class that does not import keeps everything
+    assert drop_defaults({"class_path": "zoo.models.sasrec.SASRec", "init_args": {"d": 64, "dropout": 0.5}}) == {
+        "class_path": "zoo.models.sasrec.SASRec", "init_args": {"dropout": 0.5}}
+    assert drop_defaults({"class_path": "nowhere.Model", "init_args": {"d": 64}})["init_args"] == {"d": 64}

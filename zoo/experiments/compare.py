@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -48,7 +49,52 @@ from zoo.ranks import Ranks, load_ranks, parse_metric, per_user
 PAPER_MODULES = ("horae", "miracle", "timirec", "hpcl4sr", "hm4sr")  # zoo.models.<module>: the papers' models
 SEED_SUFFIX = re.compile(r"[-_](?:s|seed)\d+$")
 # config keys that are not the model/config itself: seeds, where the run went, how it was launched
-NOT_CONFIG = ("seed_everything", "run_dir", "ckpt_path", "config", "wandb", "test_after_fit", "print_config", "weights_only")
+NOT_CONFIG = ("seed_everything", "run_dir", "ckpt_path", "config", "wandb", "test_after_fit", "print_config", "weights_only",
+              "overwrite")
+
+
+@functools.lru_cache(maxsize=None)
+def _signature_defaults(class_path: str) -> dict[str, Any]:
+    """``{argument: default}`` of a config's ``class_path`` (empty when it does not import)."""
+    import importlib
+    import inspect
+
+    try:
+        module, _, name = class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        params = inspect.signature(cls.__init__).parameters.values()
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return {}
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+def drop_defaults(node: Any) -> Any:
+    """The config without the ``init_args`` that equal their class's current default, so a run
+    saved before an argument existed (which then behaved as its default) and one saved after
+    compare equal; an argument whose default changed keeps the old run's value and still differs."""
+    if isinstance(node, list):
+        return [drop_defaults(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: drop_defaults(v) for k, v in node.items()}
+    if isinstance(out.get("class_path"), str) and isinstance(out.get("init_args"), dict):
+        defaults = _signature_defaults(out["class_path"])
+        out["init_args"] = {k: v for k, v in out["init_args"].items()
+                            if not (k in defaults and _same(v, defaults[k]))}
+    return out
+
+
+def _same(value: Any, default: Any) -> bool:
+    """A saved config value equals a signature default (tuples are saved as lists; a bool only
+    equals the same bool, not 0 or 1)."""
+    if isinstance(default, tuple):
+        default = list(default)
+    if isinstance(value, bool) or isinstance(default, bool):
+        return value is default
+    try:
+        return bool(value == default)
+    except Exception:  # noqa: BLE001 - an exotic default never matches
+        return False
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -167,7 +213,7 @@ class Run:
         trainer = cfg.get("trainer") or {}
         for k in ("logger", "callbacks", "default_root_dir"):
             trainer.pop(k, None)
-        text = json.dumps(cfg, sort_keys=True, default=str)
+        text = json.dumps(drop_defaults(cfg), sort_keys=True, default=str)
         if self.seed is not None:
             text = re.sub(rf"([-_])s(eed)?{re.escape(str(self.seed))}(?!\d)", r"\1s<seed>", text)
         return SEED_SUFFIX.sub("", self.path.name) + "|" + hashlib.sha1(text.encode()).hexdigest()[:10]
