@@ -92,15 +92,20 @@ def _mask_chunk(s: Tensor, c0: int, target: Tensor, history: Tensor | None) -> N
         s.masked_fill_(hit.bool(), float("-inf"))
 
 
+def _take_target(s: Tensor, c0: int, target: Tensor, into: Tensor) -> Tensor:
+    """``into`` [B] with each row's target score taken from the item chunk ``s = scores[:, c0 :
+    c0 + c]`` where the target falls inside it (float32), the other rows unchanged."""
+    inside = (target >= c0) & (target < c0 + s.shape[1])  # [B]
+    col = (target - c0).clamp(0, s.shape[1] - 1)
+    return torch.where(inside, s.gather(1, col[:, None])[:, 0].float(), into)
+
+
 def _two_pass_rank(users: Tensor, items: Tensor, target: Tensor, history: Tensor | None, chunk_size: int) -> Tensor:
     """Exact ranks in two passes of the chunked product: the targets' scores, then the counts."""
     B, C = users.shape[0], items.shape[0]
     ts = torch.full((B,), float("nan"), device=users.device)  # [B]
     for c0 in range(0, C, chunk_size):
-        s = (users @ items[c0 : c0 + chunk_size].T).float()  # [B, c]
-        inside = (target >= c0) & (target < c0 + s.shape[1])
-        col = (target - c0).clamp(0, s.shape[1] - 1)
-        ts = torch.where(inside, s.gather(1, col[:, None])[:, 0], ts)
+        ts = _take_target(users @ items[c0 : c0 + chunk_size].T, c0, target, ts)
     ts = ts.masked_fill(target == 0, float("-inf"))  # the pad column is always -inf
     count = torch.zeros(B, dtype=torch.int32, device=users.device)
     for c0 in range(0, C, chunk_size):
@@ -158,9 +163,7 @@ def factored_target_rank(
     count = torch.zeros(B, dtype=torch.int32, device=users.device)
     for c0 in range(0, C, chunk_size):
         s = (users @ items[c0 : c0 + chunk_size].T).float()  # [B, c]
-        inside = (target >= c0) & (target < c0 + s.shape[1])
-        col = (target - c0).clamp(0, s.shape[1] - 1)
-        t_chunk = torch.where(inside, s.gather(1, col[:, None])[:, 0], t_chunk)
+        t_chunk = _take_target(s, c0, target, t_chunk)
         _mask_chunk(s, c0, target, history)
         _count_at_least(s, t, out=count)
     t_chunk = t_chunk.masked_fill(target == 0, float("-inf"))
