@@ -30,7 +30,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +52,7 @@ def worker(spec: dict[str, Any]) -> None:
     """One fresh process: build with the switch set, train ``train_steps`` steps; JSON out."""
     import torch
 
+    from benchmarks.speed_timer import PhaseTimer
     from benchmarks.speed_zoo import build, trainer
 
     torch.set_num_threads(1)
@@ -63,24 +63,11 @@ def worker(spec: dict[str, Any]) -> None:
     if data.get("text_features") == "@random":
         data["text_features"] = spec["text_features"]
     model, dm = build(recipe, m_args, data)
-
-    class StepClock(__import__("lightning").pytorch.Callback):
-        def __init__(self) -> None:
-            self.wall: list[float] = []
-            self.cpu: list[float] = []
-
-        def on_train_batch_start(self, *args: Any) -> None:
-            self._t, self._c = time.perf_counter(), time.process_time()
-
-        def on_train_batch_end(self, *args: Any) -> None:
-            self.wall.append(time.perf_counter() - self._t)
-            self.cpu.append(time.process_time() - self._c)
-
-    clock = StepClock()
+    clock = PhaseTimer(out=spec["json"] + ".fit")
     trainer(max_steps=spec["train_steps"], limit_val_batches=0, callbacks=[clock]).fit(model, datamodule=dm)
     dm.setup("fit")
-    dump_json(Path(spec["json"]), dict(wall=clock.wall, cpu=clock.cpu, steps_per_epoch=len(dm.train_dataloader()),
-                                       pad_invariant=bool(model.pad_invariant), max_len=dm.max_len,
+    dump_json(Path(spec["json"]), dict(wall=clock.rec["train_steps"], cpu=clock.rec["train_steps_cpu"],
+                                       steps_per_epoch=len(dm.train_dataloader()), pad_invariant=bool(model.pad_invariant), max_len=dm.max_len,
                                        train_sampling=dm.train_sampling, batch_size=dm.batch_size))
 
 

@@ -29,8 +29,8 @@ class PhaseTimer(Callback):
 
     def __init__(self, out: str | None = None) -> None:
         self.out = Path(out or os.environ.get("ZOO_SPEED_OUT", "speed_timer.json"))
-        self.rec: dict[str, Any] = {"epochs": [], "val": [], "test": [], "train_steps": []}
-        self._t_epoch = self._t_last = self._t_val = self._t_test = self._t_step = 0.0
+        self.rec: dict[str, Any] = {"epochs": [], "val": [], "test": [], "train_steps": [], "train_steps_cpu": []}
+        self._t_epoch = self._t_last = self._t_val = self._t_test = self._t_step = self._c_step = 0.0
         self._steps = 0
         self._rss0 = 0
 
@@ -43,7 +43,7 @@ class PhaseTimer(Callback):
         self._steps = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._t_step = time.perf_counter()
+        self._t_step, self._c_step = time.perf_counter(), time.process_time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
@@ -51,6 +51,7 @@ class PhaseTimer(Callback):
         self._t_last = now
         if len(self.rec["train_steps"]) < 10_000:
             self.rec["train_steps"].append(now - self._t_step)
+            self.rec["train_steps_cpu"].append(time.process_time() - self._c_step)  # this process, all threads
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._t_val = time.perf_counter()
