@@ -549,3 +549,41 @@ def test_fit_command_resumes_with_last_and_overwrites_only_an_earlier_run(tmp_pa
     (run.run_dir / "last.ckpt").write_bytes(b"cut off by a kill")
     assert fit_command(run, opts, True)[-2:] == ["--ckpt_path", "last"]
     assert fit_command(run, opts, False)[-2:] == ["--overwrite", "true"]
+
+
+def test_a_paper_that_tests_within_blocks_gets_each_blocks_claim_tested_against_that_blocks_best(tmp_path):
+    """TiMiRec's claim is per block (significance.blocks): TiMiRec against the best of GRU4Rec/MIND/...,
+    TiMiRec+ against the best of SASRec/...  The table adds, per block, compare's paired test of the
+    paper model against the best baseline *of that block* over those two rows only (Holm over the
+    claim's metrics), beside the table-wide test against the best baseline overall."""
+    from zoo.experiments.compare import compare_runs
+    from zoo.experiments.reproduce import N_BOOT, STATS_SEED, markdown_table, record
+
+    users = [f"u{i}" for i in range(60)]
+    base = np.random.default_rng(5).integers(0, 25, 60)
+    spec = {"GRU4Rec": ("zoo.models.gru4rec.GRU4Rec", base + 10), "MIND": ("zoo.models.mind.MIND", base + 25),
+            "TiMiRec": ("zoo.models.timirec.TiMiRec", base + 14), "SASRec": ("zoo.models.sasrec.SASRec", np.maximum(base - 5, 0)),
+            "TiMiRec+": ("zoo.models.timirec.TiMiRec", np.maximum(base - 8, 0))}
+    cells = {row: _synthetic_cell(tmp_path, row, cls, 0, list(r), users) for row, (cls, r) in spec.items()}
+    # TiMiRec+ differs from TiMiRec by its config, as in the recipes (transformer: true)
+    cfg_file = cells["TiMiRec+"].run.run_dir / "test_metrics.json"
+    blob = json.loads(cfg_file.read_text())
+    blob["config"]["model"]["init_args"]["transformer"] = True
+    cfg_file.write_text(json.dumps(blob))
+    records = [record(c, {"status": "done"}) for c in cells.values()]
+    table = load_numbers()["timirec"]["main"]
+    metrics = list(table["metrics"])
+    md = markdown_table("timirec", table, list(spec), records, "# header\n")
+    overall, *claims = md.split("**The paper's claim for ")
+    assert "Paired test against **SASRec** (the best baseline on hr@5)" in overall  # primary: the first metric
+    assert [c.split("**")[0] for c in claims] == ["TiMiRec", "TiMiRec+"]
+    for claim, model, best, other in ((claims[0], "TiMiRec", "GRU4Rec", "MIND"), (claims[1], "TiMiRec+", "SASRec", None)):
+        assert f"Paired test against **{best}** (the best on hr@5 of this block's baselines:" in claim
+        pair = compare_runs([cells[model].run.run_dir, cells[best].run.run_dir], reference=cells[best].run.run_dir,
+                            metrics=metrics, n_boot=N_BOOT, seed=STATS_SEED)
+        expected = next(l for l in pair.paired_markdown().splitlines() if l.startswith("| "))  # the header row
+        lines = [l for l in pair.paired_markdown().splitlines() if l.startswith("| ") and not l.startswith("| model")]
+        assert len(lines) == 1 and lines[0].replace(lines[0].split(" |")[0], f"| {model}", 1) in claim, claim
+        assert f"Holm-corrected over all {len(metrics)} tests" in claim and expected in claim
+        if other:
+            assert f"| {other} |" not in claim

@@ -769,22 +769,21 @@ N_BOOT = 10000  # bootstrap resamples and random sign vectors, as `zoo compare`'
 STATS_SEED = 0
 
 
-def dataset_stats(recs: list[dict[str, Any]], rows_order: list[str], metrics: list[str],
-                  reference_row: str | None = None) -> tuple[Any, list[str]]:
-    """``zoo compare``'s table (:func:`zoo.experiments.compare.compare_runs`) over the finished runs
-    of one dataset whose folders hold ``ranks.npz``, models relabelled to the table's rows, and the
-    notes of the table.  A row is in it only when every finished seed has its ranks; the reference
-    is ``reference_row`` when it is in it (an ablation's full model), else compare's default (the
-    best baseline).  ``(None, notes)`` when fewer than one row qualifies or the runs differ in users."""
-    from zoo.experiments.compare import compare_runs
-
+def _rows_with_ranks(recs: list[dict[str, Any]], rows_order: list[str]) -> dict[str, list[str]]:
+    """``{row: its finished run folders}`` for the rows whose every finished seed has ``ranks.npz``."""
     rows: dict[str, list[str]] = {}
     for row in rows_order:
         done = [r for r in recs if r["model"] == row and r["status"] == "done" and r.get("run_dir")]
         if done and all((Path(r["run_dir"]) / "ranks.npz").is_file() for r in done):
             rows[row] = [r["run_dir"] for r in done]
-    if not rows:
-        return None, []
+    return rows
+
+
+def _compare_rows(rows: dict[str, list[str]], metrics: list[str], reference_row: str | None = None) -> tuple[Any, list[str]]:
+    """``zoo compare``'s table over ``rows``' run folders, models relabelled to the rows; ``(None, notes)``
+    when the runs differ in users or one row's seeds do not form one model."""
+    from zoo.experiments.compare import compare_runs
+
     dirs = [d for ds in rows.values() for d in ds]
     ref = rows[reference_row][0] if reference_row in rows else None
     try:
@@ -799,9 +798,47 @@ def dataset_stats(recs: list[dict[str, Any]], rows_order: list[str], metrics: li
                           "one model each (their saved configs differ beyond the seed)"]
         names[m.label] = owners.pop()
     table.relabel(names)
-    if ref is not None:
-        table.reference_reason = "the full model, which every ablation row is compared with"
     return table, table.notes
+
+
+def dataset_stats(recs: list[dict[str, Any]], rows_order: list[str], metrics: list[str],
+                  reference_row: str | None = None) -> tuple[Any, list[str]]:
+    """``zoo compare``'s table (:func:`zoo.experiments.compare.compare_runs`) over the finished runs
+    of one dataset whose folders hold ``ranks.npz``, models relabelled to the table's rows, and the
+    notes of the table.  A row is in it only when every finished seed has its ranks; the reference
+    is ``reference_row`` when it is in it (an ablation's full model), else compare's default (the
+    best baseline).  ``(None, notes)`` when fewer than one row qualifies or the runs differ in users."""
+    rows = _rows_with_ranks(recs, rows_order)
+    if not rows:
+        return None, []
+    table, notes = _compare_rows(rows, metrics, reference_row)
+    if table is not None and reference_row in rows:
+        table.reference_reason = "the full model, which every ablation row is compared with"
+    return table, notes
+
+
+def block_tests(recs: list[dict[str, Any]], blocks: dict[str, list[str]], metrics: list[str]) -> list[tuple[str, Any]]:
+    """The paper's own claim where it tests within blocks (``significance.blocks``: {paper model: the
+    baselines of its block}): per block whose model and at least one baseline have per-user ranks, the
+    paired test of the model against the best of those baselines (compare's pick, on the monitored
+    metric), over those two rows only, so Holm corrects over the claim's metrics and nothing else.
+    Returns ``[(paper model, compare's table or None), ...]``."""
+    out: list[tuple[str, Any]] = []
+    for model, baselines in blocks.items():
+        rows = _rows_with_ranks(recs, [model, *baselines])
+        if model not in rows or len(rows) < 2:
+            continue
+        block, _ = _compare_rows(rows, metrics)
+        if block is None or block.reference == model:
+            out.append((model, None))
+            continue
+        pair, _ = _compare_rows({r: rows[r] for r in (model, block.reference)}, metrics, block.reference)
+        if pair is not None:
+            primary = block.reference_reason.removeprefix("the best baseline on ")
+            pair.reference_reason = (f"the best on {primary} of this block's baselines: "
+                                     + ", ".join(r for r in baselines if r in rows))
+        out.append((model, pair))
+    return out
 
 
 def _cell_text(vals: list[float], paper: float | None, status: str, stats: Any = None) -> str:
@@ -882,6 +919,12 @@ def markdown_table(paper: str, table: dict[str, Any], rows_order: list[str], rec
             out.write("\n")
         if stats is not None and len(in_stats) > 1:
             out.write("\n" + stats.paired_markdown())
+        blocks = (table.get("significance") or {}).get("blocks") or {}
+        for model, pair in block_tests(recs, blocks, list(metrics)) if stats is not None else []:
+            out.write(f"\n**The paper's claim for {model}** (tested within its block, "
+                      f"{(table.get('significance') or {}).get('versus', 'the best baseline of its block')}):\n\n")
+            out.write(pair.paired_markdown() if pair is not None else
+                      "no test: the runs of this block could not be compared (see the notes above).\n")
     return out.getvalue()
 
 
