@@ -97,6 +97,7 @@ CASES: dict[str, Callable[[], SequentialRecommender]] = {
     "TiMiRec-stage2": lambda: TiMiRec(stage="finetune", d=D, K=K, max_len=L, **COMMON),
     "TiMiRec+-stage2": lambda: TiMiRec(stage="finetune", transformer=True, d=D, K=K, max_len=L, **COMMON),
     # every peer switch at ReChorus's value (docs/compare.md "Peer differences")
+    "GRU4Rec-BPR-ReChorus": lambda: GRU4Rec(d=D, loss="bpr", train_negatives_exclude="history", **COMMON),
     "SASRec-ReChorus": lambda: SASRec(d=D, n_layers=1, n_heads=2, max_len=L, **RECHORUS_SASREC, **COMMON),
     "ComiRec-SA-ReChorus": lambda: ComiRec(extractor="sa", **MI, **RECHORUS, position_index="recent", **COMMON),
     "TiMiRec+-stage2-ReChorus": lambda: TiMiRec(stage="finetune", transformer=True, d=D, K=K, max_len=L, **RECHORUS,

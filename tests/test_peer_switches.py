@@ -16,6 +16,7 @@ import yaml
 from datamodules import SequentialDataModule
 from conftest import make_batch
 from zoo.models.comirec import ComiRec
+from zoo.models.gru4rec import GRU4Rec
 from zoo.models.sasrec import SASRec
 from zoo.models.timirec import TiMiRec
 from zoo.modules.embeddings import LearnedPositions
@@ -94,7 +95,8 @@ def _history_batch(B: int = 6, windows: bool = False) -> tuple[dict[str, torch.T
     lambda: ComiRec(num_items=N, d=8, K=2, max_len=L, loss="bpr", train_negatives_exclude="history"),
     lambda: TiMiRec(num_items=N, d=8, K=2, max_len=L, train_negatives_exclude="history"),
     lambda: SASRec(num_items=N, d=8, n_heads=1, max_len=L, loss="bpr", train_negatives_exclude="history"),
-], ids=["comirec", "timirec", "sasrec"])
+    lambda: GRU4Rec(num_items=N, d=8, loss="bpr", train_negatives_exclude="history"),
+], ids=["comirec", "timirec", "sasrec", "gru4rec"])
 def test_history_negatives_never_hit_the_users_training_history(make, monkeypatch):
     batch, hist = _history_batch()
     model = make()
@@ -117,10 +119,14 @@ def test_history_negatives_never_hit_the_users_training_history(make, monkeypatc
     assert any(set(drawn[:, u].tolist()) & set(h) for u, h in enumerate(hist))
 
 
-def test_sasrec_window_targets_draw_their_users_negatives():
+@pytest.mark.parametrize("make", [
+    lambda: SASRec(num_items=N, d=8, n_heads=1, max_len=L, loss="bce", train_negatives_exclude="history"),
+    lambda: GRU4Rec(num_items=N, d=8, loss="bpr", train_negatives_exclude="history"),
+], ids=["sasrec", "gru4rec"])
+def test_window_targets_draw_their_users_negatives(make, monkeypatch):
     """With the datamodule's windows every real position is a target; each draws for its own user."""
     batch, hist = _history_batch(windows=True)
-    model = SASRec(num_items=N, d=8, n_heads=1, max_len=L, loss="bce", train_negatives_exclude="history")
+    model = make()
     model.attach_side_info(csr(hist))
     real = batch["target_seq"] > 0
     rows = real.nonzero()[:, 0]
@@ -128,13 +134,22 @@ def test_sasrec_window_targets_draw_their_users_negatives():
     for _ in range(30):
         neg = model.train_negatives(batch["target_seq"][real], batch["item_seq"][rows], batch["user"][rows])
         assert all(int(n) not in hist[int(r)] for n, r in zip(neg, rows))
+    seen: list[torch.Tensor] = []  # the loss itself asks for one negative per target, for that target's user
+    sampler = model.train_negatives.history
+    draw = sampler.forward
+    monkeypatch.setattr(sampler, "forward", lambda user: seen.append(user.clone()) or draw(user))
     assert torch.isfinite(model.training_loss(batch)["rec"])
+    assert len(seen) == 1 and seen[0].tolist() == batch["user"][rows].tolist()
 
 
-def test_bpr_loss_is_rechorus_form():
-    """SASRec loss="bpr": -log sigmoid(s+ - s-) (ReChorus GeneralModel.loss with one negative)."""
+@pytest.mark.parametrize("make", [
+    lambda: SASRec(num_items=N, d=8, n_heads=1, max_len=L, loss="bpr", dropout=0.0),
+    lambda: GRU4Rec(num_items=N, d=8, loss="bpr", dropout=0.0),
+], ids=["sasrec", "gru4rec"])
+def test_bpr_loss_is_rechorus_form(make):
+    """loss="bpr": -log sigmoid(s+ - s-) (ReChorus GeneralModel.loss with one negative)."""
     batch = make_batch(B=5, L=L, num_items=N)
-    model = SASRec(num_items=N, d=8, n_heads=1, max_len=L, loss="bpr", dropout=0.0)
+    model = make()
     model.eval()
     torch.manual_seed(4)
     loss = model.training_loss(batch)["rec"]
@@ -143,6 +158,13 @@ def test_bpr_loss_is_rechorus_form():
     neg = torch.randint(1, N + 1, batch["target"].shape)
     pos_s, neg_s = (u * model.item_emb(batch["target"])).sum(-1), (u * model.item_emb(neg)).sum(-1)
     torch.testing.assert_close(loss, -torch.sigmoid(pos_s - neg_s).log().mean())
+
+
+def test_gru4rec_loss_switch_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="loss must be 'ce' or 'bpr'"):
+        GRU4Rec(num_items=N, loss="bce")
+    with pytest.raises(ValueError, match="train_negatives_exclude applies to loss='bpr'"):
+        GRU4Rec(num_items=N, train_negatives_exclude="history")
 
 
 def test_datamodule_hands_over_each_users_training_items(ml_folder, tmp_path):

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from zoo.models.base import SequentialRecommender
 from zoo.modules.dropout import Dropout
 from zoo.modules.embeddings import LearnedPositions
-from zoo.modules.negatives import TrainNegatives
+from zoo.modules.negatives import TrainNegatives, one_negative_loss
 from zoo.modules.scoring import dot_scores
 from zoo.modules.transformer import TransformerEncoder, init_weights
 
@@ -159,13 +159,5 @@ class SASRec(SequentialRecommender):
             logits = self.score_all(u)  # [B, N+1]
             logits[:, 0] = float("-inf")
             return {"rec": F.cross_entropy(logits, target)}
-        window, user = item_seq, batch.get("user")
-        if row is not None:
-            window = item_seq[row]  # [M, L]
-            user = None if user is None else user[row]
-        neg = self.train_negatives(target, window, user)  # [M]
-        pos_s = (u * self.item_emb(target)).sum(-1)
-        neg_s = (u * self.item_emb(neg)).sum(-1)
-        if self.loss_type == "bpr":  # ReChorus GeneralModel.loss with one negative
-            return {"rec": F.softplus(-(pos_s - neg_s)).mean()}
-        return {"rec": F.softplus(-pos_s).mean() + F.softplus(neg_s).mean()}
+        return {"rec": one_negative_loss(self.loss_type, self.train_negatives, u, target, self.item_emb.weight,
+                                         item_seq, batch.get("user"), row)}

@@ -18,6 +18,7 @@ draw them (SASRec, ComiRec, TiMiRec, MIND, HPCL4SR):
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 EXCLUDE = ("none", "window", "history")
@@ -130,3 +131,32 @@ class TrainNegatives(nn.Module):
         if self.exclude == "window":
             return window_negatives(self.num_items, target, window, rounds)
         return torch.randint(1, self.num_items + 1, target.shape, device=target.device)  # [M]
+
+
+ONE_NEGATIVE_LOSSES = ("bpr", "bce")
+
+
+def one_negative_loss(
+    kind: str, negatives: TrainNegatives, user: Tensor, target: Tensor, item_emb: Tensor,
+    item_seq: Tensor | None = None, users: Tensor | None = None, row: Tensor | None = None,
+) -> Tensor:
+    """The one-negative objectives, mean over rows, with the negative from ``negatives``:
+
+    * ``"bpr"`` (ReChorus ``GeneralModel.loss``, TiMiRec Eq. 10): ``-log sigma(s+ - s-)``;
+    * ``"bce"`` (the original SASRec): ``-log sigma(s+) - log(1 - sigma(s-))``;
+
+    with ``s = <user, item_emb[i]>``.  user ``[M, d]``, target ``[M]``, item_emb ``[N+1, d]``;
+    item_seq ``[B, L]`` / users ``[B]`` are the batch's history windows and user ids, and ``row``
+    ``[M]`` the batch row of each target when a row has several (windows), else ``M == B``.
+    """
+    if row is not None:
+        item_seq = None if item_seq is None else item_seq[row]  # [M, L]
+        users = None if users is None else users[row]  # [M]
+    neg = negatives(target, item_seq, users)  # [M]
+    pos_s = (user * item_emb[target]).sum(-1)  # [M]
+    neg_s = (user * item_emb[neg]).sum(-1)  # [M]
+    if kind == "bpr":
+        return F.softplus(-(pos_s - neg_s)).mean()
+    if kind == "bce":
+        return F.softplus(-pos_s).mean() + F.softplus(neg_s).mean()
+    raise ValueError(f"one-negative loss must be one of {ONE_NEGATIVE_LOSSES}, got {kind!r}")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.modules.negatives import TrainNegatives
+from zoo.modules.negatives import TrainNegatives, one_negative_loss
 
 LOSSES = ("sampled_softmax", "full_softmax", "bpr")
 
@@ -111,10 +111,9 @@ class NextItemLoss(nn.Module):
             logits = user @ item_emb.T  # [B, N+1]
             logits = logits.masked_fill(torch.arange(logits.shape[1], device=user.device) == 0, float("-inf"))
             return F.cross_entropy(logits, target)
-        pos = (user * item_emb[target]).sum(-1)  # [B]
         if self.loss == "bpr":
-            neg = self.train_negatives(target, history, users)  # [B]
-            return F.softplus(-(pos - (user * item_emb[neg]).sum(-1))).mean()
+            return one_negative_loss("bpr", self.train_negatives, user, target, item_emb, history, users)
+        pos = (user * item_emb[target]).sum(-1)  # [B]
         neg, log_count = self.sample(self.n_neg, user.device)  # [n], [n]
         neg_logits = user @ item_emb[neg].T  # [B, n]
         if self.logq_correction:
