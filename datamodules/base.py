@@ -223,6 +223,12 @@ class SequenceExamples(Dataset):
         """``[n]`` each example's history length (real items, at most ``max_len``)."""
         return np.minimum(self.end - self.start, self.max_len)
 
+    def reordered(self, order: np.ndarray) -> "SequenceExamples":
+        """The same examples visited in ``order`` (every per-example array permuted alike)."""
+        pick = (lambda a: None if a is None else a[order])  # noqa: E731
+        return SequenceExamples(self.d, self.user[order], self.start[order], self.end[order], self.max_len,
+                                pick(self.targets_end), self.history, pick(self.negatives))
+
     def __getitem__(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         idx = np.asarray(idx)
         s, e = self.start[idx], self.end[idx]
@@ -576,19 +582,15 @@ class SequentialDataModule(L.LightningDataModule):
             neg = None
             if self.eval_negatives:
                 neg = sample_negatives(self.data, x["user"], self.eval_negatives, self.negatives_seed)
+            examples = SequenceExamples(self.data, x["user"], x["start"], x["end"], self.max_len,
+                                        x.get("targets_end"), history=True, negatives=neg)
             if st == "test":  # predictions stay in user order
-                self.predict_set = SequenceExamples(self.data, x["user"], x["start"], x["end"], self.max_len,
-                                                    x.get("targets_end"), history=True, negatives=neg)
+                self.predict_set = examples
             # Evaluation visits users by history length (stable), so a batch holds histories of
             # similar length and a padding-invariant model drops the all-pad columns
             # (SequentialRecommender.trim_padding).  Every user's example is unchanged: metrics
             # are sums and per-user ranks are keyed by user id.
-            order = np.argsort(np.minimum(x["end"] - x["start"], self.max_len), kind="stable")
-            pick = (lambda a: None if a is None else a[order])  # noqa: E731
-            self.eval_sets[st] = SequenceExamples(
-                self.data, x["user"][order], x["start"][order], x["end"][order], self.max_len,
-                pick(x.get("targets_end")), history=True, negatives=pick(neg),
-            )
+            self.eval_sets[st] = examples.reordered(np.argsort(examples.lengths(), kind="stable"))
         if len(self.train_set) == 0:
             raise ValueError(f"dataset '{self.data.stats['name']}' yields no training example under {self.protocol}")
 
