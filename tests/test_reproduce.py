@@ -409,6 +409,61 @@ def test_a_run_finished_by_another_process_after_the_plan_is_reused_not_rerun(tm
             assert fitted == [other.run_dir] and outcomes[same.run_dir]["status"] == "reused"
 
 
+@pytest.mark.parametrize("other_finishes", [True, False], ids=["other-finishes", "other-is-killed"])
+def test_a_cell_another_process_is_fitting_waits_for_the_rest_of_the_plan_then_is_reused(tmp_path, monkeypatch,
+                                                                                          other_finishes):
+    """Two invocations planned on the same folders: a cell (and a cell loading a pre-training) whose
+    folder another process holds right now is not fitted into that folder (its fit would fail on
+    the lock and write "failed" over the other's record); the rest of the plan runs first, then it
+    waits for the folder, and is reused when the other process finished it, fitted when it died."""
+    import threading
+
+    import zoo.experiments.reproduce as R
+    from zoo.runfiles import RunLock
+
+    fitted: list[Path] = []
+
+    def fake_fit(step, n, opts):
+        fitted.append(step.run.run_dir)
+        return {"status": "done"}
+
+    monkeypatch.setattr(R, "fit", fake_fit)
+    monkeypatch.setattr(R, "BUSY_POLL_S", 0.02)
+    cfg = {"model": {"class_path": "zoo.models.sasrec.SASRec"}, "trainer": {"max_epochs": 1}}
+    opts = Options(out=tmp_path, quiet=True)
+    held = Run(cfg, tmp_path / "t" / "default" / "SASRec-s0", 0, "g")
+    free = Run(cfg, tmp_path / "t" / "default" / "SASRec-s1", 1, "g")
+    pre = Run({"model": {"class_path": "zoo.models.timirec.TiMiRec"}}, tmp_path / "pretrain" / "p-s0", 0, "g", "pretrain")
+    loads = Run({**cfg, "x": 1}, tmp_path / "t" / "default" / "TiMiRec-s0", 0, "g", pretrain=pre)
+    steps = make_plan([Cell("t", "T", "default", "SASRec", 0, held), Cell("t", "T", "default", "TiMiRec", 0, loads),
+                       Cell("t", "T", "default", "SASRec", 1, free)], opts)
+    assert [(s.action, s.run.run_dir) for s in steps] == [
+        ("run", held.run_dir), ("run", pre.run_dir), ("run", loads.run_dir), ("run", free.run_dir)]
+    locks = [RunLock(held.run_dir).acquire(), RunLock(pre.run_dir).acquire()]  # the other invocation's fits
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(execute_plan(steps, opts)))
+    worker.start()
+    for _ in range(500):
+        if fitted:
+            break
+        threading.Event().wait(0.01)
+    threading.Event().wait(0.1)
+    assert fitted == [free.run_dir] and worker.is_alive()  # the free cell ran; the others wait
+    for run, lock in zip((held, pre), locks):
+        if other_finishes:
+            (run.run_dir / "test_metrics.json").write_text(json.dumps({"test": {}, "epochs": 3}))
+            (run.run_dir / "reproduce.json").write_text(json.dumps({"config_hash": run.hash, "seed": run.seed,
+                                                                     "status": "done"}))
+        lock.release()
+    worker.join(10)
+    assert not worker.is_alive()
+    if other_finishes:
+        assert fitted == [free.run_dir, loads.run_dir]
+        assert result[held.run_dir]["status"] == result[pre.run_dir]["status"] == "reused"
+    else:
+        assert fitted == [free.run_dir, held.run_dir, pre.run_dir, loads.run_dir]
+
+
 def test_a_cell_planned_earlier_in_the_same_plan_is_shared_and_each_pretraining_runs_once(tmp_path):
     """Two cells with one config and seed: the first runs, the second shares it (not a second fit);
     two cells loading one pre-training: it is planned once, before the first of them."""

@@ -690,16 +690,54 @@ def _finished_meanwhile(run: Run, opts: Options) -> bool:
     return meta.get("config_hash") == run.hash and meta.get("status") == "done"
 
 
+BUSY_POLL_S = 30.0  # how often a deferred step looks again whether the other process has released its folder
+
+
+def _busy(run_dir: Path) -> str | None:
+    """Why the run folder cannot be fitted now: another live process holds its lock (a ``zoo fit`` of
+    another ``zoo reproduce`` invocation planned on the same folders); None when it is free."""
+    from zoo.runfiles import LOCK_NAME, RunFolderBusy, RunLock
+
+    if not (run_dir / LOCK_NAME).exists():
+        return None
+    try:
+        RunLock(run_dir).acquire().release()
+    except RunFolderBusy as e:
+        return str(e)
+    return None
+
+
+def _run_step(s: Step, outcomes: dict[Path | str, dict[str, Any]], n: int, opts: Options) -> dict[str, Any]:
+    """A "run"/"resume" step: failed with its pre-training, reused when another process finished it
+    since the plan was made, else fitted."""
+    run = s.run
+    pre = outcomes.get(run.pretrain.run_dir) if run.pretrain is not None else None
+    if pre is not None and pre["status"] not in ("done", "reused"):
+        opts.log(f"[{s.index}/{n}] FAILED {s.label}: its pre-training failed")
+        return {"status": "failed", "reason": f"pre-training failed: {pre.get('reason', '')}"}
+    if _finished_meanwhile(run, opts):  # re-checked now: the plan may be hours old
+        opts.log(f"[{s.index}/{n}] reuse {s.label}: finished by another process since the plan was made")
+        return {**_stored_meta(run), "status": "reused", "stale": False}
+    return fit(s, n, opts)
+
+
 def execute_plan(steps: list[Step], opts: Options) -> dict[Path | str, dict[str, Any]]:
-    """Execute the plan in order; the outcome of every step, keyed by run folder (skips by label)."""
+    """Execute the plan in order; the outcome of every step, keyed by run folder (skips by label).
+
+    A step whose folder another process is fitting right now (two invocations planned on the
+    same folders), or whose pre-training is such a step, waits until the rest of the plan is done;
+    then it waits for the folder to be free and is reused if the other process finished it (a
+    cell sharing such a step's run waits with it)."""
     outcomes: dict[Path | str, dict[str, Any]] = {}
+    deferred: list[Step] = []
+    later: set[Path] = set()  # run folders of the deferred steps
     n = sum(s.fits for s in steps)
     for s in steps:
         if s.action == "skip":
             outcomes[s.label] = {"status": "skipped", "reason": s.reason}
             continue
         run = s.run
-        if run.run_dir in outcomes:
+        if run.run_dir in outcomes or run.run_dir in later:
             continue
         if opts.dry_run:
             out = {"status": "planned" if s.action != "reuse" else "reused", "stale": s.stale}
@@ -707,19 +745,26 @@ def execute_plan(steps: list[Step], opts: Options) -> dict[Path | str, dict[str,
                 out = {**_stored_meta(run), **out}
         elif s.action == "reuse":
             out = {**_stored_meta(run), "status": "reused", "stale": s.stale}
-        elif s.action == "share":
-            out = share(s, outcomes, opts)
         else:
-            pre = outcomes.get(run.pretrain.run_dir) if run.pretrain is not None else None
-            if pre is not None and pre["status"] not in ("done", "reused"):
-                out = {"status": "failed", "reason": f"pre-training failed: {pre.get('reason', '')}"}
-                opts.log(f"[{s.index}/{n}] FAILED {s.label}: its pre-training failed")
-            elif _finished_meanwhile(run, opts):  # re-checked now: the plan may be hours old
-                out = {**_stored_meta(run), "status": "reused", "stale": False}
-                opts.log(f"[{s.index}/{n}] reuse {s.label}: finished by another process since the plan was made")
-            else:
-                out = fit(s, n, opts)
+            waits_for = s.source if s.action == "share" else run.pretrain.run_dir if run.pretrain is not None else None
+            busy = None if waits_for in later or s.action == "share" else _busy(run.run_dir)
+            if waits_for in later or busy:
+                deferred.append(s)
+                later.add(run.run_dir)
+                why = busy or f"it needs {waits_for}, which another process is fitting"
+                opts.log(f"[{s.index}/{n}] later: {s.label}: {why}; it comes after the rest of the plan")
+                continue
+            out = share(s, outcomes, opts) if s.action == "share" else _run_step(s, outcomes, n, opts)
         outcomes[run.run_dir] = out
+    for s in deferred:
+        if s.action == "share":
+            outcomes[s.run.run_dir] = share(s, outcomes, opts)
+            continue
+        if _busy(s.run.run_dir):
+            opts.log(f"[{s.index}/{n}] waiting for the other process to release {s.run.run_dir}")
+            while _busy(s.run.run_dir):
+                time.sleep(BUSY_POLL_S)
+        outcomes[s.run.run_dir] = _run_step(s, outcomes, n, opts)
     return outcomes
 
 
