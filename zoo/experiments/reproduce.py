@@ -138,6 +138,7 @@ class Options:
     quiet: bool = False
     command: str = "zoo reproduce"
     share: list[Path] = field(default_factory=list)  # more folders whose finished runs are shared
+    set_uses: dict[str, int] = field(default_factory=dict)  # --set model key -> runs it was applied to
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -198,6 +199,29 @@ def resolve_path(raw: str, data_root: Path | None) -> Path:
     return p.absolute()
 
 
+@functools.lru_cache(maxsize=None)
+def init_arguments(class_path: str) -> frozenset[str] | None:
+    """Every keyword argument a model class takes: its ``__init__``'s and, through ``**kwargs``, its
+    bases' (``SequentialRecommender``'s ``lr``, ``topk``, ...); None when it does not import."""
+    import importlib
+    import inspect
+
+    try:
+        module, _, name = class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return frozenset(names)
+
+
 def materialise(recipe: str, args: dict[str, Any], data_cfg: dict[str, Any] | None, opts: Options,
                 strict_args: bool = True) -> tuple[dict[str, Any], list[str]]:
     """A recipe with ``args`` on ``model.init_args``, optionally another ``data`` block, the run
@@ -218,8 +242,13 @@ def materialise(recipe: str, args: dict[str, Any], data_cfg: dict[str, Any] | No
         elif strict_args:
             raise KeyError(f"{opts.recipes / recipe}.yaml: model.init_args has no '{k}' (asked for by {NUMBERS.name})")
     for key, value in opts.sets:
-        if key.startswith("model.init_args.") and key.split(".", 2)[2] not in init:
-            continue  # a model without this argument (e.g. Pop has no `d`)
+        if key.startswith("model.init_args."):
+            name = key.split(".", 2)[2]
+            accepted = init_arguments(str(cfg["model"].get("class_path", "")))
+            if name not in init and (accepted is None or name not in accepted):
+                opts.set_uses.setdefault(key, 0)
+                continue  # a model without this argument (e.g. Pop has no `d`)
+            opts.set_uses[key] = opts.set_uses.get(key, 0) + 1
         set_dotted(cfg, key, value)
     trainer = cfg.setdefault("trainer", {})
     if opts.max_epochs is not None and (trainer.get("max_epochs") or 0) > 0:
@@ -792,6 +821,10 @@ def record(cell: Cell, outcome: dict[str, Any]) -> dict[str, Any]:
 
 def run_cells(cells: list[Cell], opts: Options) -> list[dict[str, Any]]:
     """Plan, print the plan, execute it (unless ``--dry-run``); one results row per cell."""
+    unused = [k for k, n in opts.set_uses.items() if n == 0]
+    if unused:
+        raise ValueError(f"--set {unused[0]}: no model of this plan takes '{unused[0].split('.', 2)[2]}' "
+                         "(not in its recipe nor its class's arguments; `zoo models` lists them)")
     steps = make_plan(cells, opts)
     if not opts.quiet:
         print(plan_text(steps, opts), flush=True)
@@ -1137,7 +1170,8 @@ def common_parser(prog: str, description: str, default_out: Path) -> argparse.Ar
     ap.add_argument("--limit-train-batches", type=float, default=None, help="trainer.limit_train_batches of every run")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="override a dotted recipe key in every run, e.g. model.init_args.d=16 or "
-                         "data.init_args.cache_dir=/tmp/c (model keys a recipe lacks are skipped)")
+                         "data.init_args.cache_dir=/tmp/c (a model key is skipped for models whose class lacks that "
+                         "argument; a key no model takes is an error)")
     ap.add_argument("--wandb", choices=("off", "offline", "online"), default="offline",
                     help="W&B logging of every run (default offline; WANDB_MODE=disabled turns it off)")
     ap.add_argument("--force", action="store_true", help="re-run finished runs")
