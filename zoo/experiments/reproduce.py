@@ -821,10 +821,10 @@ def record(cell: Cell, outcome: dict[str, Any]) -> dict[str, Any]:
 
 def run_cells(cells: list[Cell], opts: Options) -> list[dict[str, Any]]:
     """Plan, print the plan, execute it (unless ``--dry-run``); one results row per cell."""
-    unused = [k for k, n in opts.set_uses.items() if n == 0]
-    if unused:
-        raise ValueError(f"--set {unused[0]}: no model of this plan takes '{unused[0].split('.', 2)[2]}' "
-                         "(not in its recipe nor its class's arguments; `zoo models` lists them)")
+    for key in [k for k, n in opts.set_uses.items() if n == 0]:  # a typo, or a plan of models without it
+        print(f"[{opts.command.split()[1] if ' ' in opts.command else 'reproduce'}] WARNING: --set {key}: no model "
+              f"of this plan takes '{key.split('.', 2)[2]}' (not in its recipe nor its class's arguments; "
+              "`zoo models` lists them); ignored", file=sys.stderr, flush=True)
     steps = make_plan(cells, opts)
     if not opts.quiet:
         print(plan_text(steps, opts), flush=True)
@@ -1171,7 +1171,7 @@ def common_parser(prog: str, description: str, default_out: Path) -> argparse.Ar
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="override a dotted recipe key in every run, e.g. model.init_args.d=16 or "
                          "data.init_args.cache_dir=/tmp/c (a model key is skipped for models whose class lacks that "
-                         "argument; a key no model takes is an error)")
+                         "argument; a key no model takes is reported)")
     ap.add_argument("--wandb", choices=("off", "offline", "online"), default="offline",
                     help="W&B logging of every run (default offline; WANDB_MODE=disabled turns it off)")
     ap.add_argument("--force", action="store_true", help="re-run finished runs")
