@@ -214,3 +214,23 @@ def test_seeds_saved_before_and_after_a_new_argument_form_one_model(tmp_path):
     assert drop_defaults({"class_path": "zoo.models.sasrec.SASRec", "init_args": {"d": 64, "dropout": 0.5}}) == {
         "class_path": "zoo.models.sasrec.SASRec", "init_args": {"dropout": 0.5}}
     assert drop_defaults({"class_path": "nowhere.Model", "init_args": {"d": 64}})["init_args"] == {"d": 64}
+
+
+def test_models_whose_folders_share_a_name_are_labelled_by_what_sets_their_configs_apart(tmp_path):
+    """Two tables' GRU4Rec-s0 folders (same parent name, e.g. runs/a/default and runs/b/default),
+    one run with `loss: bpr`, the other with no `loss` (the class's default, "ce"): the labels say
+    so, instead of `default/GRU4Rec#1` / `#2`; models that differ in many settings list three."""
+    from zoo.experiments.compare import Run, group_runs
+
+    def run(out: str, seed: int, **init) -> Run:
+        folder = tmp_path / out / "default" / f"GRU4Rec-s{seed}"
+        cfg = {"seed_everything": seed, "run_dir": str(folder),
+               "model": {"class_path": "zoo.models.gru4rec.GRU4Rec", "init_args": {"d": 64, **init}},
+               "data": {"class_path": "datamodules.SequentialDataModule", "init_args": {"max_len": 20}}}
+        return Run(folder, folder / "test_metrics.json", {}, cfg, ranks=None)
+
+    models = group_runs([run("bpr", 0, loss="bpr"), run("bpr", 1, loss="bpr"), run("table", 0), run("table", 1)])
+    assert [(m.label, len(m.runs)) for m in models] == [("GRU4Rec (loss=bpr)", 2), ("GRU4Rec (loss=ce)", 2)]
+    many = group_runs([run("a", 0, loss="bpr", d_hidden=32, n_layers=2, dropout=0.1), run("b", 0)])
+    assert [m.label for m in many] == ["GRU4Rec (d_hidden=32, dropout=0.1, loss=bpr, +1 more)",
+                                       "GRU4Rec (d_hidden=128, dropout=0.3, loss=ce, +1 more)"]

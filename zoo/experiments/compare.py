@@ -203,8 +203,8 @@ class Run:
         parts = self.class_path.split(".")
         return len(parts) >= 2 and parts[-2] in PAPER_MODULES
 
-    def group_key(self) -> str:
-        """The config without its seeds and run locations, plus the folder name without a seed suffix."""
+    def model_config(self) -> dict[str, Any]:
+        """The config without its seeds, run locations and arguments at their class's default."""
         cfg = copy.deepcopy(self.config)
         for k in NOT_CONFIG:
             cfg.pop(k, None)
@@ -213,7 +213,11 @@ class Run:
         trainer = cfg.get("trainer") or {}
         for k in ("logger", "callbacks", "default_root_dir"):
             trainer.pop(k, None)
-        text = json.dumps(drop_defaults(cfg), sort_keys=True, default=str)
+        return drop_defaults(cfg)
+
+    def group_key(self) -> str:
+        """The model config (:meth:`model_config`), plus the folder name without a seed suffix."""
+        text = json.dumps(self.model_config(), sort_keys=True, default=str)
         if self.seed is not None:
             text = re.sub(rf"([-_])s(eed)?{re.escape(str(self.seed))}(?!\d)", r"\1s<seed>", text)
         return SEED_SUFFIX.sub("", self.path.name) + "|" + hashlib.sha1(text.encode()).hexdigest()[:10]
@@ -292,6 +296,11 @@ def group_runs(runs: list[Run]) -> list[Model]:
     for r in runs:
         groups.setdefault(r.group_key(), []).append(r)
     models = [Model(SEED_SUFFIX.sub("", rs[0].path.name) or rs[0].model_name, rs) for rs in groups.values()]
+    for label in {m.label for m in models}:
+        same = [m for m in models if m.label == label]
+        if len(same) > 1:
+            for m, tag in zip(same, config_tags([m.runs[0] for m in same])):
+                m.label = f"{label} ({tag})" if tag else label
     labels = [m.label for m in models]
     for m in models:
         if labels.count(m.label) > 1:
@@ -301,6 +310,38 @@ def group_runs(runs: list[Run]) -> list[Model]:
         if labels.count(m.label) > 1:
             m.label = f"{m.label}#{i + 1}"
     return models
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model.init_args.loss": "bpr", ...}``: a config's leaves by dotted path."""
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def config_tags(runs: list[Run], most: int = 3) -> list[str]:
+    """Per run, the settings that tell its config from the others' (``loss=bpr``), for labels of
+    models whose folders share a name; an argument a config leaves at its default shows it."""
+    flats = [_flat(r.model_config()) for r in runs]
+    keys = sorted({k for f in flats for k in f if len({json.dumps(g.get(k, "\0"), default=str) for g in flats}) > 1})
+
+    def value(f: dict[str, Any], key: str) -> str:
+        if key in f:
+            v = f[key]
+        else:  # dropped as its class's default (drop_defaults), or absent from this config
+            section, _, name = key.rpartition(".init_args.")
+            v = _signature_defaults(str(f.get(f"{section}.class_path", ""))).get(name, "—") if section else "—"
+        text = v if isinstance(v, str) else json.dumps(v, default=str)
+        return text if len(text) <= 24 else "…" + text[-23:]
+
+    tags = []
+    for f in flats:
+        parts = [f"{k.rsplit('.', 1)[-1]}={value(f, k)}" for k in keys[:most]]
+        tags.append(", ".join(parts) + (f", +{len(keys) - most} more" if len(keys) > most else ""))
+    return tags
 
 
 def check_same_users(runs: list[Run]) -> np.ndarray:
