@@ -11,6 +11,10 @@ atomically after every cell, so an interrupted check keeps what it measured.
     bash benchmarks/gpu_check.sh                       # everything the machine's GPUs allow
     bash benchmarks/gpu_check.sh --models sasrec horae --steps 200
     bash benchmarks/gpu_check.sh --cpu-smoke           # code path check on CPU (a couple of steps)
+    bash benchmarks/gpu_check.sh --jobs 8              # 8 one-GPU cells at a time (a short lease): steps/s shared
+
+``--jobs N`` runs N cells at once (each with ``cpus // N`` CPU threads); cells then share the GPU and
+the CPU, so their steps/s are lower bounds, and the table says so.  DDP cells always run alone.
 
 Pre-trained models (MIRACLE, HORAE, TiMiRec): the pre-training recipe and the fine-tuning
 recipe are separate rows; fine-tuning starts from scratch here (``pretrained_ckpt: null``), a
@@ -26,7 +30,9 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,6 +166,8 @@ def run_cell(model: str, setting: Setting, args: argparse.Namespace, work: Path)
         *args.extra,
     ]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **{PROBE_ENV: str(probe), WARMUP_ENV: str(args.warmup)})
+    if args.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:  # N cells at once share the cores
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
     t0 = time.perf_counter()
     try:
         r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.cell_timeout)
@@ -209,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_check.md")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "gpu_check", help="run folders and logs")
     p.add_argument("--precisions", nargs="*", default=["32-true", "bf16-mixed"], choices=["32-true", "bf16-mixed"])
+    p.add_argument("--jobs", type=int, default=1,
+                   help="one-GPU cells run at once (they share GPU and CPU: steps/s become lower bounds)")
     p.add_argument("--cpu-smoke", action="store_true",
                    help="check the code path without a GPU: accelerator cpu, 1 process, eager, fp32 and bf16-mixed")
     p.add_argument("extra", nargs="*", help="after --: overrides passed to every zoo fit (e.g. data options)")
@@ -228,19 +238,35 @@ def main(argv: list[str] | None = None) -> int:
         f"full-ranking test evaluation of the final weights; started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n"
         f"Command: `bash benchmarks/gpu_check.sh {' '.join(argv if argv is not None else sys.argv[1:])}`. "
         "Single runs, no repeats: steps/s is indicative (±10 % run to run is usual)."
+        + (f" **{args.jobs} cells ran at a time on the same GPU and CPU: steps/s and eval s are shared-machine "
+           "figures (lower bounds on speed), not a model's own speed.**" if args.jobs > 1 else "")
     )
-    rows: list[tuple[str, Setting, dict[str, Any]]] = []
+    plan = [(model, s) for model in args.models for s in settings]
+    results: dict[int, dict[str, Any]] = {}
+    lock = threading.Lock()  # cells finish in any order; the table is rewritten under the lock
+
+    def cell(i: int) -> None:
+        model, s = plan[i]
+        if not args.cpu_smoke and s.devices > n_gpus:
+            results[i] = {"skipped": f"skipped: {n_gpus} GPU(s) visible"}
+            return
+        print(f"[gpu_check] {model} / {s.name} ...", flush=True)
+        r = run_cell(model, s, args, args.work)
+        print(f"[gpu_check]   {model} / {s.name}: {'OK' if 'error' not in r else 'ERROR ' + r['error']} ({r['wall_s']:.0f} s)", flush=True)
+        with lock:
+            results[i] = r
+            write_table(args.out, [(*plan[j], results[j]) for j in sorted(results)], header)
+
     args.work.mkdir(parents=True, exist_ok=True)
-    for model in args.models:
-        for s in settings:
-            if not args.cpu_smoke and s.devices > n_gpus:
-                r: dict[str, Any] = {"skipped": f"skipped: {n_gpus} GPU(s) visible"}
-            else:
-                print(f"[gpu_check] {model} / {s.name} ...", flush=True)
-                r = run_cell(model, s, args, args.work)
-                print(f"[gpu_check]   {'OK' if 'error' not in r else 'ERROR ' + r['error']} ({r['wall_s']:.0f} s)", flush=True)
-            rows.append((model, s, r))
-            write_table(args.out, rows, header)
+    # one-GPU cells, eager ones first: a lease that ends early has checked every model once
+    single = sorted((i for i, (_, s) in enumerate(plan) if s.devices == 1), key=lambda i: plan[i][1].compile)
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # N at a time
+        list(pool.map(cell, single))
+    for i in range(len(plan)):  # DDP cells use every GPU: one at a time, after the rest
+        if i not in results:
+            cell(i)
+    rows = [(*plan[i], results[i]) for i in range(len(plan))]
+    write_table(args.out, rows, header)
     failed = sum("error" in r for _, _, r in rows)
     print(f"[gpu_check] {len(rows)} cells, {failed} failed -> {args.out}")
     return 1 if failed else 0

@@ -281,12 +281,12 @@ def test_gpu_check_cpu_smoke_writes_its_table(ml_folder, tmp_path) -> None:
     data = tiny_data_args(ml_folder, tmp_path / "cache") + ["--data.init_args.max_len", "10", "--model.init_args.d", "16",
                                                              "--model.init_args.max_len", "10"]
     cmd = ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-smoke", "--models", "sasrec", "gru4rec",
-           "--precisions", "bf16-mixed", "--steps", "3", "--warmup", "1", "--out", str(out), "--work",
+           "--precisions", "bf16-mixed", "--jobs", "2", "--steps", "3", "--warmup", "1", "--out", str(out), "--work",
            str(tmp_path / "work"), "--", *data]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PY": sys.executable})
     table = out.read_text()
     rows = [ln for ln in table.splitlines() if ln.startswith("| sasrec") or ln.startswith("| gru4rec")]
-    assert len(rows) == 2, table
+    assert len(rows) == 2 and "2 cells ran at a time" in table, table
     sasrec, gru4rec = rows
     assert sasrec.endswith("| OK |") and "ndcg@10" in sasrec, table + r.stdout[-2000:] + r.stderr[-2000:]
     cells = [c.strip() for c in sasrec.split("|")]
