@@ -153,6 +153,7 @@ def run_cell(model: str, setting: Setting, args: argparse.Namespace, work: Path)
     run_dir = work / f"{model}-{setting.devices}-{setting.precision}-{'c' if setting.compile else 'e'}"
     probe = run_dir.with_suffix(".json")
     probe.unlink(missing_ok=True)
+    shutil.rmtree(run_dir, ignore_errors=True)  # the check's own folder: a rerun starts afresh, not "already holds a run"
     cmd = [
         zoo_command(), "fit", "--config", str(ROOT / "recipes" / f"{recipe}.yaml"), *extra,
         "--run_dir", str(run_dir), "--patience", "0", "--trainer.max_steps", str(args.steps),

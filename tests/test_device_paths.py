@@ -283,6 +283,9 @@ def test_gpu_check_cpu_smoke_writes_its_table(ml_folder, tmp_path) -> None:
     cmd = ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-smoke", "--models", "sasrec", "gru4rec",
            "--precisions", "bf16-mixed", "--jobs", "2", "--steps", "3", "--warmup", "1", "--out", str(out), "--work",
            str(tmp_path / "work"), "--", *data]
+    earlier = tmp_path / "work" / "sasrec-1-bf16-mixed-e"  # a previous check's run folder: rerunning must not fail on it
+    earlier.mkdir(parents=True)
+    (earlier / "test_metrics.json").write_text("{}")
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PY": sys.executable})
     table = out.read_text()
     rows = [ln for ln in table.splitlines() if ln.startswith("| sasrec") or ln.startswith("| gru4rec")]
