@@ -165,6 +165,10 @@ def test_gru4rec_loss_switch_refuses_what_it_cannot_do():
         GRU4Rec(num_items=N, loss="bce")
     with pytest.raises(ValueError, match="train_negatives_exclude applies to loss='bpr'"):
         GRU4Rec(num_items=N, train_negatives_exclude="history")
+    with pytest.raises(ValueError, match="loss must be 'ce', 'bce' or 'bpr', got 'sampled'"):
+        SASRec(num_items=N, loss="sampled")
+    with pytest.raises(ValueError, match="applies to loss='bce' or 'bpr'; loss='ce'"):
+        SASRec(num_items=N, train_negatives_exclude="window")
 
 
 def test_datamodule_hands_over_each_users_training_items(ml_folder, tmp_path):

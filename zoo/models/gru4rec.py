@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from zoo.models.base import SequentialRecommender
 from zoo.modules.dropout import Dropout
-from zoo.modules.negatives import TrainNegatives, one_negative_loss
+from zoo.modules.negatives import TrainNegatives, check_loss, one_negative_loss
 from zoo.modules.rnn import GRUEncoder
 from zoo.modules.scoring import dot_scores
 
@@ -47,10 +47,7 @@ class GRU4Rec(SequentialRecommender):
                  train_negatives_exclude: str = "none", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters()
-        if loss not in ("ce", "bpr"):
-            raise ValueError(f"loss must be 'ce' or 'bpr', got {loss!r}")
-        if loss == "ce" and train_negatives_exclude != "none":
-            raise ValueError("train_negatives_exclude applies to loss='bpr'; loss='ce' samples no negatives")
+        check_loss(loss, ("bpr",), train_negatives_exclude)
         self.loss_type = loss
         self.train_negatives = TrainNegatives(self.num_items, train_negatives_exclude)  # bpr's negative
         self.item_emb = nn.Embedding(self.num_items + 1, d, padding_idx=0)

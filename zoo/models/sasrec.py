@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from zoo.models.base import SequentialRecommender
 from zoo.modules.dropout import Dropout
 from zoo.modules.embeddings import LearnedPositions
-from zoo.modules.negatives import TrainNegatives, one_negative_loss
+from zoo.modules.negatives import TrainNegatives, check_loss, one_negative_loss
 from zoo.modules.scoring import dot_scores
 from zoo.modules.transformer import TransformerEncoder, init_weights
 
@@ -108,11 +108,8 @@ class SASRec(SequentialRecommender):
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters()
-        if loss not in ("ce", "bce", "bpr"):
-            raise ValueError(f"loss must be 'ce', 'bce' or 'bpr', got {loss!r}")
+        check_loss(loss, ("bce", "bpr"), train_negatives_exclude)
         self.train_negatives = TrainNegatives(self.num_items, train_negatives_exclude)  # bce/bpr's negative
-        if loss == "ce" and train_negatives_exclude != "none":
-            raise ValueError("train_negatives_exclude applies to loss='bce' or 'bpr'; loss='ce' samples no negatives")
         self.loss_type = loss
         self.item_emb = nn.Embedding(self.num_items + 1, d, padding_idx=0)
         self.pos_emb = LearnedPositions(max_len, d, index=position_index)

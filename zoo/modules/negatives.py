@@ -30,6 +30,21 @@ def check_exclude(value: str, allowed: tuple[str, ...] = EXCLUDE) -> str:
     return value
 
 
+def _either(names: tuple[str, ...]) -> str:
+    quoted = [repr(n) for n in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def check_loss(loss: str, one_negative: tuple[str, ...], exclude: str) -> str:
+    """A model's ``loss``: ``"ce"`` (softmax over all items, no negatives) or one of its
+    ``one_negative`` losses; ``train_negatives_exclude`` other than ``"none"`` needs the latter."""
+    if loss not in ("ce", *one_negative):
+        raise ValueError(f"loss must be {_either(('ce', *one_negative))}, got {loss!r}")
+    if loss == "ce" and exclude != "none":
+        raise ValueError(f"train_negatives_exclude applies to loss={_either(one_negative)}; loss='ce' samples no negatives")
+    return loss
+
+
 def window_negatives(num_items: int, target: Tensor, history: Tensor | None, rounds: int = 10) -> Tensor:
     """One uniform negative per row ``[B]`` that avoids the target and the row's ``history [B, L]``
     (vectorised rejection; after ``rounds`` re-draws a rare remaining clash is kept)."""
