@@ -210,9 +210,11 @@ def test_seeds_saved_before_and_after_a_new_argument_form_one_model(tmp_path):
     assert old.group_key() == new.group_key()
     assert len({old.group_key(), grouped.group_key(), other.group_key()}) == 3
     assert [len(m.runs) for m in group_runs([old, new, grouped, other])] == [2, 1, 1]
-    # defaults of the class's signature only; a class that does not import keeps everything
-    assert drop_defaults({"class_path": "zoo.models.sasrec.SASRec", "init_args": {"d": 64, "dropout": 0.5}}) == {
-        "class_path": "zoo.models.sasrec.SASRec", "init_args": {"dropout": 0.5}}
+    # defaults of the class's signature, its bases' through **kwargs included (lr is
+    # SequentialRecommender's); a class that does not import keeps everything
+    assert drop_defaults({"class_path": "zoo.models.sasrec.SASRec",
+                          "init_args": {"d": 64, "dropout": 0.5, "lr": 1e-3, "topk": [5]}}) == {
+        "class_path": "zoo.models.sasrec.SASRec", "init_args": {"dropout": 0.5, "topk": [5]}}
     assert drop_defaults({"class_path": "nowhere.Model", "init_args": {"d": 64}})["init_args"] == {"d": 64}
 
 

@@ -54,18 +54,40 @@ NOT_CONFIG = ("seed_everything", "run_dir", "ckpt_path", "config", "wandb", "tes
 
 
 @functools.lru_cache(maxsize=None)
-def _signature_defaults(class_path: str) -> dict[str, Any]:
-    """``{argument: default}`` of a config's ``class_path`` (empty when it does not import)."""
+def class_arguments(class_path: str) -> dict[str, Any] | None:
+    """``{argument: default}`` of every keyword argument a class takes (``inspect.Parameter.empty``
+    where it has no default): its ``__init__``'s and, through ``**kwargs``, its bases' (a model's
+    ``SequentialRecommender`` ``lr``, ``topk``, ...; the most derived default wins).  None when the
+    class does not import."""
     import importlib
     import inspect
 
     try:
         module, _, name = class_path.rpartition(".")
         cls = getattr(importlib.import_module(module), name)
-        params = inspect.signature(cls.__init__).parameters.values()
-    except (ImportError, AttributeError, ValueError, TypeError):
-        return {}
-    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    except (ImportError, AttributeError, ValueError):
+        return None
+    out: dict[str, Any] = {}
+    for klass in getattr(cls, "__mro__", ()):
+        if "__init__" not in vars(klass):
+            continue
+        try:
+            params = list(inspect.signature(klass.__init__).parameters.values())
+        except (ValueError, TypeError):
+            break
+        for p in params:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
+                out.setdefault(p.name, p.default)
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return out
+
+
+def _signature_defaults(class_path: str) -> dict[str, Any]:
+    """``{argument: default}`` of a config's ``class_path``, bases included (empty when it does not import)."""
+    import inspect
+
+    return {k: v for k, v in (class_arguments(class_path) or {}).items() if v is not inspect.Parameter.empty}
 
 
 def drop_defaults(node: Any) -> Any:

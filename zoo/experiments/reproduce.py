@@ -201,25 +201,12 @@ def resolve_path(raw: str, data_root: Path | None) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def init_arguments(class_path: str) -> frozenset[str] | None:
-    """Every keyword argument a model class takes: its ``__init__``'s and, through ``**kwargs``, its
-    bases' (``SequentialRecommender``'s ``lr``, ``topk``, ...); None when it does not import."""
-    import importlib
-    import inspect
+    """Every keyword argument a model class takes, its bases' through ``**kwargs`` included; None
+    when it does not import."""
+    from zoo.experiments.compare import class_arguments
 
-    try:
-        module, _, name = class_path.rpartition(".")
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        params = inspect.signature(klass.__init__).parameters.values()
-        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            break
-    return frozenset(names)
+    found = class_arguments(class_path)
+    return None if found is None else frozenset(found)
 
 
 def materialise(recipe: str, args: dict[str, Any], data_cfg: dict[str, Any] | None, opts: Options,
