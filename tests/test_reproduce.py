@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -659,3 +660,32 @@ def test_set_reaches_every_model_whose_class_takes_the_argument_and_a_key_no_mod
     materialise("gru4rec", {}, None, typo)
     run_cells([], typo)
     assert "WARNING: --set model.init_args.los: no model of this plan takes 'los'" in capsys.readouterr().err
+
+
+def test_sigterm_to_reproduce_stops_its_fit_child(tmp_path) -> None:
+    """`kill <reproduce pid>` (SIGTERM to the parent alone) must not leave its `zoo fit` child
+    training on: the child gets SIGTERM too (Lightning stops at its next step) and the parent exits 143."""
+    import signal
+    import textwrap
+
+    parent = textwrap.dedent(f"""
+        import os, sys, time, types
+        from pathlib import Path
+        from zoo.experiments import reproduce as R
+        d = Path({str(tmp_path)!r})
+        child = [sys.executable, "-c",
+                 "import os, pathlib, signal, sys, time; d = pathlib.Path(sys.argv[1]); "
+                 "signal.signal(signal.SIGTERM, lambda *a: (d.joinpath('term').write_text('1'), sys.exit(0))); "
+                 "d.joinpath('pid').write_text(str(os.getpid())); time.sleep(120)", str(d)]
+        step = types.SimpleNamespace(run=types.SimpleNamespace(cfg={{}}, run_dir=d / "run"), index=1)
+        with open(d / "log", "w") as f:
+            R._watch(child, f, dict(os.environ), step, 1, types.SimpleNamespace(log=print), time.time())
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", parent], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 60
+    while not (tmp_path / "pid").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert (tmp_path / "pid").exists(), "the child never started"
+    proc.send_signal(signal.SIGTERM)  # the parent only, as `kill PID` does
+    assert proc.wait(timeout=60) == 143
+    assert (tmp_path / "term").read_text() == "1"  # the child was told to stop, and did

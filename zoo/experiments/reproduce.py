@@ -52,12 +52,14 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import yaml
 
@@ -587,9 +589,53 @@ def _remove_empty_dirs(folder: Path, stop: Path) -> None:
         d = d.parent
 
 
+TERM_GRACE_S = 60.0  # how long a stopped fit child may take to end its step before it is killed
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Inside, SIGTERM to this process raises ``SystemExit(143)`` instead of ending it on the spot,
+    so that :func:`_watch` stops its ``zoo fit`` child too (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_exit(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, raise_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_child(proc: subprocess.Popen) -> None:
+    """SIGTERM to a fit child (Lightning ends it at its next step; its folder keeps ``last.ckpt``
+    and resumes), SIGKILL if it is still running after :data:`TERM_GRACE_S`."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=TERM_GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _watch(cmd: list[str], logf: Any, env: dict[str, str], step: Step, n: int, opts: Options, t0: float) -> int:
-    """Run ``cmd`` with its output in ``logf``; print one line per finished validation epoch."""
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=str(Path.cwd()))
+    """Run ``cmd`` with its output in ``logf``; print one line per finished validation epoch.
+    If this process is interrupted or sent SIGTERM, the child is stopped before it returns."""
+    with _sigterm_raises():
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=str(Path.cwd()))
+        try:
+            return _watch_child(proc, step, n, opts, t0)
+        except BaseException:
+            _stop_child(proc)
+            raise
+
+
+def _watch_child(proc: subprocess.Popen, step: Step, n: int, opts: Options, t0: float) -> int:
     monitor = step.run.cfg.get("monitor")
     max_epochs = (step.run.cfg.get("trainer") or {}).get("max_epochs")
     shown: set[int] = set()
@@ -599,9 +645,6 @@ def _watch(cmd: list[str], logf: Any, env: dict[str, str], step: Step, n: int, o
             rc = proc.wait(timeout=2.0)
         except subprocess.TimeoutExpired:
             rc = None
-        except BaseException:
-            proc.kill()
-            raise
         csv_path = csv_path or _metrics_csv(step.run.run_dir, t0)
         if csv_path is not None:
             for epoch, (key, value) in sorted(_epoch_rows(csv_path, monitor).items()):
