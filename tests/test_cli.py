@@ -86,6 +86,16 @@ def test_last_ckpt_is_the_latest_epoch_even_without_improvement(ml_folder, tmp_p
     assert epoch == {"best": 0, "last": 2}
 
 
+def test_matmul_precision_switch(ml_folder, tmp_path):
+    """``--matmul_precision high`` (TF32 on NVIDIA GPUs) is applied and said; a value outside
+    highest/high/medium is refused by name before anything runs."""
+    r = tiny_sasrec_fit(ml_folder, tmp_path, "tf32", "--matmul_precision", "high")
+    assert "[zoo] float32 matmul precision: high" in r.stdout
+    assert json.loads((tmp_path / "tf32" / "test_metrics.json").read_text())["test"]
+    bad = zoo("fit", "--config", "recipes/sasrec.yaml", "--matmul_precision", "tf32")
+    assert bad.returncode != 0 and "matmul_precision" in bad.stderr and "highest" in bad.stderr, bad.stderr[-2000:]
+
+
 def test_compile_switch_traces_the_model_and_keeps_checkpoints_interchangeable(sasrec_run, ml_folder):
     """``--compile`` runs the sub-networks through torch.compile (TorchDynamo; the ``eager`` backend
     keeps the test free of a C++ toolchain): same metrics as the eager run, same checkpoint keys."""
