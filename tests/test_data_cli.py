@@ -133,3 +133,16 @@ def test_zoo_console_script(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "- users: 3" in p.stdout and "- interactions: 10" in p.stdout
     assert (cache_path(p.stdout) / "summary.md").read_text(encoding="utf-8") in p.stdout
+
+
+def test_data_prepare_does_not_import_torch(tmp_path: Path) -> None:
+    """Preparing a cache needs pandas and numpy only: importing torch and Lightning cost seconds."""
+    folder = tmp_path / "ml"
+    write_hand(folder)
+    code = ("import sys; from zoo.data_cli import data_main; "
+            f"rc = data_main(['prepare', '--format', 'movielens', '--path', {str(folder)!r}, '--k', '2', "
+            f"'--out', {str(tmp_path / 'c')!r}]); "
+            "print('RC', rc, 'TORCH', 'torch' in sys.modules, 'LIGHTNING', 'lightning' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert "RC 0 TORCH False LIGHTNING False" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import datamodules.base as base
+import datamodules.processing as processing
 from datamodules.base import EpochBatchSampler, SequentialDataModule, prepare_dataset
 from datamodules.processing import ProcessingOptions
 
@@ -382,7 +383,7 @@ def test_prepare_reuses_and_rekeys_the_cache(hand, tmp_path, capsys, monkeypatch
         raise AssertionError("reprocessed although the cache exists")
 
     with monkeypatch.context() as m:
-        m.setattr(base, "process", no_processing)
+        m.setattr(processing, "process", no_processing)
         again = prepare_dataset("movielens", {"path": str(hand)}, opts=opts, cache_dir=str(cache))
     assert f"[zoo] loaded processed cache {first.path} (no reprocessing)" in capsys.readouterr().out
     assert again.path == first.path and np.array_equal(again.items, first.items)
@@ -405,7 +406,7 @@ def test_prepare_with_a_half_written_directory_in_place(hand, tmp_path):
     d = prepare_dataset("movielens", {"path": str(hand)}, opts=ProcessingOptions(k_core=1), cache_dir=str(cache), verbose=False)
     (d.path / "stats.json").unlink()
     with pytest.raises(FileNotFoundError, match="no stats.json"):
-        base.load_cache(d.path)
+        processing.load_cache(d.path)
 
 
 # --------------------------------------------------------------------------- the embedded default

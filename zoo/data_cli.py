@@ -58,8 +58,7 @@ def data_main(argv: list[str]) -> int:
                 raise FileNotFoundError(f"'{path}' is not a zoo processed cache (no stats.json)")
             print((path / ("stats.json" if a.json else "summary.md")).read_text(encoding="utf-8"))
             return 0
-        from datamodules.base import prepare_dataset  # torch + Lightning: only to prepare
-        from datamodules.processing import ProcessingOptions
+        from datamodules.processing import ProcessingOptions, prepare_dataset  # pandas/numpy, no torch
 
         opts = {}
         for kv in a.option:
