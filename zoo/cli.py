@@ -99,8 +99,6 @@ class TopKWriter(BasePredictionWriter):
         import csv
         import io
 
-        import torch
-
         dm = trainer.datamodule
         item_ids = ["<pad>"] + list(dm.data.item_ids)
         if hasattr(dm, "original_user_ids"):
@@ -112,9 +110,6 @@ class TopKWriter(BasePredictionWriter):
                 own = json.loads((Path(d.path) / "user_ids.json").read_text(encoding="utf-8"))
                 user_ids += [f"{d.stats['name']}:{u}" for u in own] if len(domains) > 1 else own
         suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        import csv
-        import io
-
         buf = io.StringIO()
         rows = csv.writer(buf, lineterminator="\n")  # quotes an id holding a comma, quote or newline
         rows.writerow(["user_id", "user_index", "items", "scores"])
