@@ -12,6 +12,7 @@ atomically after every cell, so an interrupted check keeps what it measured.
     bash benchmarks/gpu_check.sh --models sasrec horae --steps 200
     bash benchmarks/gpu_check.sh --cpu-smoke           # code path check on CPU (a couple of steps)
     bash benchmarks/gpu_check.sh --jobs 8              # 8 one-GPU cells at a time (a short lease): steps/s shared
+    bash benchmarks/gpu_check.sh --modes eager --devices 1 --models horae miracle   # solo timings only
 
 ``--jobs N`` runs N cells at once (each with ``cpus // N`` CPU threads); cells then share the GPU and
 the CPU, so their steps/s are lower bounds, and the table says so.  DDP cells always run alone.
@@ -80,6 +81,12 @@ class Setting:
 
 
 SETTINGS = [Setting(d, p, c) for d in (1, 2) for p in ("32-true", "bf16-mixed") for c in (False, True)]
+
+
+def gpu_settings(precisions: list[str], modes: list[str], devices: list[int]) -> list[Setting]:
+    """The GPU cells' settings asked for, in the table's order (devices, precision, eager before compile)."""
+    return [s for s in SETTINGS if s.precision in precisions and s.devices in devices
+            and ("compile" if s.compile else "eager") in modes]
 
 
 class Probe(L.Callback):
@@ -218,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_check.md")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "gpu_check", help="run folders and logs")
     p.add_argument("--precisions", nargs="*", default=["32-true", "bf16-mixed"], choices=["32-true", "bf16-mixed"])
+    p.add_argument("--modes", nargs="*", default=["eager", "compile"], choices=["eager", "compile"],
+                   help="eager and/or torch.compile cells (e.g. --modes eager for quick timings)")
+    p.add_argument("--devices", nargs="*", type=int, default=[1, 2], choices=[1, 2], help="1 GPU and/or 2 GPUs (DDP)")
     p.add_argument("--jobs", type=int, default=1,
                    help="one-GPU cells run at once (they share GPU and CPU: steps/s become lower bounds)")
     p.add_argument("--cpu-smoke", action="store_true",
@@ -232,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         if n_gpus == 0:
             print("[gpu_check] no CUDA GPU visible (torch.cuda.device_count() == 0); use --cpu-smoke to check the code path")
             return 2
-        settings = [s for s in SETTINGS if s.precision in args.precisions]
+        settings = gpu_settings(args.precisions, args.modes, args.devices)
         machine = f"{n_gpus} x {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
     header = (
         f"# GPU check\n\n{machine}; {args.steps} steps per cell (steps/s after {args.warmup} warm-up steps), then one "

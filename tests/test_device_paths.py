@@ -379,3 +379,12 @@ def test_a_pad_invariant_model_trains_the_same_on_trimmed_batches(name: str) -> 
         assert want.keys() == got.keys()
         for k in want:
             torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5, msg=f"{name}: {k}")
+
+
+def test_gpu_check_settings_filter() -> None:
+    """--precisions/--modes/--devices pick the GPU cells (a short lease times eager cells only)."""
+    from benchmarks.gpu_check import Setting, gpu_settings
+
+    assert gpu_settings(["bf16-mixed"], ["eager"], [1]) == [Setting(1, "bf16-mixed", False)]
+    assert len(gpu_settings(["32-true", "bf16-mixed"], ["eager", "compile"], [1, 2])) == 8
+    assert [s.compile for s in gpu_settings(["32-true"], ["eager", "compile"], [2])] == [False, True]
