@@ -689,3 +689,93 @@ def test_sigterm_to_reproduce_stops_its_fit_child(tmp_path) -> None:
     proc.send_signal(signal.SIGTERM)  # the parent only, as `kill PID` does
     assert proc.wait(timeout=60) == 143
     assert (tmp_path / "term").read_text() == "1"  # the child was told to stop, and did
+
+
+def test_jobs_runs_fits_side_by_side_each_after_what_it_needs(tmp_path, monkeypatch) -> None:
+    """--jobs 2: two fits at a time, a fine-tuning only after its pre-training finished, a shared
+    cell after its run; every worker's fits get cores/2 threads and, with 2 GPUs visible, one GPU each."""
+    import threading
+
+    import zoo.experiments.reproduce as R
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    monkeypatch.setattr(R.os, "cpu_count", lambda: 8)
+    events: list[tuple[str, str, float]] = []
+    envs: dict[str, dict] = {}
+    live, peak, lock = [0], [0], threading.Lock()
+
+    def fake_fit(step, n, opts):
+        name = step.run.run_dir.name
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+            events.append(("start", name, time.time()))
+            envs[name] = dict(R._SLOT.env)
+        time.sleep(0.3 if name.startswith("p") else 0.1)
+        _finished(step.run, {"test/ndcg@10": 0.1})
+        with lock:
+            live[0] -= 1
+            events.append(("end", name, time.time()))
+        return {"status": "done", "config_hash": step.run.hash}
+
+    monkeypatch.setattr(R, "fit", fake_fit)
+    cfg = {"model": {"class_path": "zoo.models.timirec.TiMiRec"}, "trainer": {"max_epochs": 1}}
+    cells = []
+    for seed in (0, 1):
+        pre = Run({"model": {"class_path": "zoo.models.timirec.TiMiRec"}, "s": seed}, tmp_path / "pretrain" / f"p-s{seed}",
+                  seed, "g", "pretrain")
+        ft = Run(cfg, tmp_path / "t" / "default" / f"ft-s{seed}", seed, "g", pretrain=pre)
+        twin = Run(cfg, tmp_path / "t2" / "default" / f"twin-s{seed}", seed, "g", pretrain=pre)
+        base = Run({"model": {"class_path": "zoo.models.sasrec.SASRec"}}, tmp_path / "t" / "default" / f"base-s{seed}",
+                   seed, "g")
+        cells += [Cell("t", "T", "default", "FT", seed, ft), Cell("t", "T2", "default", "FT", seed, twin),
+                  Cell("t", "T", "default", "SASRec", seed, base)]
+    opts = Options(out=tmp_path, quiet=True, jobs=2)
+    steps = make_plan(cells, opts)
+    assert sorted(s.action for s in steps) == ["run"] * 6 + ["share"] * 2
+    outcomes = execute_plan(steps, opts)
+    assert {outcomes[c.run.run_dir]["status"] for c in cells} == {"done", "reused"}, outcomes  # shared = reused
+    t = {(kind, name): at for kind, name, at in events}
+    assert len(events) == 12 and peak[0] == 2  # six fits (two pre-trainings), never more than two at once
+    for seed in (0, 1):
+        assert t[("start", f"ft-s{seed}")] >= t[("end", f"p-s{seed}")]  # after its own pre-training
+    assert {e["OMP_NUM_THREADS"] for e in envs.values()} == {"4"}
+    assert {e["CUDA_VISIBLE_DEVICES"] for e in envs.values()} == {"3", "5"}
+    spans = {name: (t[("start", name)], t[("end", name)]) for name in envs}
+    overlapping = [(a, b) for a in spans for b in spans if a < b and spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]]
+    assert overlapping and all(envs[a]["CUDA_VISIBLE_DEVICES"] != envs[b]["CUDA_VISIBLE_DEVICES"] for a, b in overlapping)
+
+
+def test_sigterm_under_jobs_stops_every_running_fit_and_records_no_failure(tmp_path) -> None:
+    """--jobs 2 with two fits running: SIGTERM to the invocation stops both (each gets SIGTERM) and
+    leaves their records "running" (they resume), not "failed"."""
+    import signal
+    import textwrap
+
+    parent = textwrap.dedent(f"""
+        import os, sys
+        from pathlib import Path
+        from zoo.experiments import reproduce as R
+        d = Path({str(tmp_path)!r})
+        R.fit_command = lambda run, opts, resume: [
+            sys.executable, "-c",
+            "import os, pathlib, signal, sys, time; d = pathlib.Path(sys.argv[1]); "
+            "signal.signal(signal.SIGTERM, lambda *a: (d.joinpath('term').write_text('1'), sys.exit(0))); "
+            "d.joinpath('pid').write_text(str(os.getpid())); time.sleep(120)", str(run.run_dir)]
+        cfg = {{"model": {{"class_path": "zoo.models.sasrec.SASRec"}}}}
+        cells = [R.Cell("t", "T", "default", "SASRec", s, R.Run(cfg, d / f"SASRec-s{{s}}", s, "g")) for s in (0, 1)]
+        opts = R.Options(out=d, quiet=True, jobs=2)
+        R.execute_plan(R.make_plan(cells, opts), opts)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", parent], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    runs = [tmp_path / f"SASRec-s{s}" for s in (0, 1)]
+    deadline = time.time() + 60
+    while not all((r / "pid").exists() for r in runs) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert all((r / "pid").exists() for r in runs), "the two fits never ran side by side"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    for r in runs:
+        assert (r / "term").read_text() == "1"
+        assert json.loads((r / "reproduce.json").read_text())["status"] == "running"

@@ -141,6 +141,7 @@ class Options:
     command: str = "zoo reproduce"
     share: list[Path] = field(default_factory=list)  # more folders whose finished runs are shared
     set_uses: dict[str, int] = field(default_factory=dict)  # --set model key -> runs it was applied to
+    jobs: int = 1  # --jobs N: fits at once (execute_plan)
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -590,6 +591,10 @@ def _remove_empty_dirs(folder: Path, stop: Path) -> None:
 
 
 TERM_GRACE_S = 60.0  # how long a stopped fit child may take to end its step before it is killed
+_CHILDREN: set[subprocess.Popen] = set()  # the zoo fit processes running now (several under --jobs)
+_CHILDREN_LOCK = threading.Lock()
+_STOPPING = threading.Event()  # set when a --jobs invocation is interrupted: its workers stop
+_SLOT = threading.local()  # .env: the environment of this --jobs worker's fits
 
 
 @contextlib.contextmanager
@@ -610,6 +615,21 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _stop_children() -> None:
+    """Every running fit child at once: SIGTERM, then SIGKILL for those still running after the grace."""
+    with _CHILDREN_LOCK:
+        procs = [p for p in _CHILDREN if p.poll() is None]
+    for p in procs:
+        p.terminate()
+    deadline = time.time() + TERM_GRACE_S
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def _stop_child(proc: subprocess.Popen) -> None:
     """SIGTERM to a fit child (Lightning ends it at its next step; its folder keeps ``last.ckpt``
     and resumes), SIGKILL if it is still running after :data:`TERM_GRACE_S`."""
@@ -627,12 +647,22 @@ def _watch(cmd: list[str], logf: Any, env: dict[str, str], step: Step, n: int, o
     """Run ``cmd`` with its output in ``logf``; print one line per finished validation epoch.
     If this process is interrupted or sent SIGTERM, the child is stopped before it returns."""
     with _sigterm_raises():
+        if _STOPPING.is_set():  # --jobs: the invocation is being stopped; start nothing more
+            raise SystemExit(143)
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=str(Path.cwd()))
+        with _CHILDREN_LOCK:
+            _CHILDREN.add(proc)
         try:
-            return _watch_child(proc, step, n, opts, t0)
+            rc = _watch_child(proc, step, n, opts, t0)
         except BaseException:
             _stop_child(proc)
             raise
+        finally:
+            with _CHILDREN_LOCK:
+                _CHILDREN.discard(proc)
+        if _STOPPING.is_set():  # stopped from the main thread: not a failure of this run
+            raise SystemExit(143)
+        return rc
 
 
 def _watch_child(proc: subprocess.Popen, step: Step, n: int, opts: Options, t0: float) -> int:
@@ -684,7 +714,8 @@ def fit(step: Step, n: int, opts: Options) -> dict[str, Any]:
     # "running" with this hash: a kill before the fit replaces an old run (--force, or a stale one)
     # leaves the old test_metrics.json, which the next plan then shows as stale, never as this config's
     atomic_write(meta_path, json.dumps({"config_hash": run.hash, "seed": run.seed, "status": "running"}, indent=2))
-    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_RUN_GROUP=run.group, WANDB_JOB_TYPE=run.job_type)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_RUN_GROUP=run.group, WANDB_JOB_TYPE=run.job_type,
+               **getattr(_SLOT, "env", {}))  # --jobs: this slot's threads and GPU
     resume = step.action == "resume"
     opts.log(f"[{step.index}/{n}] start {step.label}{' (resume from last.ckpt)' if resume else ''}  "
              f"est ≤ {fmt_s(step.estimate_s)}  -> {run.run_dir}")
@@ -787,6 +818,8 @@ def execute_plan(steps: list[Step], opts: Options) -> dict[Path | str, dict[str,
     same folders), or whose pre-training is such a step, waits until the rest of the plan is done;
     then it waits for the folder to be free and is reused if the other process finished it (a
     cell sharing such a step's run waits with it)."""
+    if opts.jobs > 1 and not opts.dry_run:
+        return _execute_parallel(steps, opts)
     outcomes: dict[Path | str, dict[str, Any]] = {}
     deferred: list[Step] = []
     later: set[Path] = set()  # run folders of the deferred steps
@@ -824,6 +857,101 @@ def execute_plan(steps: list[Step], opts: Options) -> dict[Path | str, dict[str,
             while _busy(s.run.run_dir):
                 time.sleep(BUSY_POLL_S)
         outcomes[s.run.run_dir] = _run_step(s, outcomes, n, opts)
+    return outcomes
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs a fit may use: ``CUDA_VISIBLE_DEVICES`` when set, else ``nvidia-smi -L``'s (no torch import)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, ln in enumerate(ln for ln in out.splitlines() if ln.startswith("GPU "))]
+
+
+def slot_env(slot: int, jobs: int, gpus: list[str]) -> dict[str, str]:
+    """Worker ``slot``'s share of the machine under ``--jobs``: cores/jobs threads (unless the user set
+    ``OMP_NUM_THREADS``) and, where GPUs are visible, GPU ``slot mod #GPUs``."""
+    env = {}
+    if "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    return env
+
+
+def _worker_step(s: Step, outcomes: dict[Path | str, dict[str, Any]], n: int, opts: Options,
+                 env: dict[str, str]) -> dict[str, Any]:
+    """One fit of a ``--jobs`` worker: waits while another invocation holds the folder, then
+    :func:`_run_step` (reused if that one finished it)."""
+    _SLOT.env = env
+    if _busy(s.run.run_dir):
+        opts.log(f"[{s.index}/{n}] waiting for the other process to release {s.run.run_dir}")
+        while _busy(s.run.run_dir) and not _STOPPING.is_set():
+            time.sleep(BUSY_POLL_S)
+    if _STOPPING.is_set():
+        raise SystemExit(143)
+    return _run_step(s, outcomes, n, opts)
+
+
+def _execute_parallel(steps: list[Step], opts: Options) -> dict[Path | str, dict[str, Any]]:
+    """:func:`execute_plan` with up to ``opts.jobs`` fits at once: steps start in plan order as a
+    worker is free and what they need is done (a fine-tuning its pre-training, a shared cell its
+    run).  Interrupted (Ctrl-C, SIGTERM), it stops every running fit before it returns."""
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+    outcomes: dict[Path | str, dict[str, Any]] = {}
+    todo: list[Step] = []
+    for s in steps:
+        if s.action == "skip":
+            outcomes[s.label] = {"status": "skipped", "reason": s.reason}
+        elif s.run.run_dir in outcomes or any(t.run.run_dir == s.run.run_dir for t in todo):
+            continue
+        elif s.action == "reuse":
+            outcomes[s.run.run_dir] = {**_stored_meta(s.run), "status": "reused", "stale": s.stale}
+        else:
+            todo.append(s)
+    n = sum(s.fits for s in steps)
+    planned = {s.run.run_dir for s in todo}
+
+    def needs(s: Step) -> Path | None:
+        d = s.source if s.action == "share" else s.run.pretrain.run_dir if s.run.pretrain is not None else None
+        return d if d in planned else None
+
+    gpus = visible_gpus()
+    free = list(range(opts.jobs))
+    running: dict[Future, tuple[Step, int]] = {}
+    _STOPPING.clear()
+    with _sigterm_raises(), ThreadPoolExecutor(max_workers=opts.jobs) as pool:
+        try:
+            while todo or running:
+                for s in list(todo):
+                    dep = needs(s)
+                    if dep is not None and dep not in outcomes:
+                        continue
+                    if s.action == "share":
+                        todo.remove(s)
+                        outcomes[s.run.run_dir] = share(s, outcomes, opts)
+                    elif free:
+                        todo.remove(s)
+                        slot = free.pop(0)
+                        running[pool.submit(_worker_step, s, outcomes, n, opts,
+                                            slot_env(slot, opts.jobs, gpus))] = (s, slot)
+                if not running:
+                    break  # nothing can start (cannot happen: a step's needs come before it in the plan)
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in done:
+                    s, slot = running.pop(f)
+                    free.append(slot)
+                    free.sort()
+                    outcomes[s.run.run_dir] = f.result()
+        except BaseException:
+            _STOPPING.set()
+            _stop_children()
+            raise
     return outcomes
 
 
@@ -1205,6 +1333,9 @@ def common_parser(prog: str, description: str, default_out: Path) -> argparse.Ar
     ap.add_argument("--wandb", choices=("off", "offline", "online"), default="offline",
                     help="W&B logging of every run (default offline; WANDB_MODE=disabled turns it off)")
     ap.add_argument("--force", action="store_true", help="re-run finished runs")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="fit up to N cells at once (a cell still waits for its pre-training); each zoo fit gets "
+                         "cores/N threads (OMP_NUM_THREADS, unless set) and, where GPUs are visible, GPU i mod #GPUs")
     ap.add_argument("--dry-run", action="store_true",
                     help="print the plan (every zoo fit that would run, with an estimated cost) and the table; run nothing")
     ap.add_argument("--numbers", type=Path, default=NUMBERS, help="paper numbers file")
@@ -1214,6 +1345,8 @@ def common_parser(prog: str, description: str, default_out: Path) -> argparse.Ar
 def options_from(ns: argparse.Namespace, command: str) -> Options:
     if ns.seeds < 1 and not ns.seed_list:
         raise ValueError("--seeds must be >= 1")
+    if ns.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {ns.jobs}")
     recipes = ns.recipes if ns.recipes is not None else default_recipes()
     if not recipes.is_dir():
         raise FileNotFoundError(f"--recipes {recipes}: not a folder")
@@ -1226,7 +1359,7 @@ def options_from(ns: argparse.Namespace, command: str) -> Options:
     return Options(out=out, recipes=recipes.absolute(), data_root=ns.data_root,
                    seeds=ns.seed_list or list(range(ns.seeds)), max_epochs=ns.max_epochs, limit_train_batches=limit,
                    sets=[parse_set(s) for s in ns.sets], wandb=ns.wandb, force=ns.force, dry_run=ns.dry_run,
-                   command=command, share=share)
+                   command=command, share=share, jobs=ns.jobs)
 
 
 def main(argv: list[str] | None = None) -> int:
