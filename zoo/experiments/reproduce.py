@@ -615,10 +615,10 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _stop_children() -> None:
-    """Every running fit child at once: SIGTERM, then SIGKILL for those still running after the grace."""
-    with _CHILDREN_LOCK:
-        procs = [p for p in _CHILDREN if p.poll() is None]
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM to fit children, all at once (Lightning ends each at its next step; its folder keeps
+    ``last.ckpt`` and resumes), SIGKILL for those still running after :data:`TERM_GRACE_S`."""
+    procs = [p for p in procs if p.poll() is None]
     for p in procs:
         p.terminate()
     deadline = time.time() + TERM_GRACE_S
@@ -630,17 +630,11 @@ def _stop_children() -> None:
             p.wait()
 
 
-def _stop_child(proc: subprocess.Popen) -> None:
-    """SIGTERM to a fit child (Lightning ends it at its next step; its folder keeps ``last.ckpt``
-    and resumes), SIGKILL if it is still running after :data:`TERM_GRACE_S`."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=TERM_GRACE_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def _stop_children() -> None:
+    """Every running fit child of this invocation (several under ``--jobs``)."""
+    with _CHILDREN_LOCK:
+        procs = list(_CHILDREN)
+    _stop(procs)
 
 
 def _watch(cmd: list[str], logf: Any, env: dict[str, str], step: Step, n: int, opts: Options, t0: float) -> int:
@@ -655,7 +649,7 @@ def _watch(cmd: list[str], logf: Any, env: dict[str, str], step: Step, n: int, o
         try:
             rc = _watch_child(proc, step, n, opts, t0)
         except BaseException:
-            _stop_child(proc)
+            _stop([proc])
             raise
         finally:
             with _CHILDREN_LOCK:
