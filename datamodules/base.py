@@ -319,6 +319,8 @@ class SequentialDataModule(L.LightningDataModule):
         batch_size / eval_batch_size / num_workers: loaders.
         text_encoder: ``"minilm"`` (offline default), a local transformers path, or None (no text).
         text_pooling: ``cls`` / ``mean`` (default depends on the encoder).
+        text_max_length: tokens per item text, longer texts truncated (128; HM4SR's code truncates
+            nothing, i.e. BERT's 512).
         text_features: a precomputed ``[N(+1), D]`` feature file instead of an encoder.
         text_dim: row width of a raw (headerless float32) ``.feat1CLS`` file; default 768.
         image_features: a precomputed image feature file.  image_encoder/image_backend/
@@ -358,6 +360,7 @@ class SequentialDataModule(L.LightningDataModule):
         num_workers: int = 0,
         text_encoder: str | None = None,
         text_pooling: str | None = None,
+        text_max_length: int = 128,
         text_features: str | None = None,
         image_features: str | None = None,
         image_encoder: str | None = None,
@@ -405,6 +408,9 @@ class SequentialDataModule(L.LightningDataModule):
         self.data = self.domains[0] if len(self.domains) == 1 else merge_domains(self.domains)
         self._text: torch.Tensor | None = None
         self._image: torch.Tensor | None = None
+        if text_max_length < 1:
+            raise ValueError(f"data.text_max_length must be >= 1, got {text_max_length}")
+        self.text_max_length = int(text_max_length)
         self._load_features(text_encoder, text_pooling, text_features, image_features, image_encoder, image_backend,
                             images_dir, image_checkpoint, image_mean, image_std, text_dim)
         self.info = self._info()
@@ -425,7 +431,8 @@ class SequentialDataModule(L.LightningDataModule):
                         f"data.text_encoder is set but dataset '{dom.stats['name']}' has no item text "
                         "(this format carries none); set text_encoder: null"
                     )
-                path = F.ensure_text_features(dom.path, dom.texts, encoder=text_encoder, pooling=text_pooling)
+                path = F.ensure_text_features(dom.path, dom.texts, encoder=text_encoder, pooling=text_pooling,
+                                              max_length=self.text_max_length)
                 parts.append(F.load_feature_file(path, expected_rows=dom.num_items + 1))
             self._text = torch.cat([parts[0]] + [p[1:] for p in parts[1:]], 0)
         if image_features:
@@ -456,6 +463,8 @@ class SequentialDataModule(L.LightningDataModule):
             "max_len": self.max_len,
             "protocol": self.protocol,
             "max_gap_seconds": self._max_gap_seconds(),
+            "min_time_seconds": int(self.data.times.min()) if len(self.data.times) else 0,
+            "max_time_seconds": int(self.data.times.max()) if len(self.data.times) else 0,
             **({"group_by_length": True} if self.group_by_length else {}),  # the model trims its training batches
         }
 

@@ -85,6 +85,8 @@ def test_leave_one_out_examples(hand, tmp_path):
     assert d.items.tolist() == [1, 2, 3, 4, 5, 6, 7, 3, 2, 4, 1, 5]
     assert d.times.tolist() == [100, 200, 300, 400, 500, 600, 700, 150, 150, 250, 10, 20]
     assert dm.num_items == 7 and dm.info["num_users"] == 3 and dm.info["num_interactions"] == 12
+    # the data's time span (HM4SR's Day embedding) and largest within-user gap (its interval table)
+    assert (dm.info["min_time_seconds"], dm.info["max_time_seconds"], dm.info["max_gap_seconds"]) == (10, 700, 100)
 
     # training: user 0 (n=7) gives s[:j] -> s[j] for j = 1..4; user 1 (n=3) none; user 2 (n=2) none
     tr = full_batch(dm.train_set)

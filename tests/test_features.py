@@ -381,3 +381,18 @@ def test_atomic_write_leaves_no_temp_on_success(tmp_path):
     path = tmp_path / "sub" / "a.npy"
     atomic_write(path, lambda f: np.save(f, np.zeros((2, 2), np.float32)))
     assert path.is_file() and sorted(os.listdir(path.parent)) == ["a.npy"]
+
+
+def test_datamodule_text_max_length_reaches_the_encoder(tiny_bert, tmp_path):
+    """data.text_max_length truncates every item text before encoding (HM4SR's recipes: 512, its
+    code truncates nothing); 2 tokens leave only [CLS] [SEP], so every item encodes alike."""
+    from test_datamodule import make_dm, write_hand
+
+    hand = write_hand(tmp_path / "ml")
+    full = make_dm(hand, tmp_path / "c", text_encoder=str(tiny_bert), text_pooling="cls")
+    cut = make_dm(hand, tmp_path / "c", text_encoder=str(tiny_bert), text_pooling="cls", text_max_length=2)
+    rows_full, rows_cut = full._text[1:], cut._text[1:]
+    assert not torch.allclose(rows_full, rows_full[:1].expand_as(rows_full))
+    torch.testing.assert_close(rows_cut, rows_cut[:1].expand_as(rows_cut))
+    with pytest.raises(ValueError, match="text_max_length"):
+        make_dm(hand, tmp_path / "c", text_max_length=0)

@@ -131,12 +131,16 @@ def test_checkpoint_round_trip(batch, tmp_path):
         ({"use_temporal_moe": False}, "scores"),
         ({"time_embeddings": "interval"}, "scores"),
         ({"time_embeddings": "absolute"}, "scores"),
+        ({"time_embeddings": "day", "time_span": (1_500_000_000, 1_500_000_000 + 60 * 86400)}, "scores"),
+        ({"time_embeddings": "day_of_year"}, "scores"),
+        ({"time_embeddings": "cos"}, "scores"),
         ({"abs_time_unit": 86400.0}, "scores"),
         ({"position_index": "slot"}, "scores"),
         ({"use_cp": False}, "loss"),
         ({"use_idcl": False}, "loss"),
         ({"use_pcl": False}, "loss"),
         ({"cp_weight": 0.5}, "loss"),
+        ({"cp_reduction": "sum"}, "loss"),
         ({"idcl_temperature": 0.5}, "loss"),
         ({"pcl_ratio": 0.0}, "loss"),  # no placeholders: the views differ by dropout only
         ({"mask_pad_logit": True}, "loss"),
@@ -289,8 +293,12 @@ def test_bad_side_info_is_a_clear_error():
     model = HM4SR(num_items=N, d=D, max_len=L, text_dim=TEXT_DIM, image_dim=0, num_categories=0)
     with pytest.raises(RuntimeError, match="no 'text' table"):
         model.user_representation(make_batch(num_items=N))
-    with pytest.raises(ValueError, match="time_embeddings"):
-        HM4SR(num_items=N, time_embeddings="day")
+    with pytest.raises(ValueError, match="cp_reduction"):
+        HM4SR(num_items=N, cp_reduction="max")
+    with pytest.raises(ValueError, match="time_embeddings must be one of"):
+        HM4SR(num_items=N, time_embeddings="week")
+    with pytest.raises(ValueError, match="needs the data's time span"):
+        HM4SR(num_items=N, time_embeddings="day")  # no time_span and no data_info
 
 
 def test_absolute_time_encoding_formula_and_autocast():
@@ -310,3 +318,36 @@ def test_absolute_time_encoding_formula_and_autocast():
         r2 = enc(time_seq, pad)["absolute"]
     assert r2.dtype == torch.float32
     torch.testing.assert_close(r2.double(), expected, atol=1e-4, rtol=0)
+
+
+def test_fig5_time_embeddings_read_the_signal_they_name():
+    """Day: the UTC day since the data's first interaction (clamped to its span); Day of Year: the
+    UTC day of the year (leap years); Cos: cos(w a + b) of the gap since the previous item."""
+    span = (1_500_000_000, 1_500_000_000 + 30 * 86400)
+    enc = make_model(time_embeddings="day", time_span=span).time_embeddings
+    ts = torch.tensor([[0, span[0], span[0] + 86399, span[0] + 86400, span[1] + 10 * 86400]])
+    assert enc.day.num_embeddings == 31
+    torch.testing.assert_close(enc(ts, ts > 0)["day"][0], enc.day.weight[[0, 0, 0, 1, 30]])
+    enc = make_model(time_embeddings="day_of_year").time_embeddings
+    ts = torch.tensor([[951782400, 951868800, 978220800, 1_709_164_800 + 3600]])  # 2000-02-29, 03-01, 12-31, 2024-02-29
+    torch.testing.assert_close(enc(ts, ts > 0)["day_of_year"][0], enc.day_of_year.weight[[59, 60, 365, 59]])
+    enc = make_model(time_embeddings="cos").time_embeddings
+    ts = torch.tensor([[0, 1_500_000_000, 1_500_003_600, 1_500_003_600 + 86400]])
+    gaps = torch.tensor([0.0, 0.0, 3600.0, 86400.0])
+    expected = torch.cos(gaps[:, None] * enc.cos_w + enc.cos_b)
+    torch.testing.assert_close(enc(ts, ts > 0)["cos"][0], expected)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert enc(ts, ts > 0)["cos"].dtype == torch.float32  # a bf16 gap would round 86400 s to 256 s steps
+
+
+def test_cp_sum_reduction_is_eq22(batch):
+    """Eq. 22 sums the BCE over a sequence's real items and its C categories (then the batch mean);
+    the code's mean divides by real positions x C instead."""
+    model = make_model(cp_reduction="sum").eval()
+    with torch.no_grad():
+        x = model.encode(batch)["x"]
+        summed = model.category_prediction_loss(x, batch["item_seq"])
+        model.hparams.cp_reduction = "mean"
+        mean = model.category_prediction_loss(x, batch["item_seq"])
+    n_real = (batch["item_seq"] > 0).sum()
+    torch.testing.assert_close(summed, mean * n_real * C / len(batch["item_seq"]))

@@ -37,9 +37,13 @@ Ablation switches (paper Fig. 3 and Fig. 5), one init arg each:
 * ``use_cp`` / ``use_idcl`` / ``use_pcl=False``: −CP / −IDCL / −PCL.
 * ``use_text`` / ``use_image=False``: −Text / −Image (the branch, its projection, encoder,
   placeholder and its share of the MoEs are not built).
-* ``time_embeddings``: ``"interval+absolute"`` (the model), ``"interval"`` (Interval Only) or
-  ``"absolute"`` (Absolute Only).  ``W_2`` and ``W_{P,m}`` keep one weight block per time
-  embedding (``W [r1; r2] = W_1 r1 + W_2 r2``, the same map), so a variant simply drops a block.
+* ``time_embeddings`` (Fig. 5): ``"interval+absolute"`` (the model), ``"interval"`` (Interval
+  Only), ``"absolute"`` (Absolute Only), ``"day"`` (Day), ``"day_of_year"`` (Day of Year) or
+  ``"cos"`` (Cos); see :class:`ExplicitTimeEmbeddings`.  ``W_2`` and ``W_{P,m}`` keep one weight
+  block per time embedding (``W [r1; r2] = W_1 r1 + W_2 r2``, the same map), so a variant simply
+  drops or swaps a block.  The paper describes the last three in one sentence each and the code
+  has none of them: their details (UTC days, the day index's origin at the data's first
+  interaction, Cos over the interval in seconds with TGAT's initialisation) are our reading.
 
 Missing modalities: a branch is off when its switch is off, when its feature dimension is
 unknown/zero (``text_dim`` / ``image_dim`` init args, else ``data_info``), or when
@@ -59,8 +63,8 @@ other form is a switch:
 | ``mask_pad_logit`` | ``True``: Eq. 20's softmax runs over the items | ``False``: the pad column stays in the training softmax (RecBole CE) | ``False`` (code) | produced the tables (§8.15; measured negligible) |
 | ``false_negatives`` | ``"keep"``: every other row is a negative (Eqs. 23, 25) | ``"zero_logit"``: other rows with the same target get logit 0 (from UniSRec) | ``"zero_logit"`` (code) | produced the tables (§8.9); ``"exclude"`` removes them from the denominator (the intent of that masking) |
 | ``position_index`` | silent (Eq. 6, one position table) | ``"oldest"``: RecBole right-pads, position 0 = the oldest item of the window | ``"oldest"`` (code) | re-indexes the zoo's left-padded batches the same way; ``"slot"`` = the slot index |
-| (no switch) Eq. 13 form | ``cos(l t / freq^{d/4} + z)`` | ``cos((l t + z) freq^{-k/d})``, k = 0..d-1 | code | the printed exponent is taken to be mangled (§8.3) |
-| (no switch) L_CP reduction | sum of the BCE over items and categories (Eq. 22) | mean over real positions x categories | code | λ1 = 1 was tuned with the mean (§8.8); the sum is the mean times the batch's (positions x categories), i.e. a larger ``cp_weight`` |
+| (no switch) Eq. 13 form | ``cos(l t / freq^{d/4} + z)`` | ``cos((l t + z) freq^{-k/d})``, k = 0..d-1 | code | the printed exponent is taken to be mangled (§8.3): read literally, ``freq^{d/4} = 10^64`` at d = 64, so r2 = cos(z) would not depend on t at all |
+| ``cp_reduction`` | ``"sum"``: the BCE summed over a sequence's items and categories (Eq. 22), averaged over the batch | ``"mean"``: mean over real positions x categories | ``"mean"`` (code) | λ1 = 1 was tuned with the mean (§8.8); the sum weighs CP by the batch's (real positions x C) / B, which varies from batch to batch |
 | (no switch) gap at the first pad | silent | the negative gap after a right-padded sequence gives NaN (``log2``), cast to an invalid index | gaps clamped to >= 0, bucket 0 at pads | clear bug, and no output depends on it (pad keys are masked, the state is read at the last real item).  Indices are clamped to the table, whose size is ``floor(μ log2(max_gap + 1)) + 1`` as in the code |
 
 Where the paper is silent, the code's: λ2 = 1 (hard-coded there; ``idcl_weight``), PCL temperature
@@ -71,6 +75,13 @@ MoE, CP head and placeholders; N(0, 0.1) for the temporal experts; α = (0, 1, 1
 image), so the ID stream starts without cross-modal input.  The first real item has
 ``a_1 = 0`` (Eq. 11 and the code's ``interval_first``; with a window truncated to ``max_len``
 that is the window's first item in both).
+
+Evaluation (the zoo's, shared by every model): full ranking over all items, the user's earlier
+items not masked (``mask_history=False``, RecBole's and the code's default here); a target's rank
+counts tied items against it (``zoo/metrics.py``), where RecBole's ``topk`` breaks ties
+arbitrarily: no difference with continuous scores.  Item features: the text and image tables are
+whatever ``data.text_encoder`` / ``data.image_encoder`` produce (the code used BERT ``[CLS]``
+without truncation and CLIP ViT-B/16 with mean = std = 0.5; see the Amazon recipes' comments).
 """
 
 from __future__ import annotations
@@ -89,7 +100,7 @@ from zoo.modules.dropout import Dropout
 from zoo.modules.embeddings import LearnedPositions
 from zoo.modules.losses import info_nce
 from zoo.modules.scoring import dot_scores
-from zoo.modules.temporal import log_buckets, previous_gaps
+from zoo.modules.temporal import DAY_SECONDS, day_of_year, log_buckets, previous_gaps
 from zoo.modules.transformer import TransformerEncoder, init_weights
 
 # the paper, read by `zoo models` from the source (zoo/catalog.py) without importing this file
@@ -102,6 +113,10 @@ TIME_EMBEDDINGS: dict[str, tuple[str, ...]] = {
     "interval+absolute": ("interval", "absolute"),
     "interval": ("interval",),
     "absolute": ("absolute",),
+    # Fig. 5's other variants (paper only; no code): each replaces r1/r2 as the gate's input
+    "day": ("day",),
+    "day_of_year": ("day_of_year",),
+    "cos": ("cos",),
 }
 FALSE_NEGATIVES = ("exclude", "zero_logit", "keep")
 MAX_GAP_FALLBACK = 2**31 - 1  # seconds (68 years): table size when the data gives no max gap
@@ -157,12 +172,18 @@ class TimeLinear(nn.Module):
 
 
 class ExplicitTimeEmbeddings(nn.Module):
-    """Interval embedding r1 (Eqs. 11-12) and absolute-time encoding r2 (Eq. 13).
+    """Interval embedding r1 (Eqs. 11-12) and absolute-time encoding r2 (Eq. 13), or one of
+    Fig. 5's other time embeddings.
 
     r1: ``a_j = max(t_j - t_{j-1}, 0)`` in seconds (0 for the first real item and at pads),
     bucket ``floor(μ log2(a + 1))`` (clamped to the table), learnable table ``M_t``.
     r2: ``cos((l t + z) ⊙ freq^(-k/d))``, k = 0..d-1, with ``t = time / abs_time_unit`` and
     ``l, z`` a ``Linear(1, d)``.
+    Fig. 5 (the paper names them only): ``day``, a learnable embedding of the day index within
+    the dataset, ``floor((t - t_first) / 86400)`` (UTC days, clamped to the data's span);
+    ``day_of_year``, a learnable ``Embedding(366, d)`` of the UTC day of the year; ``cos``,
+    ``cos(w ⊙ a_j + b)`` of the interval ``a_j`` in seconds with learnable ``w, b`` (TGAT's
+    functional time encoding; ``w_k = 10^(-9k/(d-1))``, ``b = 0`` at init, a recommendation).
     """
 
     def __init__(
@@ -173,10 +194,20 @@ class ExplicitTimeEmbeddings(nn.Module):
         mu: float,
         freq: float,
         abs_time_unit: float,
+        time_span: Sequence[int] = (0, 0),
     ) -> None:
         super().__init__()
         self.embeddings = tuple(embeddings)
         self.mu, self.abs_time_unit, self.num_buckets = mu, abs_time_unit, num_buckets
+        self.first_time = int(time_span[0])
+        self.num_days = int(time_span[1] - time_span[0]) // DAY_SECONDS + 1
+        if "day" in self.embeddings:
+            self.day = nn.Embedding(self.num_days, d)  # one row per day of the data's span
+        if "day_of_year" in self.embeddings:
+            self.day_of_year = nn.Embedding(366, d)
+        if "cos" in self.embeddings:
+            self.cos_w = nn.Parameter(10.0 ** -torch.linspace(0.0, 9.0, d))  # [d]  1/s .. 1e-9/s
+            self.cos_b = nn.Parameter(torch.zeros(d))  # [d]
         if "interval" in self.embeddings:
             self.interval = nn.Embedding(num_buckets, d)  # M_t
         if "absolute" in self.embeddings:
@@ -190,7 +221,8 @@ class ExplicitTimeEmbeddings(nn.Module):
         return log_buckets(gaps, self.mu).clamp(max=self.num_buckets - 1)
 
     def forward(self, time_seq: Tensor, pad_mask: Tensor) -> dict[str, Tensor]:
-        """time_seq ``[B, L]`` int64 seconds -> ``{"interval": r1, "absolute": r2}``, ``[B, L, d]`` each."""
+        """time_seq ``[B, L]`` int64 seconds -> ``{name: [B, L, d]}`` for each embedding in use
+        (``"interval"``: r1, ``"absolute"``: r2, or a Fig. 5 variant)."""
         r: dict[str, Tensor] = {}
         if "interval" in self.embeddings:
             r["interval"] = self.interval(self.interval_positions(time_seq, pad_mask))
@@ -200,6 +232,14 @@ class ExplicitTimeEmbeddings(nn.Module):
             # autocast: a bf16 matmul would round t ~ 2e4 days to multiples of 128
             u = t[..., None] * self.absolute.weight[:, 0] + self.absolute.bias  # [B, L, d]
             r["absolute"] = torch.cos(u * self.inv_freq)
+        if "day" in self.embeddings:
+            day = torch.div(time_seq - self.first_time, DAY_SECONDS, rounding_mode="floor")  # [B, L]
+            r["day"] = self.day(day.clamp(0, self.num_days - 1))
+        if "day_of_year" in self.embeddings:
+            r["day_of_year"] = self.day_of_year(day_of_year(time_seq))  # [B, L, d]
+        if "cos" in self.embeddings:
+            a = previous_gaps(time_seq, pad_mask).float()  # [B, L] seconds; elementwise: float32 under autocast
+            r["cos"] = torch.cos(a[..., None] * self.cos_w + self.cos_b)  # [B, L, d]
         return r
 
 
@@ -271,7 +311,10 @@ class HM4SR(SequentialRecommender):
         n_interactive_experts: k1.  n_temporal_experts: k2.
         alpha_init: initial α for (ID, text, image); the code's (0, 1, 1).
         use_interactive_moe / use_temporal_moe: −IMoE / −TMoE (the latter also drops PCL).
-        time_embeddings: ``"interval+absolute"`` | ``"interval"`` | ``"absolute"`` (Fig. 5).
+        time_embeddings: ``"interval+absolute"`` | ``"interval"`` | ``"absolute"`` | ``"day"`` |
+            ``"day_of_year"`` | ``"cos"`` (Fig. 5).
+        time_span: ``[first, last]`` Unix seconds of the data, the ``"day"`` embedding's origin and
+            table size; ``None`` reads ``data_info["min_time_seconds"/"max_time_seconds"]``.
         interval_scale: μ of Eq. 12 (100).  num_interval_buckets: rows of M_t; ``None`` derives
             them from ``data_info["max_gap_seconds"]`` (else 68 years).
         freq: Eq. 13's base (10000).  abs_time_unit: seconds per unit of t in Eq. 13 (1 = the
@@ -279,7 +322,8 @@ class HM4SR(SequentialRecommender):
         temporal_experts_trainable: train the temporal experts (paper, default) or not (the
             code's bug).
         position_index: ``"oldest"`` (RecBole: 0 = oldest item of the window) or ``"slot"``.
-        use_cp / cp_weight: CP and λ1.  use_idcl / idcl_weight / idcl_temperature: IDCL, λ2, τ.
+        use_cp / cp_weight: CP and λ1.  cp_reduction: ``"mean"`` (code, default) | ``"sum"`` (Eq. 22).
+        use_idcl / idcl_weight / idcl_temperature: IDCL, λ2, τ.
         use_pcl / pcl_weight / pcl_temperature / pcl_ratio: PCL, λ3, its temperature, β.
         false_negatives: same-target rows in IDCL/PCL: ``"zero_logit"`` (code, default) |
             ``"exclude"`` | ``"keep"`` (Eqs. 23/25 as printed).
@@ -311,12 +355,14 @@ class HM4SR(SequentialRecommender):
         time_embeddings: str = "interval+absolute",
         interval_scale: float = 100.0,
         num_interval_buckets: int | None = None,
+        time_span: tuple[int, int] | None = None,
         freq: float = 10000.0,
         abs_time_unit: float = 1.0,
         temporal_experts_trainable: bool = True,
         position_index: str = "oldest",
         use_cp: bool = True,
         cp_weight: float = 1.0,
+        cp_reduction: str = "mean",
         use_idcl: bool = True,
         idcl_weight: float = 1.0,
         idcl_temperature: float = 0.2,
@@ -332,6 +378,8 @@ class HM4SR(SequentialRecommender):
         self.save_hyperparameters()
         if time_embeddings not in TIME_EMBEDDINGS:
             raise ValueError(f"time_embeddings must be one of {sorted(TIME_EMBEDDINGS)}, got {time_embeddings!r}")
+        if cp_reduction not in ("mean", "sum"):
+            raise ValueError(f"cp_reduction must be 'mean' (code) or 'sum' (Eq. 22), got {cp_reduction!r}")
         if false_negatives not in FALSE_NEGATIVES:
             raise ValueError(f"false_negatives must be one of {FALSE_NEGATIVES}, got {false_negatives!r}")
         if len(alpha_init) != len(MODALITIES):
@@ -351,6 +399,12 @@ class HM4SR(SequentialRecommender):
         if num_interval_buckets is None:
             num_interval_buckets = interval_table_size(float(info.get("max_gap_seconds") or MAX_GAP_FALLBACK), interval_scale)
         self.num_interval_buckets = int(num_interval_buckets)
+        if time_span is None:
+            time_span = (info.get("min_time_seconds"), info.get("max_time_seconds"))
+        if time_embeddings == "day" and (None in time_span or time_span[1] < time_span[0]):
+            raise ValueError("time_embeddings='day' needs the data's time span: time_span=[first, last] Unix "
+                             f"seconds, or data_info min_time_seconds/max_time_seconds (got {time_span!r})")
+        self.time_span = (0, 0) if None in time_span else (int(time_span[0]), int(time_span[1]))
         for name in ("text_features", "image_features", "category_multi_hot"):
             self.register_buffer(name, None, persistent=False)
         self._side_info: dict[str, Tensor] = {}
@@ -397,7 +451,8 @@ class HM4SR(SequentialRecommender):
         self.dropout = Dropout(hp.dropout)
         embeddings = TIME_EMBEDDINGS[hp.time_embeddings]
         self.time_embeddings = (
-            ExplicitTimeEmbeddings(d, embeddings, self.num_interval_buckets, hp.interval_scale, hp.freq, hp.abs_time_unit)
+            ExplicitTimeEmbeddings(d, embeddings, self.num_interval_buckets, hp.interval_scale, hp.freq, hp.abs_time_unit,
+                                   self.time_span)
             if hp.use_temporal_moe
             else None
         )
@@ -537,12 +592,15 @@ class HM4SR(SequentialRecommender):
         return F.cross_entropy(logits, torch.arange(len(target), device=target.device))
 
     def category_prediction_loss(self, x: dict[str, Tensor], item_seq: Tensor) -> Tensor:
-        """L_CP (Eqs. 21-22): BCE over the categories of every input item, mean over real positions."""
+        """L_CP (Eqs. 21-22): BCE over the categories of every input item; mean over real positions
+        and categories (code) or, ``cp_reduction="sum"``, summed per sequence and averaged over the batch."""
         pad_mask = (item_seq > 0).float()  # [B, L]
         logits = self.cp_head(torch.cat([x[m] for m in self.modalities], -1))  # [B, L, C]
         labels = self.category_multi_hot[item_seq][..., 1:]  # [B, L, C]
-        bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(-1)  # [B, L]
-        return (bce * pad_mask).sum() / pad_mask.sum().clamp(min=1.0)
+        bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")  # [B, L, C]
+        if self.hparams.cp_reduction == "sum":
+            return (bce.sum(-1) * pad_mask).sum() / len(item_seq)
+        return (bce.mean(-1) * pad_mask).sum() / pad_mask.sum().clamp(min=1.0)
 
     def placeholder_contrastive_loss(self, out: dict[str, Any], target: Tensor) -> Tensor:
         """L_PCL (Eqs. 24-26): time placeholders at ``floor(β n)`` positions of x^temp_m, m = txt, img."""

@@ -69,3 +69,23 @@ def previous_gaps(time_seq: Tensor, pad_mask: Tensor) -> Tensor:
 def target_gaps(time_seq: Tensor, pad_mask: Tensor, target_time: Tensor) -> Tensor:
     """Gap from each item to the target, ``t_{N+1} - t_i`` (HORAE's d^t_i); 0 at pads."""
     return (target_time[:, None] - time_seq).masked_fill(~pad_mask, 0)
+
+
+DAY_SECONDS = 86400
+
+
+def day_of_year(seconds: Tensor) -> Tensor:
+    """0-based day of the (proleptic Gregorian, UTC) year of Unix ``seconds``: 0..365, same shape.
+
+    Integer civil-from-days arithmetic (H. Hinnant's algorithm), so it runs on any device and
+    never leaves int64: days since 1970-01-01 -> day of a March-based year -> January-based.
+    """
+    days = torch.div(seconds, DAY_SECONDS, rounding_mode="floor")
+    z = days + 719468  # days since 0000-03-01
+    era = torch.div(z, 146097, rounding_mode="floor")
+    doe = z - era * 146097  # [0, 146096]  day of the 400-year era
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365  # [0, 399]
+    doy_march = doe - (365 * yoe + yoe // 4 - yoe // 100)  # [0, 365]  day since March 1
+    year = yoe + era * 400 + (doy_march >= 306).long()  # January/February belong to the next year
+    leap = ((year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))).long()
+    return torch.where(doy_march >= 306, doy_march - 306, doy_march + 59 + leap)
