@@ -209,3 +209,21 @@ def test_clear_errors() -> None:
         build(attach=False, fusion="concat")
     with pytest.raises(RuntimeError, match="category"):
         build(attach=False).training_loss(make_batch(B=2, L=L, num_items=N))
+
+
+def test_angular_margin_is_capped_at_pi() -> None:
+    """cos(min(theta + m, pi)): a positive pair at 175 degrees with a 10-degree margin gets cos(pi) = -1,
+    not cos(185 deg) > -1, which would reward pushing it further apart."""
+    from zoo.modules.losses import info_nce
+
+    theta, m, tau = math.radians(175.0), 10.0, 1.0
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    b = torch.tensor([[math.cos(theta), math.sin(theta)], [0.0, 1.0]], dtype=torch.float64)
+    sim = a @ b.T  # row 0: positive at 175 degrees, negative b_1 at 90 degrees
+    loss = info_nce(a, b, tau=tau, margin_deg=m)
+    pos = torch.tensor([-1.0, 1.0], dtype=torch.float64)  # capped positive of row 0; row 1 at 0 degrees + m -> cos(10)
+    pos[1] = math.cos(math.radians(10.0))
+    logits = sim.clone()
+    logits[0, 0], logits[1, 1] = pos[0], pos[1]
+    expected = torch.nn.functional.cross_entropy(logits / tau, torch.arange(2))
+    torch.testing.assert_close(loss, expected, atol=1e-4, rtol=0)  # 1e-4: the 1 - 1e-7 clamp before acos; uncapped is 2e-3 off

@@ -28,7 +28,7 @@ def info_nce(
         normalize: cosine similarity (True) or raw dot product.
         exclude: ``[..., n, n]`` bool, True for off-diagonal pairs that must not act as
             negatives (e.g. sequences with the same target: HM4SR's false negatives).
-        margin_deg: additive angular margin on the positive pair, ``cos(theta + m)``
+        margin_deg: additive angular margin on the positive pair, ``cos(min(theta + m, pi))``
             (ArcFace; HPCL4SR Eq. 16).  Requires ``normalize=True``.
         margin_in_denominator: with a margin, the denominator holds the margined positive
             (ArcFace, HPCL4SR Eq. 15; default) or the plain one (HPCL4SR Eq. 17:
@@ -48,7 +48,9 @@ def info_nce(
         m = math.radians(margin_deg)
         # at least float32: in bf16 the clamp rounds to 1 and acos' gradient is -inf (NaN weights)
         cos = sim.to(torch.promote_types(sim.dtype, torch.float32)).clamp(-1 + 1e-7, 1 - 1e-7)
-        sim = torch.where(eye, torch.cos(torch.acos(cos) + m), sim)
+        # theta + m capped at pi (ArcFace's guard): past it cos would rise again, rewarding a positive
+        # pair for moving further apart
+        sim = torch.where(eye, torch.cos((torch.acos(cos) + m).clamp(max=math.pi)), sim)
     logits = sim / tau
     if exclude is not None:
         logits = logits.masked_fill(exclude & ~eye, float("-inf"))
