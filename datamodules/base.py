@@ -304,6 +304,8 @@ class SequentialDataModule(L.LightningDataModule):
         name: dataset name for the cache directory and logs.
         cache_dir: where processed caches live.
         k_core / min_seq_len / require_text / category_level: processing (see processing.py).
+        k_core_mode: ``"iterative"`` (until no user or item is below its threshold) or
+            ``"single_pass"`` (one round, ComiRec's/REMI's preprocessing, HPCL4SR's Table 1).
         protocol: ``leave_one_out`` or ``user_split`` (8:1:1 users, ``target_ratio`` held out).
         split_seed: seed of the user split.  target_ratio: held-out tail of valid/test users.
         max_len: history length.
@@ -344,6 +346,7 @@ class SequentialDataModule(L.LightningDataModule):
         name: str | None = None,
         cache_dir: str = "~/.cache/zoo",
         k_core: int = 5,
+        k_core_mode: str = "iterative",
         min_seq_len: int = 0,
         require_text: bool = False,
         category_level: int = 0,
@@ -380,7 +383,7 @@ class SequentialDataModule(L.LightningDataModule):
             raise ValueError(f"data.target_ratio must be in (0, 1), got {target_ratio}")
         self.save_hyperparameters()
         self.opts = ProcessingOptions(
-            k_core=k_core, min_seq_len=min_seq_len, require_text=require_text, protocol=protocol,
+            k_core=k_core, k_core_mode=k_core_mode, min_seq_len=min_seq_len, require_text=require_text, protocol=protocol,
             split_seed=split_seed, category_level=category_level,
         )
         if train_sampling not in ("all_prefixes", "random_target", "windows"):

@@ -42,6 +42,11 @@ class EmptyDatasetError(ValueError):
     """Filtering removed every interaction; the message names the filter and the numbers."""
 
 
+K_CORE_MODES = ("iterative", "single_pass")
+# options added after caches existed, left out of the cache key at these defaults so that old caches keep their keys
+KEYLESS_DEFAULTS: dict[str, Any] = {"k_core_mode": "iterative"}
+
+
 @dataclass
 class ProcessingOptions:
     """Every option that changes the processed arrays (all part of the cache key)."""
@@ -53,12 +58,15 @@ class ProcessingOptions:
     split_seed: int = 42
     split_ratio: tuple[float, float, float] = (0.8, 0.1, 0.1)
     category_level: int = 0  # which level of the category path is the item's primary category
+    k_core_mode: str = "iterative"  # iterative (until stable) | single_pass (ComiRec/REMI's preprocess: one round)
 
     def __post_init__(self) -> None:
         if self.protocol not in ("leave_one_out", "user_split"):
             raise ValueError(f"data.protocol must be 'leave_one_out' or 'user_split', got {self.protocol!r}")
         if self.k_core < 1:
             raise ValueError(f"data.k_core must be >= 1, got {self.k_core}")
+        if self.k_core_mode not in K_CORE_MODES:
+            raise ValueError(f"data.k_core_mode must be one of {K_CORE_MODES}, got {self.k_core_mode!r}")
         self.split_ratio = tuple(float(x) for x in self.split_ratio)  # type: ignore[assignment]
         if len(self.split_ratio) != 3 or abs(sum(self.split_ratio) - 1.0) > 1e-6:
             raise ValueError(f"data.split_ratio must be three fractions summing to 1, got {self.split_ratio}")
@@ -106,7 +114,7 @@ def cache_key(format: str, paths: dict[str, str], format_options: dict[str, Any]
         "format": format,
         "files": {k: _file_identity(Path(v)) for k, v in sorted(paths.items()) if v is not None},
         "format_options": format_options,
-        "options": asdict(opts),
+        "options": {k: v for k, v in asdict(opts).items() if KEYLESS_DEFAULTS.get(k, object()) != v},
         "extra": extra,
     }
     return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -148,8 +156,10 @@ def explain_new_cache(target: Path, format: str, paths: dict[str, str], format_o
             "(the existing one is kept)")
 
 
-def k_core_filter(inter: pd.DataFrame, k_core: int, min_user: int) -> tuple[pd.DataFrame, list[str]]:
-    """Iterative k-core over users (>= min_user) and items (>= k_core); returns the log lines."""
+def k_core_filter(inter: pd.DataFrame, k_core: int, min_user: int, single_pass: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """Iterative k-core over users (>= min_user) and items (>= k_core); returns the log lines.
+    ``single_pass``: one round only, items counted on the whole log, then users on the kept items
+    (ComiRec's and REMI's ``preprocess/data.py``: items may end below k, HPCL4SR's Table 1)."""
     user_code, users = pd.factorize(inter["user"])  # [M] int codes, hashed once
     item_code, items = pd.factorize(inter["item"])
     keep = np.ones(len(inter), dtype=bool)  # [M]
@@ -165,7 +175,7 @@ def k_core_filter(inter: pd.DataFrame, k_core: int, min_user: int) -> tuple[pd.D
         n_item_drop, n_user_drop = n0 - n1, n1 - n2
         if n_item_drop or n_user_drop:
             log.append(f"k-core round {rounds}: -{n_item_drop} interactions (items < {k_core}), -{n_user_drop} (users < {min_user})")
-        if not n_item_drop and not n_user_drop:
+        if (not n_item_drop and not n_user_drop) or single_pass:
             break
         if n2 == 0:
             break
@@ -201,7 +211,7 @@ def process(raw: RawDataset, opts: ProcessingOptions) -> dict[str, Any]:
 
     n0 = len(inter)
     min_user = max(opts.k_core, opts.min_seq_len)
-    inter, klog = k_core_filter(inter, opts.k_core, min_user)
+    inter, klog = k_core_filter(inter, opts.k_core, min_user, single_pass=opts.k_core_mode == "single_pass")
     log += klog
     if inter.empty:
         raise EmptyDatasetError(

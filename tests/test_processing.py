@@ -94,6 +94,35 @@ def test_k_core_is_iterative_with_per_round_log():
     assert "u3" in set(one_pass["user"])
 
 
+def test_k_core_single_pass_is_comirecs_one_round():
+    """k_core_mode='single_pass' (ComiRec/REMI preprocessing, HPCL4SR): items counted once on the raw
+    log, then users on the kept items, no second round: u3 (b, c) stays although c ends with 1 user."""
+    inter = pd.DataFrame(KCORE_ROWS, columns=["user", "item", "timestamp"])
+    out, log = k_core_filter(inter, k_core=2, min_user=2, single_pass=True)
+    assert sorted(map(tuple, out[["user", "item"]].to_numpy().tolist())) == [
+        ("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b"), ("u3", "b"), ("u3", "c")
+    ]
+    assert log == ["k-core round 1: -1 interactions (items < 2), -1 (users < 2)"]
+    s = process(raw_dataset(KCORE_ROWS), ProcessingOptions(k_core=2, k_core_mode="single_pass"))["stats"]
+    assert (s["num_users"], s["num_items"], s["num_interactions"]) == (3, 3, 6)
+    # the new option at its default leaves every existing cache key as it was (the key of the options
+    # without it); another value gives another cache
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from datamodules.processing import CACHE_VERSION, cache_key
+
+    before = {k: v for k, v in asdict(ProcessingOptions(k_core=2)).items() if k != "k_core_mode"}
+    ident = {"version": CACHE_VERSION, "format": "f", "files": {}, "format_options": {}, "options": before, "extra": None}
+    assert cache_key("f", {}, {}, ProcessingOptions(k_core=2)) == hashlib.sha1(
+        json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    assert cache_key("f", {}, {}, ProcessingOptions(k_core=2)) != cache_key("f", {}, {}, ProcessingOptions(
+        k_core=2, k_core_mode="single_pass"))
+    with pytest.raises(ValueError, match="k_core_mode"):
+        ProcessingOptions(k_core_mode="twice")
+
+
 def test_process_counts_after_k_core():
     r = process(raw_dataset(KCORE_ROWS), ProcessingOptions(k_core=2))
     s = r["stats"]

@@ -29,6 +29,8 @@ def _parser(formats: bool = True) -> argparse.ArgumentParser:
     pr.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="parser option, e.g. --option user_field=customer (repeatable)")
     pr.add_argument("--k", type=int, default=5, help="k-core threshold")
+    pr.add_argument("--k-core-mode", choices=("iterative", "single_pass"), default="iterative",
+                    help="iterative k-core, or one round as ComiRec's/REMI's preprocessing (HPCL4SR)")
     pr.add_argument("--min-seq-len", type=int, default=0)
     pr.add_argument("--require-text", action="store_true")
     pr.add_argument("--category-level", type=int, default=0)
@@ -67,7 +69,7 @@ def data_main(argv: list[str]) -> int:
             k, v = kv.split("=", 1)
             opts[k] = _value(v)
         paths = {k: getattr(a, k) for k in ("path", "ratings", "reviews", "meta", "folder") if getattr(a, k)}
-        po = ProcessingOptions(k_core=a.k, min_seq_len=a.min_seq_len, require_text=a.require_text,
+        po = ProcessingOptions(k_core=a.k, k_core_mode=a.k_core_mode, min_seq_len=a.min_seq_len, require_text=a.require_text,
                                protocol=a.protocol, split_seed=a.split_seed, category_level=a.category_level)
         d = prepare_dataset(a.format, paths, opts, po, a.out, a.name, verbose=False)
         print((d.path / "summary.md").read_text(encoding="utf-8"))
