@@ -108,9 +108,29 @@ def test_distillation_value_is_t2_kl() -> None:
     p, q = F.softmax(z_p / 0.5, -1), F.softmax(z_q / 0.5, -1)
     want = 0.25 * (p * (p.log() - q.log())).sum(-1).mean()  # T^2 KL(p || q)
     torch.testing.assert_close(model.distillation_loss(z_q, V, e), want)
-    # Eq. 8 (w/o stopgrad) is the cross-entropy, larger by the entropy T^2 H(p)
+    # w/o stopgrad, the code's form (default): the same KL value, now with a gradient into p
     model.stop_grad = False
+    torch.testing.assert_close(model.distillation_loss(z_q, V, e), want)
+    # Eq. 8 as printed (nostop_form="ce") is the cross-entropy, larger by the entropy T^2 H(p)
+    model.nostop_form = "ce"
     torch.testing.assert_close(model.distillation_loss(z_q, V, e), want - 0.25 * (p * p.log()).sum(-1).mean())
+
+
+def test_without_stopgrad_the_two_forms_train_the_extractor_differently() -> None:
+    """KL(p||q) and -p log q differ by H(p): once p is trained (w/o stopgrad) their gradients into
+    the extractor differ; with the stop-gradient both give none."""
+    grads = {}
+    for form in ("kl", "ce"):
+        torch.manual_seed(0)
+        model = spread(build(stop_grad=False, nostop_form=form))
+        batch = make_batch(B=8, L=L, num_items=N, min_len=3)
+        model.zero_grad()
+        model.training_loss(batch)["distill"].backward()
+        grads[form] = torch.cat([p.grad.flatten() for n, p in model.named_parameters()
+                                 if n.startswith("extractor.") and p.grad is not None])
+    assert grads["kl"].abs().sum() > 0 and not torch.allclose(grads["kl"], grads["ce"])
+    with pytest.raises(ValueError, match="nostop_form"):
+        build(nostop_form="js")
 
 
 def test_single_interest_equals_greedy() -> None:
@@ -151,7 +171,7 @@ def test_finetune_loads_pretrained_extractor(tmp_path) -> None:
         (dict(aggregation="mean"), "scores"),
         (dict(aggregation="max"), "scores"),
         (dict(distill=False), "loss"),
-        (dict(stop_grad=False), "loss"),
+        (dict(stop_grad=False, nostop_form="ce"), "loss"),  # the "kl" form changes gradients only (tested above)
         (dict(T=2.0), "loss"),
         (dict(transformer=True), "scores"),
         (dict(loss="sampled_softmax", n_neg=20), "loss"),

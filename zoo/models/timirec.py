@@ -26,8 +26,11 @@ Ablation switches (Tables 3-4):
 * ``aggregation``: ``"predicted"`` (TiMiRec), ``"mean"`` (mean pooling: uniform weights, no
   predictor), ``"max"`` (max pooling = ComiRec's greedy inference).
 * ``distill``: False = "attn pooling (w/o distill)" (predicted aggregation, L_rec only).
-* ``stop_grad``: False = "w/o stopgrad": Eq. 8, the cross-entropy ``-p^T log q`` with p NOT
-  detached (scaled by T^2 as Eq. 11), so the extractor also learns from the distillation.
+* ``stop_grad``: False = "w/o stopgrad": the soft label p is NOT detached, so the extractor also
+  learns from the distillation; ``nostop_form`` picks its loss: ``"kl"`` (default: the code's
+  ``KLDivLoss`` with ``.detach()`` removed, KL(p ‖ q), which pulls p towards q) or ``"ce"``
+  (Eq. 8 as printed, ``-p^T log q``, which also pushes p towards one-hot: the gradients differ by
+  that of p's entropy once p is trained); both scaled by T^2 (Eq. 11).
 
 Paper vs official code (ReChorus ``TiMiRec.py``, maintained by the authors; spec ``timirec.md``
 §8).  The default is what produced the paper's tables, the authors' code, except clear bugs
@@ -36,7 +39,8 @@ Paper vs official code (ReChorus ``TiMiRec.py``, maintained by the authors; spec
 | switch | paper form | code form | default | why |
 |---|---|---|---|---|
 | ``head_layers`` | 2: the "2-layer projection MLP head" of Eq. 15 | ``--n_layers``: 1 in the Beauty run, 2 in the ML-1M run (``run.sh``); the 2-layer head has Dropout(0.5) before the ReLU | ``2`` (the code's ML-1M run, and the paper) | the MovieLens default follows the code's ML-1M run; the Beauty recipes set 1, the code's Beauty run (B1) |
-| ``stop_grad`` | ``True``: stop-gradient on the soft label (Eq. 9) | ``True`` (``.detach()``) | ``True`` (both) | ``False`` is the paper's "w/o stopgrad" ablation (Eq. 8) |
+| ``stop_grad`` | ``True``: stop-gradient on the soft label (Eq. 9) | ``True`` (``.detach()``) | ``True`` (both) | ``False`` is the paper's "w/o stopgrad" ablation |
+| ``nostop_form`` | ``"ce"``: Eq. 8's cross-entropy without the stop-gradient | ``"kl"``: the code's KL with ``.detach()`` removed | ``"kl"`` (code) | what the ablation row ran (only with ``stop_grad=False``) |
 | (no switch) W1 / W2, D_a | bias-free, D_a not given (Eq. 12) | with biases, D_a = 8 (``d_a``) | code | B5 |
 | (no switch) reductions | sums over u, t (Eqs. 9-10) | batch means | code | B7, B8 |
 | (no switch) L_distill form | cross-entropy ``-p^T log q`` (Eq. 9) | ``KL(p ‖ q)`` (batchmean) | code | same gradient, only the logged value differs |
@@ -89,7 +93,8 @@ class TiMiRec(MultiInterestRecommender):
         T: distillation temperature (Beauty 0.1, ML-1M 0.5).
         head_layers / head_dropout: predictor head (Eq. 15): 2 layers (paper; the code's ML-1M
             run) or 1 (the code's Beauty run); dropout before the ReLU of the 2-layer head.
-        aggregation / distill / stop_grad: ablations (module docstring).
+        aggregation / distill / stop_grad: ablations (module docstring).  nostop_form: the loss
+            without the stop-gradient, ``"kl"`` (code, default) | ``"ce"`` (Eq. 8).
         loss: L_rec, ``"bpr"`` (paper Eq. 10), ``"sampled_softmax"`` or ``"full_softmax"``.
         n_neg / neg_sampler / logq_correction: sampled-softmax options.
         **kwargs: :class:`SequentialRecommender` options (``pretrained_ckpt`` for the fine-tune).
@@ -109,6 +114,7 @@ class TiMiRec(MultiInterestRecommender):
         aggregation: str = "predicted",
         distill: bool = True,
         stop_grad: bool = True,
+        nostop_form: str = "kl",
         loss: str = "bpr",
         position_index: str = "slot",
         activation: str = "relu",
@@ -127,6 +133,9 @@ class TiMiRec(MultiInterestRecommender):
         if T <= 0:
             raise ValueError(f"T (distillation temperature) must be > 0, got {T}")
         self.stage, self.T, self.distill, self.stop_grad = stage, T, distill, stop_grad
+        if nostop_form not in ("kl", "ce"):
+            raise ValueError(f"nostop_form must be 'kl' (code) or 'ce' (Eq. 8), got {nostop_form!r}")
+        self.nostop_form = nostop_form
         self.aggregation = "max" if stage == "pretrain" else aggregation
         self.item_emb = nn.Embedding(self.num_items + 1, d)  # E_ext (ReChorus: no padding_idx)
         self.extractor = SelfAttentiveExtractor(
@@ -188,8 +197,8 @@ class TiMiRec(MultiInterestRecommender):
     def distillation_loss(self, z_q: Tensor, V: Tensor, target_emb: Tensor) -> Tensor:
         """T^2 L_distill (Eqs. 5-9, 11): soft label z^p = cos(V, i), stop-gradient unless ablated."""
         z_p = interest_cosine(V, target_emb)  # [B, K]
-        if self.stop_grad:
-            return distillation_kl(z_q, z_p, self.T)  # Eq. 9 (KL form), teacher detached
+        if self.stop_grad or self.nostop_form == "kl":  # Eq. 9 (KL form); "w/o stopgrad": not detached
+            return distillation_kl(z_q, z_p, self.T, detach_teacher=self.stop_grad)
         p = F.softmax(z_p / self.T, dim=-1)  # Eq. 8: the soft label keeps its gradient
         return -(p * F.log_softmax(z_q / self.T, dim=-1)).sum(-1).mean() * self.T**2
 

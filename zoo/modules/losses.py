@@ -78,12 +78,13 @@ def grad_reverse(x: Tensor) -> Tensor:
     return _GradReverse.apply(x)
 
 
-def distillation_kl(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
+def distillation_kl(student_logits: Tensor, teacher_logits: Tensor, T: float, detach_teacher: bool = True) -> Tensor:
     """Knowledge distillation ``T^2 * KL(softmax(teacher/T) || softmax(student/T))``.
 
-    The teacher is detached (it is the distillation target), so no gradient reaches it.
+    The teacher is detached (it is the distillation target), so no gradient reaches it, unless
+    ``detach_teacher=False`` (TiMiRec's "w/o stopgrad" as its code would run it).
     ``student_logits``/``teacher_logits``: ``[B, K]``; returns the batch mean.
     """
-    p = F.softmax(teacher_logits.detach() / T, dim=-1)
+    p = F.softmax((teacher_logits.detach() if detach_teacher else teacher_logits) / T, dim=-1)
     log_q = F.log_softmax(student_logits / T, dim=-1)
     return F.kl_div(log_q, p, reduction="batchmean") * T * T
