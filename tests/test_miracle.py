@@ -211,6 +211,7 @@ def test_interest_contrastive_is_zero_without_maskable_items():
         ({"interest_contrastive": False}, "loss", {}),  # w/o IC
         ({"sparse_activation": False}, "scores", {"num_capsules": 4}),  # w/o SS
         ({"attention_activation": "tanh"}, "scores", {}),  # paper Eq. 9 vs code (default)
+        ({"routing_agreement": "h"}, "scores", {}),  # paper Eq. 14 vs code (default)
         ({"score_with_id": False}, "scores", {"stage": "finetune"}),  # paper Eq. 17 vs code (default)
         ({"setting": "inductive"}, "scores", {"stage": "finetune"}),  # text only vs text + ID
         ({"mask_pad_logit": True}, "loss", {"stage": "finetune"}),  # paper Eq. 23 vs code (default)
@@ -357,3 +358,23 @@ def test_full_ranking_over_30k_items_never_builds_interests_x_batch_x_items(monk
         scores = model.score_all(model.user_representation(batch))
     assert scores.shape == (B, n_items + 1)
     assert max(largest) <= B * C * chunk < B * C * (n_items + 1)  # chunked over items
+
+
+def test_paper_form_switches_build_what_the_equations_print():
+    """Eq. 9 as printed has no dropout in the attention MLP; Eq. 3's gate has a bias; Eq. 14's
+    agreement uses h: with one routing iteration (no agreement update) "h" and "q" are the same."""
+    from torch import nn
+
+    paper = make_model(attention_activation="tanh", gate_bias=True)
+    assert [type(m) for m in paper.capsules.attention] == [nn.Linear, nn.Tanh, nn.Linear]
+    assert paper.item_encoder.adaptor.gate.b_gate is not None and make_model().item_encoder.adaptor.gate.b_gate is None
+    total_loss(paper, long_batch()).backward()  # b_1 starts at 0 (scores unchanged at init) and is trained
+    assert paper.item_encoder.adaptor.gate.b_gate.grad.abs().sum() > 0
+    torch.manual_seed(0)
+    one_q = make_model(routing_iters=1).eval()
+    one_h = make_model(routing_iters=1, routing_agreement="h").eval()
+    one_h.load_state_dict(one_q.state_dict())
+    batch = long_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(one_q.score_all(one_q.user_representation(batch)),
+                                   one_h.score_all(one_h.user_representation(batch)))

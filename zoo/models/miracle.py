@@ -18,7 +18,8 @@ with the sequence encoder frozen (Sec. 3.4.4: the recipe's ``freeze: [position_e
 encoder]`` — the code's ``downstream_freeze_parameter``; adaptor, input LN, capsules and ID table
 train) after ``pretrained_ckpt`` is loaded.  Settings: ``setting="transductive"`` (text + new ID
 table, Table 2) or ``"inductive"`` (text only, Fig. 3).  Zero-shot (Fig. 4) = validate the
-pre-trained checkpoint with ``stage=finetune, setting=inductive`` and no training.
+pre-trained checkpoint with ``stage=finetune, setting=inductive`` and no training (text only; the
+code's ``valid(0)`` in its transductive run also adds an untrained ID table, which only adds noise).
 
 Paper vs official code (``WHUIR/Miracle`` 735be6a; spec ``miracle.md`` §8).  The default is what
 produced the paper's tables, the authors' code, except clear bugs (DESIGN.md "Decisions"); the
@@ -31,7 +32,8 @@ other form is a switch:
 | ``train_mask_token`` | ``True``: a learned [MASK] "special token" (Eq. 15) | ``False``: ``mask_param.data``, never trained | ``False`` (code) | produced the tables (A10) |
 | (no switch) balance loss l_b | ``C w^T r`` with ``m in {0, -inf}`` (Eqs. 19-21) | Switch-style ``sum f p`` over history and candidate items, no factor C | code | the printed form does not compute (A7) |
 | (no switch) orthogonality l_c | ``-log(cos / sum cos)``, no exp (Eq. 18) | InfoNCE over normalised base vectors, tau = 0.1 | code | the printed form is undefined for negative cosines (A8) |
-| (no switch) routing agreement | ``<h_i, u_j>`` (Eq. 14) | ``<q_i, u_j>`` | code | HORAE's Eq. 22 prints q_i too (A5) |
+| ``routing_agreement`` | ``"h"``: ``b_ij += <h_i, u_j>`` (Eq. 14) | ``"q"``: ``<q_i, u_j>`` | ``"q"`` (code) | produced the tables; HORAE's Eq. 22 prints q_i too (A5) |
+| ``gate_bias`` | ``True``: the MoE gate ``softmax(t W_1 + b_1)`` (Eq. 3) | ``False``: no bias | ``False`` (code) | produced the tables |
 | ``mask_pad_logit`` | ``True``: the fine-tuning softmax runs over the items (Eq. 23) | ``False``: the pad row 0 is in the softmax and in the catalogue balance term | ``False`` (code) | produced the tables; the difference is negligible (A18) |
 | (no switch) pad item 0 in the ranking | silent | ranked like an item | masked | a padding row is not an item; the zoo's protocol masks it for every model (A18) |
 
@@ -40,7 +42,8 @@ Where the paper gives no value or form, the code's: loss weights theta_1..5 = 10
 dropout before the Transformer; masking never the last item nor sequences shorter than 5; raw
 dot products in l_i (tau = 1).
 
-Ablations (Fig. 5), one init arg each: ``position_attention=False`` (w/o PW),
+Ablations (Fig. 5), one init arg each: ``position_attention=False`` (w/o PW; o_i = 1, not 1/n,
+a reading: the squash is scale-sensitive and the paper does not say),
 ``interest_contrastive=False`` (w/o IC), ``sparse_activation=False`` with ``num_capsules=4``
 (w/o SS).  Hyper-parameters (Tables 3-4): ``n_layers`` (L), ``num_capsules`` (C).
 """
@@ -106,6 +109,8 @@ class MIRACLE(SequentialRecommender):
         sparse_activation / position_attention / interest_contrastive: ablation switches
             (w/o SS / w/o PW / w/o IC).
         attention_activation: ``"leaky_relu"`` (code, default) or ``"tanh"`` (paper Eq. 9).
+        routing_agreement: ``"q"`` (code, default) or ``"h"`` (paper Eq. 14).
+        gate_bias: the MoE adaptor gate's bias b_1 (paper Eq. 3; the code has none, default False).
         balance_weight: theta_1 (pre-training) / theta_4 (fine-tuning) = 10.
         orthogonality_weight: theta_2 / theta_5 = 0.01.  orthogonality_tau: 0.1.
         contrastive_weight: theta_3 = 1e-3.  contrastive_tau: 1 (raw dot products).
@@ -145,6 +150,8 @@ class MIRACLE(SequentialRecommender):
         position_attention: bool = True,
         interest_contrastive: bool = True,
         attention_activation: str = "leaky_relu",
+        routing_agreement: str = "q",
+        gate_bias: bool = False,
         balance_weight: float = 10.0,
         orthogonality_weight: float = 0.01,
         orthogonality_tau: float = 0.1,
@@ -181,7 +188,7 @@ class MIRACLE(SequentialRecommender):
         self.mask_ratio, self.mask_min_len, self.train_mask_token = mask_ratio, mask_min_len, train_mask_token
 
         self.item_encoder = TextItemEmbedding(
-            self.num_items, int(text_dim), d, n_experts, adaptor_dropout, self.use_id, adaptor_masks
+            self.num_items, int(text_dim), d, n_experts, adaptor_dropout, self.use_id, adaptor_masks, gate_bias
         )
         self.position_embedding = LearnedPositions(max_len, d)  # P, slot index (code)
         self.input_norm = nn.LayerNorm(d, eps=1e-12)
@@ -197,6 +204,7 @@ class MIRACLE(SequentialRecommender):
             sparse_activation=sparse_activation,
             position_attention=position_attention,
             attention_activation=attention_activation,
+            routing_agreement=routing_agreement,
         )
         self.mask_token = nn.Parameter(torch.randn(d) * 0.02)  # [MASK] item vector
         self.apply(init_weights)

@@ -38,6 +38,7 @@ def dynamic_routing(
     softmax_over: str = "interest",
     detach_intermediate: bool = True,
     num_capsules: int | None = None,
+    agreement_vectors: Tensor | None = None,
 ) -> Tensor:
     """Route item vectors to K interest capsules.
 
@@ -53,6 +54,8 @@ def dynamic_routing(
             ``"position"`` (each capsule spreads over items; the PyTorch ComiRec ports).
         detach_intermediate: route iterations 1..r-1 on a detached ``u_hat`` (ComiRec).
         num_capsules: K, required when ``u_hat`` is shared and ``init_logits`` is None.
+        agreement_vectors: ``[B, L, d]`` vectors of the agreement update ``b += <x_i, v_k>``
+            (shared ``u_hat`` only; default ``u_hat`` itself; MIRACLE Eq. 14 as printed uses h_i).
     Returns:
         ``[B, K, d]`` interest capsules (squashed).
     """
@@ -82,7 +85,8 @@ def dynamic_routing(
         uh = u_hat if (last or not detach_intermediate) else u_hat.detach()
         if shared:
             v = squash(torch.einsum("bkl,bld->bkd", c, uh))  # [B, K, d]
-            agreement = torch.einsum("bld,bkd->bkl", uh, v) if not last else None
+            x = uh if agreement_vectors is None else agreement_vectors  # [B, L, d]
+            agreement = torch.einsum("bld,bkd->bkl", x, v) if not last else None
         else:
             v = squash(torch.einsum("bkl,bkld->bkd", c, uh))  # [B, K, d]
             agreement = torch.einsum("bkld,bkd->bkl", uh, v) if not last else None

@@ -19,7 +19,8 @@ class LearnedPositions(nn.Module):
     slot p is recency ``max_len - 1 - p``, a fixed permutation of the rows of an
     i.i.d.-initialised table.
     ``index="oldest"``: position 0 = the oldest real item (RecBole's right-padded convention,
-    used by MIRACLE/HM4SR code); pads get position 0 and are masked anyway.
+    used by HM4SR's code; MIRACLE's code left-pads with slot ids, ``"slot"``); pads get position 0
+    and are masked anyway.
     """
 
     def __init__(self, max_len: int, d: int, index: str = "slot") -> None:

@@ -16,11 +16,13 @@ Choices (spec ``miracle.md`` Sec. 8 items A1-A5, all documented):
 * Activation mask scope (A1): PER SEQUENCE: an item may route to any capsule active for the
   user (the paper's I_u); a per-item mask would make routing one-hot.  Hard top-1, no
   straight-through (A3): A learns through ``b^(0) = s``, the balance and orthogonality losses.
-* Attention form (A4): the paper's Eq. 9 ``tanh((H + P~) W_3 + b_3) W_4 + b_4`` with
-  ``W_4 in R^{d x 1}`` (the printed ``R^{d x N}`` gives no scalar per position) is the default
-  ``attention_activation="tanh"``; the official code's ``Linear -> Dropout -> LeakyReLU ->
-  Linear`` is ``"leaky_relu"``.  Pads get -1e9 before the softmax over positions.
-* Agreement vector (A5): ``q_i``, as HORAE Eq. 22 and both codes (MIRACLE Eq. 14 prints h_i).
+* Attention form (A4): the official code's ``Linear -> Dropout -> LeakyReLU -> Linear`` is the
+  default ``attention_activation="leaky_relu"`` (it produced both papers' tables); the paper's
+  Eq. 9 ``tanh((H + P~) W_3 + b_3) W_4 + b_4`` with ``W_4 in R^{d x 1}`` (the printed
+  ``R^{d x N}`` gives no scalar per position), no dropout, is ``"tanh"``.  Pads get -1e9 before
+  the softmax over positions.
+* Agreement vector (A5): ``q_i``, as HORAE Eq. 22 and both codes (default
+  ``routing_agreement="q"``); MIRACLE Eq. 14 as printed, ``b_ij += <h_i, u_j>``, is ``"h"``.
 * ``q`` has dropout before the LayerNorm (code), eps 1e-12.
 * A user with no real item (never produced by the datamodule) activates every capsule so that
   scores stay finite.
@@ -69,7 +71,8 @@ class SparseInterestCapsules(nn.Module):
         dropout: dropout in the attention MLP and before the interest LayerNorm (0.3; code).
         sparse_activation: top-1 sparse activation (False = "w/o SS": all capsules active).
         position_attention: the position-wise attention o (False = "w/o PW": o_i = 1).
-        attention_activation: ``"tanh"`` (paper Eq. 9) or ``"leaky_relu"`` (official code).
+        attention_activation: ``"leaky_relu"`` (official code, default) or ``"tanh"`` (paper Eq. 9).
+        routing_agreement: ``"q"`` (both codes, HORAE Eq. 22; default) or ``"h"`` (MIRACLE Eq. 14).
     """
 
     def __init__(
@@ -83,11 +86,15 @@ class SparseInterestCapsules(nn.Module):
         dropout: float = 0.3,
         sparse_activation: bool = True,
         position_attention: bool = True,
-        attention_activation: str = "tanh",
+        attention_activation: str = "leaky_relu",
+        routing_agreement: str = "q",
     ) -> None:
         super().__init__()
         if attention_activation not in ("tanh", "leaky_relu"):
             raise ValueError(f"attention_activation must be 'tanh' or 'leaky_relu', got {attention_activation!r}")
+        if routing_agreement not in ("q", "h"):
+            raise ValueError(f"routing_agreement must be 'q' (code) or 'h' (MIRACLE Eq. 14), got {routing_agreement!r}")
+        self.routing_agreement = routing_agreement
         if routing_iters < 1:
             raise ValueError(f"routing_iters must be >= 1, got {routing_iters}")
         self.num_capsules, self.routing_iters = num_capsules, routing_iters
@@ -95,8 +102,10 @@ class SparseInterestCapsules(nn.Module):
         self.sparse_activation, self.position_attention = sparse_activation, position_attention
         self.base_vectors = nn.Parameter(torch.randn(num_capsules, d) * 0.02)  # A [C, d]
         self.position_embedding = LearnedPositions(max_len, d)  # P~
-        act = nn.Tanh() if attention_activation == "tanh" else nn.LeakyReLU()
-        self.attention = nn.Sequential(nn.Linear(d, d), Dropout(dropout), act, nn.Linear(d, 1))  # W_3, W_4
+        if attention_activation == "tanh":  # Eq. 9 as printed: no dropout
+            self.attention = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))  # W_3, W_4
+        else:  # the code's MLP
+            self.attention = nn.Sequential(nn.Linear(d, d), Dropout(dropout), nn.LeakyReLU(), nn.Linear(d, 1))
         self.interest_fc = nn.Linear(d, d)  # W_5, b_5
         self.interest_dropout = Dropout(dropout)
         self.interest_norm = nn.LayerNorm(d, eps=1e-12)
@@ -161,6 +170,7 @@ class SparseInterestCapsules(nn.Module):
             capsule_mask=active,
             item_weights=o,
             detach_intermediate=False,
+            agreement_vectors=h if self.routing_agreement == "h" else None,
         )  # [B, C, d]
         return CapsuleOutput(s=s, assign=assign, active=active, o=o, q=q, interests=u)
 

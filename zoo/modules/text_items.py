@@ -46,6 +46,7 @@ class TextItemEmbedding(nn.Module):
         use_id: add an ID embedding (transductive setting).
         adaptor_masks: ``"position"`` (code) or ``"item"`` (one adaptor pass per step; see the
             module docstring).
+        gate_bias: the MoE gate's bias b_1 (MIRACLE Eq. 3 as printed; the codes have none).
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class TextItemEmbedding(nn.Module):
         adaptor_dropout: float = 0.3,
         use_id: bool = False,
         adaptor_masks: str = "position",
+        gate_bias: bool = False,
     ) -> None:
         super().__init__()
         if adaptor_masks not in ("position", "item"):
@@ -64,7 +66,7 @@ class TextItemEmbedding(nn.Module):
         self.adaptor_masks = adaptor_masks
         self._shared: tuple[Tensor, Tensor] | None = None  # (sorted ids [U], MoE(t_ids) [U, d]) in shared_pass
         self.num_items, self.text_dim, self.use_id = num_items, text_dim, use_id
-        self.adaptor = MoEAdaptor(text_dim, d, n_experts, adaptor_dropout)
+        self.adaptor = MoEAdaptor(text_dim, d, n_experts, adaptor_dropout, gate_bias=gate_bias)
         self.id_embedding = nn.Embedding(num_items + 1, d) if use_id else None
         if self.id_embedding is not None:
             nn.init.normal_(self.id_embedding.weight, 0.0, 0.02)
