@@ -317,7 +317,8 @@ class SequentialDataModule(L.LightningDataModule):
         min_target_index: first (0-based) target position a training example may use
             (``random_target``; ComiRec 4, MDMI/HPCL4SR 10).
         eval_negatives: 0 = full ranking over all items; n = n seeded negatives per user.
-        negatives_seed: seed of those negatives.
+        negatives_seed: seed of those negatives (the same per user for validation and test; ReChorus draws
+            the test set's first and the dev set's next from one stream, so its two differ).
         batch_size / eval_batch_size / num_workers: loaders.
         text_encoder: ``"minilm"`` (offline default), a local transformers path, or None (no text).
         text_pooling: ``cls`` / ``mean`` (default depends on the encoder).

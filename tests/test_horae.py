@@ -204,3 +204,17 @@ def test_fine_tuning_with_recipe_freeze_list(tmp_path):
 
 def test_candidates_follow_score_with_id():
     check_candidates_follow_score_with_id(HORAE)
+
+
+def test_intra_include_pads_counts_the_pads_like_the_authors_code():
+    """intra_mode="code": the authors' per-capsule mean also averages the left pads' distances;
+    the zoo leaves them out by default (a bug), the switch puts them back (only padded batches differ)."""
+    def build(**kw):
+        m = make(**{"num_capsules": 4, **kw})
+        with torch.no_grad():
+            m.capsules.base_vectors.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
+        return m
+
+    padded = make_batch(B=8, L=L, num_items=N_ITEMS, min_len=2)
+    assert (padded["item_seq"] == 0).any()
+    assert_switch_changes(build, padded, {"intra_include_pads": True}, "loss")

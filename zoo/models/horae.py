@@ -36,7 +36,8 @@ defaults:
 |---|---|---|---|---|
 | ``rope`` | ``"qk"``: rotate queries and keys (Eq. 13), relative attention | ``"qv"``: rotates queries and VALUES, keys untouched | ``"qk"`` (paper) | clear bug: the code calls ``rotate_queries_or_keys`` on the values because its key tensor is laid out ``[B, h, d_h, N]``; its comment says "use RoPE", and rotating values is not RoPE (H1) |
 | ``overflow_to_pad`` | ``False``: gaps of 5 years or more get their own bin 12 (Eq. 5) | ``True``: they are filed under the pad bin 13 (its comment says "# >5year 12") | ``False`` (paper) | clear bug (H3) |
-| ``intra_mode`` | ``"paper"``: mean over real positions of ``‖h_hat_i - h_i‖₂`` (Eq. 32) | ``"code"``: ``‖H2_i - u_(a_i)‖₂``, H2 a second encoder pass, PRE-refined capsule, mean per (user, capsule), then over active pairs | ``"code"`` | produced the tables (H7); the code's pads in the mean are a bug and left out |
+| ``intra_mode`` | ``"paper"``: mean over real positions of ``‖h_hat_i - h_i‖₂`` (Eq. 32) | ``"code"``: ``‖H2_i - u_(a_i)‖₂``, H2 a second encoder pass, PRE-refined capsule, mean per (user, capsule), then over active pairs | ``"code"`` | produced the tables (H7) |
+| ``intra_include_pads`` | silent | ``True``: the pad positions' distances enter each capsule's mean in ``intra_mode="code"`` | ``False`` | clear bug: padding is not an item of the user |
 | ``anchor_capsule`` | ``"maxpool"``: max over capsules in each likelihood (Eqs. 40/42) | ``"target_argmax"``: one capsule per user, the argmax of the post-refined own-target score, for all three | ``"target_argmax"`` (code) | produced the tables (H8) |
 | ``anchor_mask_items`` | ``False``: only F0 entries are [MASK_1] (Eq. 41) | ``True``: the same items are also [MASK_2] in the gate GRU's input | ``True`` (code) | produced the tables (H9) |
 | ``contrastive_weight`` | 0.05: theta_4, the best value of Sec. 5.3 | 0.001 (``seq_cons_alpha``) | ``0.001`` (code) | produced the tables (H11) |
@@ -49,7 +50,12 @@ Ablations (Table 8), one init arg each: ``interest_intra=False`` (w/o L_intra),
 ``interest_inter=False`` (w/o L_inter), ``anchor_contrastive=False`` (w/o L_pre-post),
 ``refiner=False`` (w/o Refiner: H_bar = F0), ``fusion_gate=False`` (w/o Gate: H_hat = H_bar),
 ``rope="none"`` (w/o RoPE), ``adjacent_interval=False`` (w/o d^a), ``target_interval=False``
-(w/o d^t); plus MIRACLE's ``interest_contrastive=False`` (no L_aug).
+(w/o d^t); plus MIRACLE's ``interest_contrastive=False`` (no L_aug).  The paper lists L_inter
+among the pre-training tasks, but fine-tuning has theta_5 L_inter too (Eq. 48); ``interest_inter``
+drops it in whichever stage it is set, and ``zoo ablate`` sets every row in both stages.  The
+"w/o RoPE" row was measured against the code's ``rope="qv"`` (the zoo's default is ``"qk"``).
+Not implemented yet: Fig. 7's variants (a self-attention gate instead of the GRU; TiSASRec's
+relation matrix or a Hawkes encoding instead of the time bins).
 """
 
 from __future__ import annotations
@@ -132,6 +138,8 @@ class HORAE(MIRACLE):
         refiner / fusion_gate: Interest Refine Encoder / Fusion Gate (w/o Refiner, w/o Gate).
         interest_intra / interest_inter / anchor_contrastive: L_intra / L_inter / L_pre-post.
         intra_mode: ``"code"`` (default) or ``"paper"`` (see the module docstring).
+        intra_include_pads: ``intra_mode="code"`` only: count the pad positions in each
+            capsule's mean, as the authors' code (a bug; default False).
         overflow_to_pad: file gaps >= the last threshold under the pad bin (the code's bug).
         target_time_source: ``"target"`` (paper) or ``"last_history"`` (no target timestamp).
         refine_causal: causal refinement Transformer (code; the paper does not say).
@@ -162,6 +170,7 @@ class HORAE(MIRACLE):
         interest_inter: bool = True,
         anchor_contrastive: bool = True,
         intra_mode: str = "code",
+        intra_include_pads: bool = False,
         overflow_to_pad: bool = False,
         target_time_source: str = "target",
         refine_causal: bool = True,
@@ -193,6 +202,7 @@ class HORAE(MIRACLE):
         self.interest_intra, self.anchor_contrastive = interest_intra, anchor_contrastive
         self.inter_losses = interest_inter
         self.intra_mode, self.anchor_capsule, self.anchor_mask_items = intra_mode, anchor_capsule, anchor_mask_items
+        self.intra_include_pads = intra_include_pads
         self.intra_weight, self.pre_post_weight, self.pre_post_beta = intra_weight, pre_post_weight, pre_post_beta
 
         n_bins = len(HORAE_THRESHOLDS) + 2  # 12 thresholds -> bins 0..12 real, 13 = pad
@@ -268,10 +278,12 @@ class HORAE(MIRACLE):
         _, h2 = self.encode(batch)  # second encoder pass, fresh dropout
         dist = _l2(h2 - gather_activated(state.pre_interests, state.caps.assign))  # [B, L]
         C = state.pre_interests.shape[1]
-        hits = F.one_hot(state.caps.assign, C).to(dist.dtype) * pad_mask[..., None]  # [B, L, C]
+        hits = F.one_hot(state.caps.assign, C).to(dist.dtype)  # [B, L, C]
+        if not self.intra_include_pads:
+            hits = hits * pad_mask[..., None]
         count = hits.sum(1)  # [B, C]
         per_capsule = torch.einsum("blc,bl->bc", hits, dist) / count.clamp(min=1)  # [B, C]
-        return per_capsule[count > 0].mean()
+        return per_capsule[(count > 0) & state.caps.active].mean()  # the code: active capsules only
 
     def anchor_refinement(self, batch: dict[str, Tensor], state: RefinedState, item_mask: Tensor) -> Refinement:
         """Eqs. 41-42: the post-refined interests when the F0 entries under ``item_mask [B, L]`` are

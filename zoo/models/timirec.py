@@ -13,7 +13,9 @@ Two stages (Algorithm 1), chosen by ``stage``:
 
 * ``"pretrain"``: the extractor alone; training reads out the greedy interest
   ``v = V[argmax_k <V_k, i>]`` (Eq. 2) and minimises L_rec (BPR, Eq. 10); inference scores
-  ``max_k <V_k, e_i>``.  This stage IS ComiRec (ComiRec+ with ``transformer=True``).
+  ``max_k <V_k, e_i>``.  This stage is ReChorus's ``TiMiRec --stage pretrain``, TiMiRec's ComiRec+
+  with ``transformer=True`` (ReChorus's own ``ComiRec.py`` pools the raw item embeddings: the
+  zoo's ``ComiRec(pool="raw")``, ``recipes/comirec_rechorus.yaml``, the ComiRec column of the table).
 * ``"finetune"``: extractor + predictor; ``v = V softmax(z^q)`` (Eq. 4) in training AND
   inference; the distillation soft label is ``z^p = cos(V_k, i)`` (Eq. 5) and the loss
   ``L = L_rec + T^2 L_distill`` (Eq. 11) with ``L_distill = KL(softmax(sg(z^p)/T) || softmax(z^q/T))``
