@@ -106,6 +106,18 @@ CASES: dict[str, Callable[[], SequentialRecommender]] = {
     "HPCL4SR": lambda: HPCL4SR(num_categories=C, **{**MI, "max_len": L + 4}, **COMMON),
     "HM4SR": lambda: HM4SR(d=D, d_ff=2 * D, max_len=L, text_dim=TEXT_DIM, image_dim=IMAGE_DIM, num_categories=C,
                            n_interactive_experts=2, n_temporal_experts=2, num_interval_buckets=3000, **COMMON),
+    # Fig. 5's time embeddings (a calendar computed from the timestamps, a learned frequency)
+    "HM4SR-day-of-year": lambda: HM4SR(d=D, d_ff=2 * D, max_len=L, text_dim=TEXT_DIM, image_dim=IMAGE_DIM,
+                                       num_categories=C, n_interactive_experts=2, n_temporal_experts=2,
+                                       time_embeddings="day_of_year", **COMMON),
+    "HM4SR-cos-cpsum": lambda: HM4SR(d=D, d_ff=2 * D, max_len=L, text_dim=TEXT_DIM, image_dim=IMAGE_DIM,
+                                   num_categories=C, n_interactive_experts=2, n_temporal_experts=2,
+                                   time_embeddings="cos", cp_reduction="sum", **COMMON),
+    "HM4SR-day": lambda: HM4SR(d=D, d_ff=2 * D, max_len=L, text_dim=TEXT_DIM, image_dim=IMAGE_DIM, num_categories=C,
+                               n_interactive_experts=2, n_temporal_experts=2, time_embeddings="day",
+                               time_span=(1_500_000_000, 1_500_000_000 + 400 * 86400), **COMMON),
+    "MIRACLE-paper-forms": lambda: MIRACLE(stage="pretrain", routing_agreement="h", gate_bias=True,
+                                           attention_activation="tanh", **TEXT, **COMMON),
 }
 TRAINABLE = [name for name in CASES if name != "Pop"]
 
