@@ -158,6 +158,7 @@ def test_l_aug_is_zero_without_maskable_items():
         ({"anchor_capsule": "maxpool"}, "loss", {}),
         ({"refine_causal": False}, "scores", {}),
         ({"gru_zero_pads": True}, "scores", {}),
+        ({"gate_backbone": "self_attention"}, "scores", {}),  # Fig. 7
         ({"orthogonality_weight": 10.0}, "loss", {}),
     ],
 )

@@ -782,3 +782,15 @@ def test_sigterm_under_jobs_stops_every_running_fit_and_records_no_failure(tmp_p
     for r in runs:
         assert (r / "term").read_text() == "1"
         assert json.loads((r / "reproduce.json").read_text())["status"] == "running"
+
+
+def test_a_row_may_set_a_switch_its_recipe_leaves_at_the_default(tmp_path):
+    """An ablation row's argument that the recipe does not spell out but the model class takes (a
+    switch added later, e.g. HORAE's gate_backbone) is set; one the class does not take is an error."""
+    from zoo.experiments.reproduce import materialise
+
+    opts = Options(out=tmp_path, quiet=True)
+    cfg, _ = materialise("horae", {"gate_backbone": "self_attention"}, None, opts)
+    assert cfg["model"]["init_args"]["gate_backbone"] == "self_attention"
+    with pytest.raises(KeyError, match="takes no such argument"):
+        materialise("horae", {"gate_backbone_typo": 1}, None, opts)

@@ -226,11 +226,13 @@ def materialise(recipe: str, args: dict[str, Any], data_cfg: dict[str, Any] | No
         if src_topk is not None and "topk" in cfg["model"].get("init_args", {}):
             cfg["model"]["init_args"]["topk"] = src_topk
     init = cfg["model"].setdefault("init_args", {})
+    accepted = init_arguments(str(cfg["model"].get("class_path", ""))) if args else None
     for k, v in args.items():
-        if k in init:
+        if k in init or (accepted is not None and k in accepted):  # a switch the recipe leaves at its default
             init[k] = v
         elif strict_args:
-            raise KeyError(f"{opts.recipes / recipe}.yaml: model.init_args has no '{k}' (asked for by {NUMBERS.name})")
+            raise KeyError(f"{opts.recipes / recipe}.yaml: model.init_args has no '{k}' and its class takes no such "
+                           f"argument (asked for by {NUMBERS.name})")
     for key, value in opts.sets:
         if key.startswith("model.init_args."):
             name = key.split(".", 2)[2]

@@ -54,8 +54,9 @@ Ablations (Table 8), one init arg each: ``interest_intra=False`` (w/o L_intra),
 among the pre-training tasks, but fine-tuning has theta_5 L_inter too (Eq. 48); ``interest_inter``
 drops it in whichever stage it is set, and ``zoo ablate`` sets every row in both stages.  The
 "w/o RoPE" row was measured against the code's ``rope="qv"`` (the zoo's default is ``"qk"``).
-Not implemented yet: Fig. 7's variants (a self-attention gate instead of the GRU; TiSASRec's
-relation matrix or a Hawkes encoding instead of the time bins).
+Fig. 7: ``gate_backbone="self_attention"`` (one causal self-attention layer instead of the gate's
+GRU).  Not implemented yet: Fig. 7's temporal encodings (TiSASRec's relation matrix, a Hawkes
+encoding) in place of the time bins.
 """
 
 from __future__ import annotations
@@ -96,19 +97,26 @@ class RefinedState(InterestState):
 
 
 class FusionGate(nn.Module):
-    """Eqs. 25-27: ``H_hat = sigmoid(GRU(H) W_6 + b_6) * H_bar``."""
+    """Eqs. 25-27: ``H_hat = sigmoid(GRU(H) W_6 + b_6) * H_bar``; Fig. 7's variant replaces the GRU
+    by one causal self-attention layer (``encoder``, given by the model)."""
 
-    def __init__(self, d: int, zero_pads: bool = True) -> None:
+    def __init__(self, d: int, zero_pads: bool = True, encoder: nn.Module | None = None) -> None:
         super().__init__()
         self.zero_pads = zero_pads
-        self.gru = nn.GRU(d, d, batch_first=True)  # PyTorch default init (code)
+        if encoder is None:
+            self.gru = nn.GRU(d, d, batch_first=True)  # PyTorch default init (code)
+        else:
+            self.encoder = encoder  # Fig. 7: self-attention instead of the GRU
         self.gate = nn.Linear(d, d)  # W_6, b_6
 
     def forward(self, h: Tensor, h_bar: Tensor, pad_mask: Tensor) -> Tensor:
         """h, h_bar ``[B, L, d]``, pad_mask ``[B, L]`` -> ``[B, L, d]``."""
         if self.zero_pads:
             h = h * pad_mask[..., None].to(h.dtype)
-        h_prime, _ = self.gru(h)  # [B, L, d]
+        if hasattr(self, "gru"):
+            h_prime, _ = self.gru(h)  # [B, L, d]
+        else:
+            h_prime = self.encoder(h, pad_mask)  # [B, L, d]
         return torch.sigmoid(self.gate(h_prime)) * h_bar
 
 
@@ -144,6 +152,8 @@ class HORAE(MIRACLE):
         target_time_source: ``"target"`` (paper) or ``"last_history"`` (no target timestamp).
         refine_causal: causal refinement Transformer (code; the paper does not say).
         gru_zero_pads: zero the gate GRU's input at pads (default False = code).
+        gate_backbone: ``"gru"`` (the model) or ``"self_attention"`` (Fig. 7: one causal Transformer
+            layer with the encoder's heads, FFN size and dropout, instead of the GRU).
         anchor_capsule: ``"target_argmax"`` (code, default) or ``"maxpool"`` (paper Eqs. 40/42).
         anchor_mask_items: also mask the anchor's items in the gate's input (code, default).
         intra_weight: theta_1 (0.05).  pre_post_weight: theta_3 (0.05).  pre_post_beta: beta (0.05).
@@ -175,6 +185,7 @@ class HORAE(MIRACLE):
         target_time_source: str = "target",
         refine_causal: bool = True,
         gru_zero_pads: bool = False,
+        gate_backbone: str = "gru",
         anchor_capsule: str = "target_argmax",
         anchor_mask_items: bool = True,
         intra_weight: float = 0.05,
@@ -186,6 +197,7 @@ class HORAE(MIRACLE):
     ) -> None:
         for name, value, allowed in (
             ("intra_mode", intra_mode, ("paper", "code")),
+            ("gate_backbone", gate_backbone, ("gru", "self_attention")),
             ("target_time_source", target_time_source, ("target", "last_history")),
             ("anchor_capsule", anchor_capsule, ("maxpool", "target_argmax")),
         ):
@@ -211,7 +223,11 @@ class HORAE(MIRACLE):
         self.refine_encoder = TransformerEncoder(
             d, hp["n_layers"], hp["n_heads"], hp["d_ff"], hp["dropout"], causal=refine_causal, rope=rope
         )
-        self.fusion_gate = FusionGate(d, zero_pads=gru_zero_pads)
+        gate_encoder = None
+        if gate_backbone == "self_attention":  # Fig. 7
+            gate_encoder = TransformerEncoder(d, 1, hp["n_heads"], hp["d_ff"], hp["dropout"], causal=True)
+            gate_encoder.apply(init_weights)
+        self.fusion_gate = FusionGate(d, zero_pads=gru_zero_pads, encoder=gate_encoder)
         self.interest_mask_token = nn.Parameter(torch.randn(d) * 0.02)  # [MASK_1]; mask_token is [MASK_2]
         for module in (self.time_embedding, self.capsule_time_embedding, self.refine_encoder, self.fusion_gate.gate):
             module.apply(init_weights)
