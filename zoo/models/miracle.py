@@ -42,6 +42,11 @@ Where the paper gives no value or form, the code's: loss weights theta_1..5 = 10
 dropout before the Transformer; masking never the last item nor sequences shorter than 5; raw
 dot products in l_i (tau = 1).
 
+Item text (Eq. 1): the paper and its code encode it with BERT-base ``[CLS]`` (768-d).  The zoo's
+recipes use the offline MiniLM (``data.text_encoder: minilm``, 384-d; nothing downloads at run
+time): for the paper's features set ``data.text_encoder`` to a local bert-base-uncased folder and
+``data.text_pooling: cls`` in both the pre-training and the fine-tuning recipe (HORAE likewise).
+
 Ablations (Fig. 5), one init arg each: ``position_attention=False`` (w/o PW; o_i = 1, not 1/n,
 a reading: the squash is scale-sensitive and the paper does not say),
 ``interest_contrastive=False`` (w/o IC), ``sparse_activation=False`` with ``num_capsules=4``
