@@ -199,7 +199,7 @@ BAD = [  # (extra args after `fit --config recipes/sasrec.yaml`, substrings of t
     (lambda t: ["--model.init_args.no_such_arg", "3"], ["command line --model.init_args.no_such_arg", "'no_such_arg'"]),
     (lambda t: ["--model.n_layres", "3"], ["'n_layres'", "did you mean 'n_layers'?"]),
     (lambda t: ["--data.init_args.k_cor=3"], ["'k_cor' is not accepted by datamodules.base.SequentialDataModule",
-                                              "did you mean 'k_core'?"]),
+                                              "did you mean 'k_core'"]),
     (lambda t: ["--model.init_args.lr", "fast"], ['"lr"', "expects float", "'fast'"]),
     (lambda t: ["--config", write(t, "monitr: val/ndcg@10\n")], ["line 1: monitr", "not accepted by `zoo fit`",
                                                                  "did you mean 'monitor'"]),
