@@ -121,8 +121,8 @@ def test_ablation_switches_change_the_capsules(inputs):
     assert not torch.allclose(full.interests, dense.interests)
     no_pw = make(position_attention=False)(h, pad_mask)
     assert no_pw.o is None and not torch.allclose(full.interests, no_pw.interests)
-    leaky = make(attention_activation="leaky_relu")(h, pad_mask)
-    assert not torch.allclose(full.o, leaky.o)
+    tanh = make(attention_activation="tanh")(h, pad_mask)  # paper Eq. 9; the default is the code's leaky_relu
+    assert not torch.allclose(full.o, tanh.o)
     time_hook = make()(h, pad_mask, extra_attn=torch.randn(B, L, D))
     assert not torch.allclose(full.o, time_hook.o)
 

@@ -19,8 +19,9 @@ Choices (spec ``miracle.md`` Sec. 8 items A1-A5, all documented):
 * Attention form (A4): the official code's ``Linear -> Dropout -> LeakyReLU -> Linear`` is the
   default ``attention_activation="leaky_relu"`` (it produced both papers' tables); the paper's
   Eq. 9 ``tanh((H + P~) W_3 + b_3) W_4 + b_4`` with ``W_4 in R^{d x 1}`` (the printed
-  ``R^{d x N}`` gives no scalar per position), no dropout, is ``"tanh"``.  Pads get -1e9 before
-  the softmax over positions.
+  ``R^{d x N}`` gives no scalar per position) is ``"tanh"``; it keeps the code's dropout (the
+  paper prints none; the training-speed golden curves were recorded with it).  Pads get -1e9
+  before the softmax over positions.
 * Agreement vector (A5): ``q_i``, as HORAE Eq. 22 and both codes (default
   ``routing_agreement="q"``); MIRACLE Eq. 14 as printed, ``b_ij += <h_i, u_j>``, is ``"h"``.
 * ``q`` has dropout before the LayerNorm (code), eps 1e-12.
@@ -102,10 +103,8 @@ class SparseInterestCapsules(nn.Module):
         self.sparse_activation, self.position_attention = sparse_activation, position_attention
         self.base_vectors = nn.Parameter(torch.randn(num_capsules, d) * 0.02)  # A [C, d]
         self.position_embedding = LearnedPositions(max_len, d)  # P~
-        if attention_activation == "tanh":  # Eq. 9 as printed: no dropout
-            self.attention = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))  # W_3, W_4
-        else:  # the code's MLP
-            self.attention = nn.Sequential(nn.Linear(d, d), Dropout(dropout), nn.LeakyReLU(), nn.Linear(d, 1))
+        act = nn.Tanh() if attention_activation == "tanh" else nn.LeakyReLU()  # Eq. 9 | the code
+        self.attention = nn.Sequential(nn.Linear(d, d), Dropout(dropout), act, nn.Linear(d, 1))  # W_3, W_4
         self.interest_fc = nn.Linear(d, d)  # W_5, b_5
         self.interest_dropout = Dropout(dropout)
         self.interest_norm = nn.LayerNorm(d, eps=1e-12)
