@@ -179,3 +179,16 @@ def test_missing_data_path_gives_one_clear_message(tmp_path):
     assert r.returncode != 0
     assert "nowhere" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_later_run_options_have_the_cli_defaults_compare_assumes():
+    """zoo compare treats a run saved before an option existed as that option's default
+    (LATER_RUN_OPTIONS); the parser's defaults must be those values."""
+    import yaml
+
+    from zoo.experiments.compare import LATER_RUN_OPTIONS
+
+    r = zoo("fit", "--config", "recipes/sasrec.yaml", "--print_config")
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = yaml.safe_load(r.stdout)
+    assert {k: cfg.get(k) for k in LATER_RUN_OPTIONS} == LATER_RUN_OPTIONS

@@ -209,6 +209,9 @@ def test_seeds_saved_before_and_after_a_new_argument_form_one_model(tmp_path):
     other = run("SASRec-s3", 3, {"max_len": 50})
     assert old.group_key() == new.group_key()
     assert len({old.group_key(), grouped.group_key(), other.group_key()}) == 3
+    # a run option added later (matmul_precision), at its default, is the same model; another value is not
+    assert run("SASRec-s4", 4, {}, matmul_precision="highest").group_key() == old.group_key()
+    assert run("SASRec-s5", 5, {}, matmul_precision="high").group_key() != old.group_key()
     assert [len(m.runs) for m in group_runs([old, new, grouped, other])] == [2, 1, 1]
     # defaults of the class's signature, its bases' through **kwargs included (lr is
     # SequentialRecommender's); a class that does not import keeps everything

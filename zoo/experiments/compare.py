@@ -51,6 +51,11 @@ SEED_SUFFIX = re.compile(r"[-_](?:s|seed)\d+$")
 # config keys that are not the model/config itself: seeds, where the run went, how it was launched
 NOT_CONFIG = ("seed_everything", "run_dir", "ckpt_path", "config", "wandb", "test_after_fit", "print_config", "weights_only",
               "overwrite")
+# `zoo fit` options added after runs were saved without them: such a run behaved as the option's
+# default, so a run AT that default is compared as if the key were absent (as drop_defaults does for
+# class arguments).  zoo/cli.py's parser defaults must equal these (tests/test_cli.py checks).
+LATER_RUN_OPTIONS: dict[str, Any] = {"last_every_n_steps": 0, "compile": "off", "compile_backend": "inductor",
+                                     "matmul_precision": "highest"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -230,6 +235,9 @@ class Run:
         cfg = copy.deepcopy(self.config)
         for k in NOT_CONFIG:
             cfg.pop(k, None)
+        for k, default in LATER_RUN_OPTIONS.items():
+            if k in cfg and cfg[k] == default:
+                cfg.pop(k)
         data_args = (cfg.get("data") or {}).get("init_args") or {}
         data_args.pop("seed", None)
         trainer = cfg.get("trainer") or {}
