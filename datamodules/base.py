@@ -467,8 +467,8 @@ class SequentialDataModule(L.LightningDataModule):
             "max_len": self.max_len,
             "protocol": self.protocol,
             "max_gap_seconds": self._max_gap_seconds(),
-            "min_time_seconds": int(self.data.times.min()) if len(self.data.times) else 0,
-            "max_time_seconds": int(self.data.times.max()) if len(self.data.times) else 0,
+            "min_time_seconds": int(s["time_span"][0]),  # the processed data's first / last interaction
+            "max_time_seconds": int(s["time_span"][1]),
             **({"group_by_length": True} if self.group_by_length else {}),  # the model trims its training batches
         }
 

@@ -793,6 +793,19 @@ def _busy(run_dir: Path) -> str | None:
     return None
 
 
+def _reused(s: Step) -> dict[str, Any]:
+    """The outcome of a "reuse" step: its stored record."""
+    return {**_stored_meta(s.run), "status": "reused", "stale": s.stale}
+
+
+def _wait_while_busy(s: Step, n: int, opts: Options) -> None:
+    """Wait while another process holds the step's run folder (or until a --jobs stop)."""
+    if _busy(s.run.run_dir):
+        opts.log(f"[{s.index}/{n}] waiting for the other process to release {s.run.run_dir}")
+        while _busy(s.run.run_dir) and not _STOPPING.is_set():
+            time.sleep(BUSY_POLL_S)
+
+
 def _run_step(s: Step, outcomes: dict[Path | str, dict[str, Any]], n: int, opts: Options) -> dict[str, Any]:
     """A "run"/"resume" step: failed with its pre-training, reused when another process finished it
     since the plan was made, else fitted."""
@@ -814,6 +827,7 @@ def execute_plan(steps: list[Step], opts: Options) -> dict[Path | str, dict[str,
     same folders), or whose pre-training is such a step, waits until the rest of the plan is done;
     then it waits for the folder to be free and is reused if the other process finished it (a
     cell sharing such a step's run waits with it)."""
+    _STOPPING.clear()  # a new plan: an earlier interrupted one (same process) stops nothing here
     if opts.jobs > 1 and not opts.dry_run:
         return _execute_parallel(steps, opts)
     outcomes: dict[Path | str, dict[str, Any]] = {}
@@ -832,7 +846,7 @@ def execute_plan(steps: list[Step], opts: Options) -> dict[Path | str, dict[str,
             if s.action == "reuse":
                 out = {**_stored_meta(run), **out}
         elif s.action == "reuse":
-            out = {**_stored_meta(run), "status": "reused", "stale": s.stale}
+            out = _reused(s)
         else:
             waits_for = s.source if s.action == "share" else run.pretrain.run_dir if run.pretrain is not None else None
             busy = None if waits_for in later or s.action == "share" else _busy(run.run_dir)
@@ -848,10 +862,7 @@ def execute_plan(steps: list[Step], opts: Options) -> dict[Path | str, dict[str,
         if s.action == "share":
             outcomes[s.run.run_dir] = share(s, outcomes, opts)
             continue
-        if _busy(s.run.run_dir):
-            opts.log(f"[{s.index}/{n}] waiting for the other process to release {s.run.run_dir}")
-            while _busy(s.run.run_dir):
-                time.sleep(BUSY_POLL_S)
+        _wait_while_busy(s, n, opts)
         outcomes[s.run.run_dir] = _run_step(s, outcomes, n, opts)
     return outcomes
 
@@ -884,10 +895,7 @@ def _worker_step(s: Step, outcomes: dict[Path | str, dict[str, Any]], n: int, op
     """One fit of a ``--jobs`` worker: waits while another invocation holds the folder, then
     :func:`_run_step` (reused if that one finished it)."""
     _SLOT.env = env
-    if _busy(s.run.run_dir):
-        opts.log(f"[{s.index}/{n}] waiting for the other process to release {s.run.run_dir}")
-        while _busy(s.run.run_dir) and not _STOPPING.is_set():
-            time.sleep(BUSY_POLL_S)
+    _wait_while_busy(s, n, opts)
     if _STOPPING.is_set():
         raise SystemExit(143)
     return _run_step(s, outcomes, n, opts)
@@ -907,7 +915,7 @@ def _execute_parallel(steps: list[Step], opts: Options) -> dict[Path | str, dict
         elif s.run.run_dir in outcomes or any(t.run.run_dir == s.run.run_dir for t in todo):
             continue
         elif s.action == "reuse":
-            outcomes[s.run.run_dir] = {**_stored_meta(s.run), "status": "reused", "stale": s.stale}
+            outcomes[s.run.run_dir] = _reused(s)
         else:
             todo.append(s)
     n = sum(s.fits for s in steps)
@@ -920,7 +928,6 @@ def _execute_parallel(steps: list[Step], opts: Options) -> dict[Path | str, dict
     gpus = visible_gpus()
     free = list(range(opts.jobs))
     running: dict[Future, tuple[Step, int]] = {}
-    _STOPPING.clear()
     with _sigterm_raises(), ThreadPoolExecutor(max_workers=opts.jobs) as pool:
         try:
             while todo or running:
