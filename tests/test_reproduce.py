@@ -386,6 +386,51 @@ def test_a_run_already_made_for_another_table_is_shared_not_rerun(tmp_path):
     assert make_plan([cells[1]], opts)[0].stale
 
 
+def test_a_run_made_before_a_code_default_changed_is_stale_not_reused_shared_or_resumed(tmp_path):
+    """The config hash covers the recipe only.  A finished run whose saved config.yaml holds another
+    value for an argument the recipe leaves to the class (a default changed by a fix since it ran)
+    is reported stale, naming the argument, and is neither shared with another table nor resumed;
+    an argument added after it ran (absent from its config.yaml) or one equal to today's default is
+    no difference."""
+    from zoo.experiments.reproduce import changed_defaults, plan_text
+
+    opts = Options(out=tmp_path, quiet=True)
+    cfg = {"model": {"class_path": "zoo.models.sasrec.SASRec", "init_args": {"d": 16}}, "trainer": {"max_epochs": 1}}
+
+    def saved(run_dir: Path, **init_args) -> None:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(
+            {"model": {"class_path": "zoo.models.sasrec.SASRec", "init_args": {"d": 16, **init_args}}}))
+
+    today = _finished(Run(cfg, tmp_path / "horae" / "default" / "SASRec-s0", 0, "g"), {"test/recall@10": 0.2})
+    saved(today.run_dir, dropout=0.2, topk=[10, 20, 50], n_heads=2)  # today's defaults (a tuple saved as a list)
+    assert changed_defaults(today.run_dir, cfg) == []
+    [step] = make_plan([Cell("horae", "Table 7", "default", "SASRec", 0, today)], opts)
+    assert step.action == "reuse" and not step.stale
+
+    saved(today.run_dir, dropout=0.5, n_heads=2, d=99)  # dropout's default was 0.5 when it ran; d is the recipe's
+    assert changed_defaults(today.run_dir, cfg) == ["model.init_args.dropout: ran 0.5, now 0.2"]
+    [step] = make_plan([Cell("horae", "Table 7", "default", "SASRec", 0, today)], opts)
+    assert step.action == "reuse" and step.stale
+    assert "STALE: code defaults changed since it ran: model.init_args.dropout: ran 0.5, now 0.2" in plan_text([step], opts)
+    assert execute_plan([step], opts)[today.run_dir]["stale"] is True  # the table marks it
+
+    other = Run(cfg, tmp_path / "miracle" / "default" / "SASRec-s0", 0, "g")  # same hash and seed
+    assert find_twin(other, [tmp_path]) == today.run_dir
+    [step] = make_plan([Cell("miracle", "Table 2", "default", "SASRec", 0, other)], opts)
+    assert step.action == "run"  # not shared: the twin is another model now
+
+    half = Run(cfg, tmp_path / "hm4sr" / "default" / "SASRec-s0", 0, "g")
+    half.run_dir.mkdir(parents=True)
+    (half.run_dir / "last.ckpt").write_bytes(b"a checkpoint")
+    (half.run_dir / "reproduce.json").write_text(json.dumps({"config_hash": half.hash, "seed": 0, "status": "running"}))
+    saved(half.run_dir, dropout=0.2)
+    plan = [s for s in make_plan([Cell("hm4sr", "T", "default", "SASRec", 0, half)], opts) if s.run.run_dir == half.run_dir]
+    assert [s.action for s in plan] == ["resume"]
+    saved(half.run_dir, dropout=0.5)
+    plan = [s for s in make_plan([Cell("hm4sr", "T", "default", "SASRec", 0, half)], opts) if s.run.run_dir == half.run_dir]
+    assert [s.action for s in plan] == ["run"]  # its checkpoint is the old model's: start afresh
+
+
 def test_a_run_finished_by_another_process_after_the_plan_is_reused_not_rerun(tmp_path, monkeypatch):
     """Two ``zoo reproduce`` invocations sharing a table's seeds: a run the other one finished
     after this plan was made is reused when its turn comes (same config), never fitted again over

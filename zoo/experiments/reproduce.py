@@ -25,8 +25,10 @@ or skipped (missing raw data).  ``--dry-run`` prints it and stops; a real run pr
 executes it, one line when each fit starts and ends and at most one line per epoch in between.
 
 Resume: a run whose ``test_metrics.json`` exists is not run again (a run killed half-way restarts
-from its ``last.ckpt``).  A run whose stored config hash differs from the current one is reported
-as stale and kept unless ``--force``.  A cell whose raw files are missing under ``--data-root`` is
+from its ``last.ckpt``).  A run whose stored config hash differs from the current one, or which ran
+with a code default that has changed since (its saved ``config.yaml`` against the class's
+defaults today), is reported as stale and kept unless ``--force``; such a run is neither shared
+with another table nor resumed.  A cell whose raw files are missing under ``--data-root`` is
 reported as skipped with the expected paths.
 
 Outputs under ``--out`` (default ``runs/reproduce``, outside version control; the committed tables
@@ -453,6 +455,44 @@ def find_twin(run: Run, roots: Iterable[Path], index: dict[tuple[str, int], Path
     return None if twin == run.run_dir else twin
 
 
+def changed_defaults(run_dir: Path, cfg: dict[str, Any]) -> list[str]:
+    """What a run in ``run_dir`` ran with that this config would not run with today: for every
+    ``model``/``data`` argument its saved ``config.yaml`` (Lightning's record of every argument,
+    defaults included) holds and this config leaves to the class, the class's current default, when
+    the two differ, as ``"model.init_args.K: ran V, now W"``.  The config hash covers the recipe only,
+    so this is how a run made before a code default changed (a fix, an audit) is found stale instead
+    of being reused as if it were today's model.  Empty when nothing differs or nothing is known (no
+    ``config.yaml``, a class that no longer imports); an argument added later is absent from the saved
+    file and is not a difference."""
+    import inspect
+
+    from zoo.experiments.compare import class_arguments
+
+    try:
+        saved = _read_yaml(str(run_dir / "config.yaml"), (run_dir / "config.yaml").stat().st_mtime_ns)
+    except (OSError, yaml.YAMLError):
+        return []
+    out: list[str] = []
+    for section in ("model", "data"):
+        ran, now = (saved or {}).get(section), cfg.get(section)
+        if not isinstance(ran, dict) or not isinstance(now, dict) or ran.get("class_path") != now.get("class_path"):
+            continue
+        defaults = class_arguments(str(now.get("class_path"))) or {}
+        given = now.get("init_args") or {}
+        for key, value in sorted((ran.get("init_args") or {}).items()):
+            default = defaults.get(key, inspect.Parameter.empty)
+            if key in given or default is inspect.Parameter.empty:
+                continue  # the recipe's own value (in the hash), or an argument without a default
+            if _canonical(value) != _canonical(default):
+                out.append(f"{section}.init_args.{key}: ran {value!r}, now {default!r}")
+    return out
+
+
+def _canonical(value: Any) -> str:
+    """A value as YAML/JSON round-trips it (tuples as lists, paths as strings) for comparison."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def _stored_meta(run: Run) -> dict[str, Any]:
     try:
         return json.loads((run.run_dir / "reproduce.json").read_text())
@@ -478,18 +518,24 @@ def make_plan(cells: list[Cell], opts: Options) -> list[Step]:
             meta = _stored_meta(run)
             # another config's run, or an old run a re-run was to replace ("running"/"failed": it never did)
             stale = meta.get("config_hash") not in (None, run.hash) or meta.get("status") in ("running", "failed")
-            step = Step(run, "reuse", label, stale=stale)
+            changed = [] if stale else changed_defaults(run.run_dir, run.cfg)
+            why = ("code defaults changed since it ran: " + "; ".join(changed)) if changed else ""
+            step = Step(run, "reuse", label, reason=why, stale=stale or bool(changed))
         else:
             twin = None
             if not pretrain and not opts.force:
-                twin = planned.get((run.hash, run.seed)) or find_twin(run, roots, twins)
+                twin = planned.get((run.hash, run.seed))
+                if twin is None:
+                    twin = find_twin(run, roots, twins)
+                    twin = None if twin is not None and changed_defaults(twin, run.cfg) else twin
             if twin is not None:
                 step = Step(run, "share", label, source=twin)
             else:
                 if run.pretrain is not None:
                     add(run.pretrain, f"pre-training {run.pretrain.run_dir.name} (for {label})", True)
                 resume = (not opts.force and (run.run_dir / "last.ckpt").is_file()
-                          and _stored_meta(run).get("config_hash") == run.hash)
+                          and _stored_meta(run).get("config_hash") == run.hash
+                          and not changed_defaults(run.run_dir, run.cfg))  # else its checkpoint is another model's
                 step = Step(run, "resume" if resume else "run", label)
                 step.estimate_s, step.basis = estimate(run, measured)
                 if not pretrain:
@@ -529,7 +575,8 @@ def plan_text(steps: list[Step], opts: Options) -> str:
             lines.append(f"  [{s.index}/{n}] {s.action:<6} {s.label}  est ≤ {fmt_s(s.estimate_s)} ({s.basis})  "
                          f"-> {s.run.run_dir}")
         elif s.action == "reuse":
-            lines.append(f"  reuse  {s.label}{' (STALE: finished with another config; --force re-runs)' if s.stale else ''}"
+            why = s.reason or "finished with another config"
+            lines.append(f"  reuse  {s.label}{f' (STALE: {why}; --force re-runs)' if s.stale else ''}"
                          f"  {s.run.run_dir}")
         elif s.action == "share":
             lines.append(f"  share  {s.label}  = {s.source}")
@@ -795,7 +842,7 @@ def _busy(run_dir: Path) -> str | None:
 
 def _reused(s: Step) -> dict[str, Any]:
     """The outcome of a "reuse" step: its stored record."""
-    return {**_stored_meta(s.run), "status": "reused", "stale": s.stale}
+    return {**_stored_meta(s.run), "status": "reused", "stale": s.stale, **({"reason": s.reason} if s.reason else {})}
 
 
 def _wait_while_busy(s: Step, n: int, opts: Options) -> None:
