@@ -55,8 +55,39 @@ among the pre-training tasks, but fine-tuning has theta_5 L_inter too (Eq. 48); 
 drops it in whichever stage it is set, and ``zoo ablate`` sets every row in both stages.  The
 "w/o RoPE" row was measured against the code's ``rope="qv"`` (the zoo's default is ``"qk"``).
 Fig. 7: ``gate_backbone="self_attention"`` (one causal self-attention layer instead of the gate's
-GRU).  Not implemented yet: Fig. 7's temporal encodings (TiSASRec's relation matrix, a Hawkes
-encoding) in place of the time bins.
+GRU), and ``temporal_encoding`` in place of the time binning f_t (Sec. 5.3).  The paper gives each
+of these one sentence and no code, so the two variants below are the zoo's reading of it:
+
+* ``"binning"`` (the model): Eqs. 5-6, ``t_i`` added to the encoder input (Eq. 7) and ``t~_i`` to
+  the capsule attention (Eq. 16).
+* ``"relation_matrix"``, TiSASRec (Li et al., WSDM 2020):
+  ``r_ij = min(k, floor(|t_i - t_j| / r_min))`` for every pair of real positions, ``r_min`` the
+  smallest non-zero gap of the window (TiSASRec: of the user's sequence; a batch carries only the
+  window) and ``k = relation_max_interval``; two learnable tables ``E^K, E^V [(k+1), d]`` give
+  ``r^K_ij, r^V_ij [B, L, L, d]`` (with dropout, as TiSASRec), added to key j and value j of query
+  i in every layer of the item encoder (Eqs. 8-9): ``e_ij = q_i (k_j + r^K_ij)^T / sqrt(d_h)``,
+  ``z_i = sum_j a_ij (v_j + r^V_ij)``.  Why: the paper's "a learnable embedding matrix for relative
+  time intervals in the self-attention network, similar to position embeddings, ... element-wise
+  addition with the input embedding" is TiSASRec's mechanism, whose pairwise intervals have no
+  one-vector-per-item form to put in x'_i; "input" is read as the attention's key/value inputs,
+  where TiSASRec adds them.  Nothing replaces ``t~_i`` in Eq. 16: the paper explains this
+  variant's lower scores by the other two also "adaptively adjust[ing] the routing weights", so
+  this one does not reach the routing.  HORAE's P and RoPE stay (they play TiSASRec's absolute
+  position K/V embeddings); the relation terms meet the un-rotated query.  The tables are
+  ``time_embedding`` (frozen in fine-tuning like D); the target time is not used.
+* ``"hawkes"``, Transformer Hawkes Process (Zuo et al., ICML 2020, Eq. 2):
+  ``z(t)_j = cos(t / 10000^((j-1)/d))`` for odd j, ``sin(t / 10000^(j/d))`` for even j, of each
+  item's timestamp in tau units measured from the window's oldest item (THP's event times are
+  times since the sequence's start), 0 at pads; ``z(t_i)`` replaces ``t_i`` in Eq. 7 AND ``t~_i``
+  in Eq. 16 (per the paper, Hawkes, like binning, adjusts the routing weights).  Why: "Hawkes
+  encoding for each item in the sequence based on timestamp information" names the item's own
+  timestamp, as THP encodes it, rather than z of d^a and d^t (which "replace f_t" alone might
+  suggest).  Parameter-free (no D, no D~); the target time is not used.  The paper's Eq. 2 is
+  used; THP's released code pairs the frequencies as the original Transformer does (sin at even
+  0-based channels, ``10000^(2 floor(k/2)/d)``).
+
+Neither variant uses d^a or d^t, so ``adjacent_interval`` / ``target_interval`` must stay True
+with them (an error otherwise); ``overflow_to_pad`` and ``target_time_source`` then do nothing.
 """
 
 from __future__ import annotations
@@ -70,8 +101,18 @@ from torch import Tensor, nn
 
 from zoo.models.miracle import MIRACLE, InterestState
 from zoo.modules.sparse_capsules import gather_activated, last_position_per_capsule, random_item_mask, read_out_interests
-from zoo.modules.temporal import HORAE_THRESHOLDS, adjacent_gaps, target_gaps, threshold_bins
+from zoo.modules.dropout import Dropout
+from zoo.modules.temporal import (
+    HORAE_THRESHOLDS,
+    adjacent_gaps,
+    hawkes_encoding,
+    relation_intervals,
+    target_gaps,
+    threshold_bins,
+)
 from zoo.modules.transformer import TransformerEncoder, init_weights
+
+TEMPORAL_ENCODINGS: tuple[str, ...] = ("binning", "relation_matrix", "hawkes")  # Fig. 7
 
 # the paper, read by `zoo models` from the source (zoo/catalog.py) without importing this file
 PAPER = {"title": "HORAE: Temporal Multi-Interest Pre-training for Sequential Recommendation", "authors": "Hu et al.", "venue": "ACM TOIS 2025"}
@@ -136,6 +177,38 @@ class IntervalEmbedding(nn.Module):
         return out
 
 
+class RelationEmbedding(nn.Module):
+    """Fig. 7 "Relation Matrix": TiSASRec's interval K/V embeddings of the clipped relation matrix."""
+
+    def __init__(self, max_interval: int, d: int, dropout: float) -> None:
+        super().__init__()
+        self.max_interval = max_interval
+        self.key = nn.Embedding(max_interval + 1, d)  # E^K_R
+        self.value = nn.Embedding(max_interval + 1, d)  # E^V_R
+        self.dropout = Dropout(dropout)
+
+    def forward(self, time_seq: Tensor, pad_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """time_seq, pad_mask ``[B, L]`` -> ``(r^K, r^V)``, each ``[B, L, L, d]``."""
+        r = relation_intervals(time_seq, pad_mask, self.max_interval)  # [B, L, L]
+        return self.dropout(self.key(r)), self.dropout(self.value(r))
+
+
+class HawkesTimeEncoding(nn.Module):
+    """Fig. 7 "Hawkes Encoding": THP's z(t) of each item's time since the window's oldest item."""
+
+    def __init__(self, d: int, time_scale: float) -> None:
+        super().__init__()
+        self.d, self.time_scale = d, time_scale
+
+    def forward(self, time_seq: Tensor, pad_mask: Tensor) -> Tensor:
+        """time_seq ``[B, L]`` int64 seconds, pad_mask ``[B, L]`` -> ``[B, L, d]`` (0 at pads)."""
+        never = torch.iinfo(time_seq.dtype).max
+        origin = time_seq.masked_fill(~pad_mask, never).amin(1, keepdim=True)  # [B, 1] oldest real item
+        since = torch.where(pad_mask, time_seq - origin, torch.zeros_like(time_seq))  # [B, L] seconds
+        z = hawkes_encoding(since.to(torch.float64) / self.time_scale, self.d)  # [B, L, d]
+        return z * pad_mask[..., None].to(z.dtype)
+
+
 class HORAE(MIRACLE):
     """HORAE: MIRACLE with time-interval embeddings, RoPE, interest refinement and its losses.
 
@@ -154,6 +227,12 @@ class HORAE(MIRACLE):
         gru_zero_pads: zero the gate GRU's input at pads (default False = code).
         gate_backbone: ``"gru"`` (the model) or ``"self_attention"`` (Fig. 7: one causal Transformer
             layer with the encoder's heads, FFN size and dropout, instead of the GRU).
+        temporal_encoding: ``"binning"`` (the model, Eqs. 5-6), ``"relation_matrix"`` (Fig. 7:
+            TiSASRec's clipped pairwise intervals as K/V additions in the encoder's attention) or
+            ``"hawkes"`` (Fig. 7: THP's sinusoidal encoding of each item's time, in place of t_i
+            and t~_i); the module docstring gives the reading of each.
+        relation_max_interval: k, the clipping threshold of ``"relation_matrix"`` (TiSASRec's
+            time span; 256).
         anchor_capsule: ``"target_argmax"`` (code, default) or ``"maxpool"`` (paper Eqs. 40/42).
         anchor_mask_items: also mask the anchor's items in the gate's input (code, default).
         intra_weight: theta_1 (0.05).  pre_post_weight: theta_3 (0.05).  pre_post_beta: beta (0.05).
@@ -186,6 +265,8 @@ class HORAE(MIRACLE):
         refine_causal: bool = True,
         gru_zero_pads: bool = False,
         gate_backbone: str = "gru",
+        temporal_encoding: str = "binning",
+        relation_max_interval: int = 256,
         anchor_capsule: str = "target_argmax",
         anchor_mask_items: bool = True,
         intra_weight: float = 0.05,
@@ -198,6 +279,7 @@ class HORAE(MIRACLE):
         for name, value, allowed in (
             ("intra_mode", intra_mode, ("paper", "code")),
             ("gate_backbone", gate_backbone, ("gru", "self_attention")),
+            ("temporal_encoding", temporal_encoding, TEMPORAL_ENCODINGS),
             ("target_time_source", target_time_source, ("target", "last_history")),
             ("anchor_capsule", anchor_capsule, ("maxpool", "target_argmax")),
         ):
@@ -205,6 +287,13 @@ class HORAE(MIRACLE):
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if time_scale <= 0:
             raise ValueError(f"time_scale must be > 0 seconds, got {time_scale}")
+        if temporal_encoding != "binning" and not (adjacent_interval and target_interval):
+            raise ValueError(
+                f"adjacent_interval / target_interval switch off the time bins' d^a / d^t; temporal_encoding="
+                f"{temporal_encoding!r} uses neither (set both True, or temporal_encoding='binning')"
+            )
+        if relation_max_interval < 1:
+            raise ValueError(f"relation_max_interval must be >= 1, got {relation_max_interval}")
         super().__init__(rope=rope, orthogonality_weight=orthogonality_weight, contrastive_weight=contrastive_weight, **kwargs)
         hp = self.hparams
         d = hp["d"]
@@ -217,9 +306,18 @@ class HORAE(MIRACLE):
         self.intra_include_pads = intra_include_pads
         self.intra_weight, self.pre_post_weight, self.pre_post_beta = intra_weight, pre_post_weight, pre_post_beta
 
-        n_bins = len(HORAE_THRESHOLDS) + 2  # 12 thresholds -> bins 0..12 real, 13 = pad
-        self.time_embedding = IntervalEmbedding(n_bins, d)  # D (encoder side), frozen in fine-tuning
-        self.capsule_time_embedding = IntervalEmbedding(n_bins, d)  # D~ (capsule side), trainable
+        self.temporal_encoding = temporal_encoding
+        # the encoder-side temporal module is always `time_embedding` (PAPER_FREEZE names it)
+        self.time_embedding: nn.Module
+        self.capsule_time_embedding: IntervalEmbedding | None = None
+        if temporal_encoding == "binning":
+            n_bins = len(HORAE_THRESHOLDS) + 2  # 12 thresholds -> bins 0..12 real, 13 = pad
+            self.time_embedding = IntervalEmbedding(n_bins, d)  # D (encoder side), frozen in fine-tuning
+            self.capsule_time_embedding = IntervalEmbedding(n_bins, d)  # D~ (capsule side), trainable
+        elif temporal_encoding == "relation_matrix":  # Fig. 7
+            self.time_embedding = RelationEmbedding(relation_max_interval, d, hp["dropout"])
+        else:  # Fig. 7, "hawkes": no parameters
+            self.time_embedding = HawkesTimeEncoding(d, time_scale)
         self.refine_encoder = TransformerEncoder(
             d, hp["n_layers"], hp["n_heads"], hp["d_ff"], hp["dropout"], causal=refine_causal, rope=rope
         )
@@ -230,7 +328,8 @@ class HORAE(MIRACLE):
         self.fusion_gate = FusionGate(d, zero_pads=gru_zero_pads, encoder=gate_encoder)
         self.interest_mask_token = nn.Parameter(torch.randn(d) * 0.02)  # [MASK_1]; mask_token is [MASK_2]
         for module in (self.time_embedding, self.capsule_time_embedding, self.refine_encoder, self.fusion_gate.gate):
-            module.apply(init_weights)
+            if module is not None:
+                module.apply(init_weights)
 
     # ------------------------------------------------------------------ time features
     def time_bins(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -244,10 +343,23 @@ class HORAE(MIRACLE):
         return bins[0], bins[1]
 
     def _temporal_inputs(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
+        """``(t, t~)``, each ``[B, L, d]`` or None: the encoder input's and the capsule attention's
+        time term (Eqs. 6-7, 16), per ``temporal_encoding``."""
+        if self.temporal_encoding == "relation_matrix":
+            return None, None  # time enters the encoder's attention only (_attention_relation)
+        if self.temporal_encoding == "hawkes":
+            z = self.time_embedding(batch["time_seq"], batch["item_seq"] > 0)  # [B, L, d]
+            return z, z
         adj, tgt = self.time_bins(batch)
         adj = adj if self.adjacent_interval else None
         tgt = tgt if self.target_interval else None
         return self.time_embedding(adj, tgt), self.capsule_time_embedding(adj, tgt)  # t_i (Eq. 6), t~_i (Eq. 16)
+
+    def _attention_relation(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor] | None:
+        """Fig. 7 relation matrix: ``(r^K, r^V)``, each ``[B, L, L, d]``, for every encoder layer."""
+        if self.temporal_encoding != "relation_matrix":
+            return None
+        return self.time_embedding(batch["time_seq"], batch["item_seq"] > 0)
 
     # ------------------------------------------------------------------ refinement
     def refine(

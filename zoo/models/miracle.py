@@ -237,6 +237,11 @@ class MIRACLE(SequentialRecommender):
         """Extra encoder input and capsule-attention input ``[B, L, d]`` (none in MIRACLE; HORAE's time)."""
         return None, None
 
+    def _attention_relation(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor] | None:
+        """Per-pair key and value additions ``[B, L, L, d]`` in every encoder layer (none in
+        MIRACLE; HORAE's Fig. 7 relation matrix)."""
+        return None
+
     def encode(self, batch: dict[str, Tensor], item_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Eqs. 2-6: ``(X, H)``, both ``[B, L, d]``; items under ``item_mask [B, L]`` become [MASK]."""
         item_seq = batch["item_seq"]
@@ -247,7 +252,8 @@ class MIRACLE(SequentialRecommender):
         z = x + self.position_embedding(item_seq)
         if extra is not None:
             z = z + extra
-        h = self.encoder(self.input_dropout(self.input_norm(z)), item_seq > 0)  # [B, L, d]
+        relation = self._attention_relation(batch)
+        h = self.encoder(self.input_dropout(self.input_norm(z)), item_seq > 0, relation=relation)  # [B, L, d]
         return x, h
 
     def capsule_stage(

@@ -1,7 +1,9 @@
-"""Time-gap features shared by HORAE (threshold bins) and HM4SR (log buckets).
+"""Time features shared by HORAE (threshold bins; Fig. 7's relation matrix and Hawkes encoding)
+and HM4SR (log buckets, day of year).
 
 Timestamps travel in every batch as int64 seconds (``time_seq [B, L]``, ``target_time [B]``,
-0 at pads).  Models turn gaps into bucket ids here and embed them themselves.
+0 at pads).  Models turn gaps into bucket ids here and embed them themselves; the one
+parameter-free encoding (:func:`hawkes_encoding`) is computed here whole.
 """
 
 from __future__ import annotations
@@ -69,6 +71,52 @@ def previous_gaps(time_seq: Tensor, pad_mask: Tensor) -> Tensor:
 def target_gaps(time_seq: Tensor, pad_mask: Tensor, target_time: Tensor) -> Tensor:
     """Gap from each item to the target, ``t_{N+1} - t_i`` (HORAE's d^t_i); 0 at pads."""
     return (target_time[:, None] - time_seq).masked_fill(~pad_mask, 0)
+
+
+def relation_intervals(time_seq: Tensor, pad_mask: Tensor, max_interval: int) -> Tensor:
+    """TiSASRec's personalised relation matrix (Li et al., WSDM 2020, Sec. 3.2) of each window.
+
+    ``r_ij = min(k, floor(|t_i - t_j| / r_min))`` for every pair of real positions, with ``r_min``
+    the smallest non-zero ``|t_i - t_j|`` of the user's sequence (here: of the batch's window, the
+    only history a batch carries; 1 second when every timestamp is equal) and ``k`` =
+    ``max_interval``.  Pairs with a pad get 0: pads are masked keys, and their rows never depend on
+    the pads' timestamps.
+
+    Args:
+        time_seq: ``[B, L]`` int64 seconds (left-padded).
+        pad_mask: ``[B, L]`` bool, True at real positions.
+        max_interval: the clipping threshold k (>= 1).
+    Returns:
+        ``[B, L, L]`` long intervals in ``[0, k]``; symmetric, 0 on the diagonal.
+    """
+    diff = (time_seq[:, :, None] - time_seq[:, None, :]).abs()  # [B, L, L] seconds
+    pair = pad_mask[:, :, None] & pad_mask[:, None, :]  # [B, L, L] both real
+    never = torch.iinfo(diff.dtype).max
+    r_min = diff.masked_fill(~pair | (diff == 0), never).amin(dim=(1, 2))  # [B]
+    r_min = torch.where(r_min == never, torch.ones_like(r_min), r_min)  # no non-zero gap: unit scale
+    r = torch.div(diff, r_min[:, None, None], rounding_mode="floor").clamp(max=max_interval)  # [B, L, L]
+    return r.masked_fill(~pair, 0)
+
+
+def hawkes_encoding(t: Tensor, d: int) -> Tensor:
+    """Transformer Hawkes Process's temporal encoding (Zuo et al., ICML 2020, Eq. 2) of times ``t``.
+
+    For j = 1..d (1-based): ``z(t)_j = cos(t / 10000^((j-1)/d))`` for odd j and
+    ``sin(t / 10000^(j/d))`` for even j: the Transformer's position encoding with the (real-valued)
+    time in place of the position.  Computed in float64 (times of 10^5-10^7 units keep their
+    fractions) and returned as float32.
+
+    Args:
+        t: ``[...]`` times in the model's unit (any real dtype).
+        d: encoding size.
+    Returns:
+        ``[..., d]`` float32.
+    """
+    j = torch.arange(1, d + 1, device=t.device, dtype=torch.float64)  # [d] 1-based
+    odd = j % 2 == 1
+    exponent = torch.where(odd, j - 1, j) / d  # [d]
+    angle = t.to(torch.float64)[..., None] / torch.pow(10000.0, exponent)  # [..., d]
+    return torch.where(odd, torch.cos(angle), torch.sin(angle)).float()
 
 
 DAY_SECONDS = 86400

@@ -11,6 +11,9 @@ Options every model needs from one place:
 * ``rope``: rotary position embedding applied to ``"qk"`` (RoFormer; HORAE paper Eq. 9) or
   ``"qv"`` (HORAE official code), or ``"none"``.
 * ``attn_bias``: an extra additive attention bias ``[B, h|1, L, L]`` (e.g. time-interval bias).
+* ``relation``: TiSASRec's per-pair key and value additions ``[B, L, L, d]`` (Li et al., WSDM
+  2020, Eq. 7-8: ``e_ij = q_i (k_j + r^K_ij)^T / sqrt(d)``, ``z_i = sum_j a_ij (v_j + r^V_ij)``),
+  the same pair in every layer, split into heads like q/k/v (HORAE's Fig. 7 relation matrix).
 
 Sequences are LEFT-padded with item id 0 (the most recent item sits at position L-1); padded
 keys are masked.  A padded query row that sees no valid key gets a finite large negative
@@ -100,14 +103,24 @@ class MultiHeadSelfAttention(nn.Module):
         B, L, _ = x.shape
         return x.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # [B, h, L, d_head]
 
-    def forward(self, h: Tensor, mask: Tensor, last_query: bool = False) -> Tensor:
+    def _pair_heads(self, r: Tensor) -> Tensor:
+        B, Lq, L, _ = r.shape
+        return r.view(B, Lq, L, self.n_heads, self.head_dim).permute(0, 3, 1, 2, 4)  # [B, h, Lq, L, d_head]
+
+    def forward(
+        self, h: Tensor, mask: Tensor, last_query: bool = False, relation: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         """h: ``[B, L, d]``; mask: additive ``[B, 1|h, L, L]`` -> ``[B, L, d]``.
 
         ``last_query``: only the most recent position queries (keys and values stay every
         position) -> ``[B, 1, d]``, exactly the last row of the full output at 1/L of the cost.
+        ``relation``: ``(r^K, r^V)``, each ``[B, L, L, d]`` (query i, key j): added to key j and
+        value j for query i (TiSASRec).  Relative already, they meet the UN-rotated query and are
+        added after any rotary rotation of the values, so RoPE stays the position term.
         """
         hq = h[:, -1:] if last_query else h  # [B, Lq, d]
         q, k, v = self._heads(self.query(hq)), self._heads(self.key(h)), self._heads(self.value(h))
+        q_plain = q  # [B, h, Lq, d_head] before rotation (the relation term's query)
         if last_query:
             mask = mask[:, :, -1:]  # [B, 1|h, 1, L]
         if self.rope is not None:
@@ -118,7 +131,13 @@ class MultiHeadSelfAttention(nn.Module):
                 k = self.rope(k)
             else:
                 v = self.rope(v)
-        if self.training and self.attn_dropout > 0 and q.device.type == "cpu":
+        if relation is not None:  # TiSASRec: explicit scores (the pair terms do not fit SDPA)
+            Lq = q.shape[-2]
+            rel_k, rel_v = (self._pair_heads(r[:, -Lq:]).to(q.dtype) for r in relation)  # [B, h, Lq, L, d_head]
+            scores = q @ k.transpose(-1, -2) + torch.einsum("bhqd,bhqkd->bhqk", q_plain, rel_k)  # [B, h, Lq, L]
+            probs = self.prob_dropout(torch.softmax(scores / math.sqrt(self.head_dim) + mask.to(q.dtype), -1))
+            ctx = probs @ v + torch.einsum("bhqk,bhqkd->bhqd", probs, rel_v)  # [B, h, Lq, d_head]
+        elif self.training and self.attn_dropout > 0 and q.device.type == "cpu":
             # SDPA's CPU dropout draws with bernoulli_ (slow there); the same math with our mask
             scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + mask.to(q.dtype)  # [B, h, L, L]
             ctx = self.prob_dropout(torch.softmax(scores, -1)) @ v  # [B, h, L, d_head]
@@ -158,8 +177,10 @@ class TransformerLayer(nn.Module):
         self.attention = MultiHeadSelfAttention(d, n_heads, dropout, rope, ln_eps, attn_projection)
         self.feed_forward = FeedForward(d, d_ff, dropout, ln_eps, activation)
 
-    def forward(self, h: Tensor, mask: Tensor, last_query: bool = False) -> Tensor:
-        return self.feed_forward(self.attention(h, mask, last_query))  # [B, L or 1, d]
+    def forward(
+        self, h: Tensor, mask: Tensor, last_query: bool = False, relation: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        return self.feed_forward(self.attention(h, mask, last_query, relation))  # [B, L or 1, d]
 
 
 class TransformerEncoder(nn.Module):
@@ -203,6 +224,7 @@ class TransformerEncoder(nn.Module):
         attn_bias: Tensor | None = None,
         causal: bool | None = None,
         last_only: bool = False,
+        relation: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """h: ``[B, L, d]`` input embeddings; pad_mask: ``[B, L]`` bool (True = real item).
 
@@ -211,12 +233,13 @@ class TransformerEncoder(nn.Module):
         with ``last_only`` the most recent position's ``[B, d]``: the last layer then computes
         only that position's query, attention row and feed-forward (models that read out
         position -1 only: SASRec, HM4SR), the same values as ``h[:, -1]`` of the full output.
+        ``relation``: TiSASRec's ``(r^K, r^V)``, each ``[B, L, L, d]``, shared by every layer.
         """
         mask = attention_mask(pad_mask, self.causal if causal is None else causal)  # [B, 1, L, L]
         if attn_bias is not None:
             mask = mask + attn_bias
         for i, layer in enumerate(self.layers):
-            h = layer(h, mask, last_query=last_only and i == len(self.layers) - 1)
+            h = layer(h, mask, last_query=last_only and i == len(self.layers) - 1, relation=relation)
         return h[:, -1] if last_only else h
 
 
