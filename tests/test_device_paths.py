@@ -93,6 +93,15 @@ CASES: dict[str, Callable[[], SequentialRecommender]] = {
     "HORAE-transductive": lambda: HORAE(stage="finetune", setting="transductive", **TEXT, **COMMON),
     "HORAE-transductive-noGate": lambda: HORAE(stage="finetune", setting="transductive", fusion_gate=False, **TEXT,
                                                **COMMON),
+    # Fig. 7's temporal encodings: pairwise intervals and a sinusoidal encoding built from the timestamps;
+    # the noGate cases are padding-invariant, so the trimmed-batch checks run on them too
+    "HORAE-pretrain-relation-matrix": lambda: HORAE(stage="pretrain", temporal_encoding="relation_matrix", **TEXT,
+                                                    **COMMON),
+    "HORAE-transductive-relation-matrix-noGate": lambda: HORAE(stage="finetune", temporal_encoding="relation_matrix",
+                                                               fusion_gate=False, **TEXT, **COMMON),
+    "HORAE-pretrain-hawkes": lambda: HORAE(stage="pretrain", temporal_encoding="hawkes", **TEXT, **COMMON),
+    "HORAE-transductive-hawkes-noGate": lambda: HORAE(stage="finetune", temporal_encoding="hawkes", fusion_gate=False,
+                                                      **TEXT, **COMMON),
     "TiMiRec-stage1": lambda: TiMiRec(stage="pretrain", d=D, K=K, max_len=L, **COMMON),
     "TiMiRec-stage2": lambda: TiMiRec(stage="finetune", d=D, K=K, max_len=L, **COMMON),
     "TiMiRec+-stage2": lambda: TiMiRec(stage="finetune", transformer=True, d=D, K=K, max_len=L, **COMMON),

@@ -159,6 +159,8 @@ def test_l_aug_is_zero_without_maskable_items():
         ({"refine_causal": False}, "scores", {}),
         ({"gru_zero_pads": True}, "scores", {}),
         ({"gate_backbone": "self_attention"}, "scores", {}),  # Fig. 7
+        ({"temporal_encoding": "relation_matrix"}, "scores", {}),  # Fig. 7
+        ({"temporal_encoding": "hawkes"}, "scores", {}),  # Fig. 7
         ({"orthogonality_weight": 10.0}, "loss", {}),
     ],
 )
@@ -219,3 +221,135 @@ def test_intra_include_pads_counts_the_pads_like_the_authors_code():
     padded = make_batch(B=8, L=L, num_items=N_ITEMS, min_len=2)
     assert (padded["item_seq"] == 0).any()
     assert_switch_changes(build, padded, {"intra_include_pads": True}, "loss")
+
+
+# ---------------------------------------------------------------------- Fig. 7: temporal encodings
+ENCODINGS = ("binning", "relation_matrix", "hawkes")
+
+
+@pytest.mark.parametrize("encoding", ["relation_matrix", "hawkes"])
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_temporal_encoding_trains_a_step_and_ranks(encoding, stage):
+    torch.manual_seed(0)
+    model = make(stage=stage, temporal_encoding=encoding, num_capsules=4)
+    batch = long_batch()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    loss = torch.stack(list(model.training_loss(batch).values())).sum()
+    assert torch.isfinite(loss)
+    opt.zero_grad()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    opt.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    if encoding == "relation_matrix":  # the interval K/V tables are learned
+        assert {"time_embedding.key.weight", "time_embedding.value.weight"} <= moved
+    else:  # THP's encoding has no parameters; D and D~ are gone
+        assert not list(model.time_embedding.parameters()) and model.capsule_time_embedding is None
+    model.eval()
+    eval_batch = make_batch(L=L, num_items=N_ITEMS, seed=7)
+    with torch.no_grad():
+        model._eval_step(eval_batch, "test")
+    metrics = model.metrics["test_full"].compute()
+    assert metrics and all(torch.isfinite(v) and 0 <= v <= 1 for v in metrics.values())
+    assert model.metrics["test_full"].count.item() == eval_batch["item_seq"].shape[0]
+
+
+def test_temporal_encodings_feed_the_encoder_and_the_capsules_where_read():
+    batch = make_batch(L=L, num_items=N_ITEMS)
+    B = batch["item_seq"].shape[0]
+    binning, relation, hawkes = (make(temporal_encoding=e).eval() for e in ENCODINGS)
+    t, t_caps = binning._temporal_inputs(batch)
+    assert t.shape == t_caps.shape == (B, L, D) and binning._attention_relation(batch) is None
+    assert relation._temporal_inputs(batch) == (None, None)  # no t_i in Eq. 7, no t~_i in Eq. 16
+    rk, rv = relation._attention_relation(batch)
+    assert rk.shape == rv.shape == (B, L, L, D)  # every encoder layer's K/V additions
+    z, z_caps = hawkes._temporal_inputs(batch)
+    assert z.shape == (B, L, D) and z_caps is z and hawkes._attention_relation(batch) is None
+
+
+def test_relation_matrix_embeds_the_hand_computed_intervals():
+    model = make(temporal_encoding="relation_matrix", relation_max_interval=3).eval()
+    t0 = 1_500_000_000
+    batch = make_batch(B=1, L=L, num_items=N_ITEMS, min_len=L)
+    batch["item_seq"][0, :L - 4] = 0
+    days = torch.tensor([0] * (L - 4) + [0, 2, 3, 10])  # r_min = 1 day; 10 days -> k = 3
+    batch["time_seq"] = torch.where(batch["item_seq"] > 0, t0 + days * DAY, 0)
+    with torch.no_grad():
+        rk, rv = model._attention_relation(batch)
+    want = torch.tensor([[0, 2, 3, 3], [2, 0, 1, 3], [3, 1, 0, 3], [3, 3, 3, 0]])
+    torch.testing.assert_close(rk[0, -4:, -4:], model.time_embedding.key.weight[want])
+    torch.testing.assert_close(rv[0, -4:, -4:], model.time_embedding.value.weight[want])
+
+
+def test_hawkes_encoding_of_a_hand_made_timestamp():
+    model = make(temporal_encoding="hawkes", time_scale=DAY).eval()
+    t0 = 1_500_000_000
+    batch = make_batch(B=1, L=L, num_items=N_ITEMS, min_len=L)
+    batch["item_seq"][0, :L - 3] = 0
+    days = torch.tensor([0] * (L - 3) + [0, 2.5, 7]) * DAY  # the oldest real item is the origin
+    batch["time_seq"] = torch.where(batch["item_seq"] > 0, t0 + days.long(), 987_654)
+    z, _ = model._temporal_inputs(batch)
+    t = 2.5  # days since the window's oldest item
+    j = torch.arange(1, D + 1, dtype=torch.float64)
+    want = [math.cos(t / 10000 ** ((jj - 1) / D)) if jj % 2 else math.sin(t / 10000 ** (jj / D)) for jj in j.tolist()]
+    torch.testing.assert_close(z[0, -2], torch.tensor(want, dtype=torch.float32), rtol=0, atol=1e-6)
+    assert (z[0, -3, 0::2] == 1).all() and (z[0, -3, 1::2] == 0).all()  # t = 0 at the origin
+    assert (z[0, :L - 3] == 0).all()  # pads: no encoding
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_pad_timestamps_do_not_leak_into_real_positions(encoding):
+    """With the default gate (its GRU reads the encoder's pad outputs too), changing only the pads'
+    timestamps leaves the encoder's outputs at real positions and the interests unchanged."""
+    model = make(temporal_encoding=encoding, num_capsules=4).eval()
+    batch = make_batch(L=L, num_items=N_ITEMS, min_len=2)
+    pads = batch["item_seq"] == 0
+    assert pads.any()
+    noisy = dict(batch, time_seq=torch.where(pads, torch.randint(0, 2_000_000_000, pads.shape), batch["time_seq"]))
+    with torch.no_grad():
+        a, b = model.forward_interests(batch), model.forward_interests(noisy)
+    torch.testing.assert_close(a.h[~pads], b.h[~pads])
+    torch.testing.assert_close(a.h, b.h)  # pad rows too: the gate GRU reads them
+    torch.testing.assert_close(a.interests, b.interests)
+
+
+@pytest.mark.parametrize("encoding", ["relation_matrix", "hawkes"])
+def test_temporal_encoding_reads_gaps_not_the_calendar(encoding):
+    """Both variants see time relative to the window: shifting every timestamp (and the target's)
+    changes nothing, stretching one gap changes the scores."""
+    model = make(temporal_encoding=encoding, num_capsules=4).eval()
+    batch = long_batch()
+    real = batch["item_seq"] > 0
+    shifted = dict(batch, time_seq=torch.where(real, batch["time_seq"] + 400 * DAY, 0),
+                   target_time=batch["target_time"] + 400 * DAY)
+    stretched = dict(batch, time_seq=torch.where(real, batch["time_seq"], 0).clone())
+    stretched["time_seq"][:, -1] += 90 * DAY  # the last gap of every user grows by 90 days
+    with torch.no_grad():
+        base, shift, stretch = (model.score_all(model.user_representation(x)) for x in (batch, shifted, stretched))
+    torch.testing.assert_close(base, shift)
+    assert not torch.allclose(base, stretch)
+
+
+def test_temporal_encoding_is_validated():
+    with pytest.raises(ValueError, match=r"temporal_encoding must be one of \('binning', 'relation_matrix', 'hawkes'\)"):
+        make(temporal_encoding="relative")
+    for encoding in ("relation_matrix", "hawkes"):
+        for switch in ("adjacent_interval", "target_interval"):
+            with pytest.raises(ValueError, match=f"temporal_encoding='{encoding}' uses neither"):
+                make(temporal_encoding=encoding, **{switch: False})
+    with pytest.raises(ValueError, match="relation_max_interval must be >= 1"):
+        make(temporal_encoding="relation_matrix", relation_max_interval=0)
+
+
+def test_relation_matrix_fine_tuning_freezes_its_interval_tables(tmp_path):
+    """The recipe's freeze list names ``time_embedding``: the relation matrix's K/V tables are the
+    temporal encoder the paper freezes (with D in the model)."""
+    check_freeze_keeps_frozen_fixed(tmp_path, "horae.yaml", HORAE, temporal_encoding="relation_matrix")
+
+
+@pytest.mark.parametrize("encoding", ["relation_matrix", "hawkes"])
+def test_temporal_encoding_checkpoint_round_trip(encoding, tmp_path):
+    assert_checkpoint_round_trip(make(stage="finetune", temporal_encoding=encoding), make_batch(L=L, num_items=N_ITEMS),
+                                 tmp_path)

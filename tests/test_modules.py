@@ -60,3 +60,54 @@ def test_last_only_encoder_equals_last_row_of_full_output() -> None:
             last = enc(h, pad, attn_bias=bias, last_only=True)  # [B, d]
             assert last.shape == (B, d)
             assert torch.allclose(full, last, atol=1e-5), (causal, rope)
+
+
+def test_relation_attention_equals_tisasrec_formula() -> None:
+    """TiSASRec's attention (Li et al. 2020, Eqs. 7-8), written out pair by pair:
+    e_ij = q_i (k_j + r^K_ij)^T / sqrt(d_h), z_i = sum_j softmax_j(e_ij) (v_j + r^V_ij), per head;
+    then the layer's projection, residual and LayerNorm.  Pad keys get no weight."""
+    import math
+
+    from zoo.modules.transformer import MultiHeadSelfAttention, attention_mask
+
+    torch.manual_seed(0)
+    B, L, d, H = 2, 4, 8, 2
+    dh = d // H
+    att = MultiHeadSelfAttention(d, H, dropout=0.0).eval()
+    h = torch.randn(B, L, d)
+    pad = torch.tensor([[False, True, True, True], [True] * 4])
+    rk, rv = torch.randn(B, L, L, d), torch.randn(B, L, L, d)
+    with torch.no_grad():
+        got = att(h, attention_mask(pad, causal=False), relation=(rk, rv))
+        q, k, v = att.query(h), att.key(h), att.value(h)
+        ctx = torch.zeros(B, L, d)
+        for b in range(B):
+            for head in range(H):
+                sl = slice(head * dh, (head + 1) * dh)
+                for i in range(L):
+                    e = torch.tensor([float(q[b, i, sl] @ (k[b, j, sl] + rk[b, i, j, sl])) / math.sqrt(dh)
+                                      if pad[b, j] else -math.inf for j in range(L)])
+                    a = torch.softmax(e, 0)
+                    ctx[b, i, sl] = sum(a[j] * (v[b, j, sl] + rv[b, i, j, sl]) for j in range(L))
+        want = att.layer_norm(att.dense(ctx) + h)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # the relation terms matter, and zero relations give the plain attention
+    with torch.no_grad():
+        plain = att(h, attention_mask(pad, causal=False))
+        zeros = att(h, attention_mask(pad, causal=False), relation=(torch.zeros_like(rk), torch.zeros_like(rv)))
+    torch.testing.assert_close(zeros, plain, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, plain, atol=1e-3)
+
+
+def test_relation_attention_last_query_equals_last_row() -> None:
+    from zoo.modules.transformer import TransformerEncoder
+
+    torch.manual_seed(0)
+    B, L, d = 3, 5, 8
+    enc = TransformerEncoder(d, n_layers=2, n_heads=2, dropout=0.1, causal=False, rope="qk").eval()
+    h, pad = torch.randn(B, L, d), torch.ones(B, L, dtype=torch.bool)
+    pad[0, :3] = False
+    rel = (torch.randn(B, L, L, d), torch.randn(B, L, L, d))
+    with torch.no_grad():
+        torch.testing.assert_close(enc(h, pad, relation=rel, last_only=True), enc(h, pad, relation=rel)[:, -1],
+                                   rtol=1e-5, atol=1e-5)

@@ -1,10 +1,20 @@
-"""Golden values of HORAE's time-interval bins (zoo/modules/temporal.py; HORAE Sec. 3.2.2, Eq. 5)."""
+"""Golden values of HORAE's time-interval bins (zoo/modules/temporal.py; HORAE Sec. 3.2.2, Eq. 5)
+and of Fig. 7's alternatives: TiSASRec's relation matrix and THP's Hawkes encoding."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from zoo.modules.temporal import HORAE_THRESHOLDS, adjacent_gaps, target_gaps, threshold_bins
+from zoo.modules.temporal import (
+    HORAE_THRESHOLDS,
+    adjacent_gaps,
+    hawkes_encoding,
+    relation_intervals,
+    target_gaps,
+    threshold_bins,
+)
 
 DAY = 86400
 
@@ -68,3 +78,63 @@ def test_equal_timestamps_give_bin_zero_and_negative_gaps_are_clamped():
     pad_mask = torch.ones_like(t, dtype=torch.bool)
     assert threshold_bins(adjacent_gaps(t, pad_mask, t[:, -1]), pad_mask, DAY).tolist() == [[0, 0, 0, 0]]
     assert threshold_bins(torch.tensor([[-5 * DAY]]), torch.tensor([[True]]), DAY).tolist() == [[0]]
+
+
+# ---------------------------------------------------------------- Fig. 7: TiSASRec's relation matrix
+def test_relation_intervals_golden_clipped_and_scaled_by_the_users_minimum_gap():
+    t0, k = 1_600_000_000, 8
+    days = torch.tensor([0, 0, 0, 2, 3, 10])  # two left pads, then days 0, 2, 3, 10
+    row0 = torch.where(torch.arange(6) >= 2, t0 + days * DAY, 0)
+    row1 = t0 + torch.tensor([100, 100, 145, 190, 250, 1000])  # seconds; smallest non-zero gap 45 s
+    time_seq = torch.stack([row0, row1])
+    pad_mask = torch.tensor([[False, False, True, True, True, True], [True] * 6])
+    r = relation_intervals(time_seq, pad_mask, k)
+    assert r.dtype == torch.long and r.shape == (2, 6, 6)
+    # row 0: r_min = 1 day; |0-10| = 10 days is clipped to k = 8; pairs with a pad are 0
+    assert r[0].tolist() == [
+        [0, 0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0],
+        [0, 0, 0, 2, 3, 8],
+        [0, 0, 2, 0, 1, 8],
+        [0, 0, 3, 1, 0, 7],
+        [0, 0, 8, 8, 7, 0],
+    ]
+    # row 1: r_min = 45 s (the equal pair's 0 gap does not count); floor(105/45) = 2, floor(60/45) = 1,
+    # floor(150/45) = 3, 855/45 = 19 -> 8
+    assert r[1].tolist() == [
+        [0, 0, 1, 2, 3, 8],
+        [0, 0, 1, 2, 3, 8],
+        [1, 1, 0, 1, 2, 8],
+        [2, 2, 1, 0, 1, 8],
+        [3, 3, 2, 1, 0, 8],
+        [8, 8, 8, 8, 8, 0],
+    ]
+
+
+def test_relation_intervals_ignore_pad_timestamps_and_survive_one_item_and_equal_times():
+    t = torch.tensor([[0, 0, 1_600_000_000], [1_600_000_000] * 3])
+    pad_mask = torch.tensor([[False, False, True], [True, True, True]])
+    assert relation_intervals(t, pad_mask, 256).tolist() == [[[0] * 3] * 3] * 2  # no non-zero gap: all 0
+    noisy = t.clone()
+    noisy[0, :2] = torch.tensor([5, 1_599_000_000])  # pads' timestamps are never read
+    full = torch.tensor([[0, 1_000, 1_300]])
+    assert torch.equal(relation_intervals(noisy, pad_mask, 256), relation_intervals(t, pad_mask, 256))
+    assert relation_intervals(full, torch.ones_like(full, dtype=torch.bool), 2)[0, 0].tolist() == [0, 2, 2]  # 1300/300 = 4 -> 2
+
+
+# ---------------------------------------------------------------- Fig. 7: THP's Hawkes encoding
+def test_hawkes_encoding_equals_the_thp_formula():
+    # z(t)_j = cos(t / 10000^((j-1)/d)) for odd j, sin(t / 10000^(j/d)) for even j (1-based j)
+    t, d = 3.0, 4
+    want = [math.cos(3.0), math.sin(3.0 / 100.0), math.cos(3.0 / 100.0), math.sin(3.0 / 10000.0)]
+    got = hawkes_encoding(torch.tensor([[t]]), d)
+    assert got.shape == (1, 1, d) and got.dtype == torch.float32
+    torch.testing.assert_close(got[0, 0], torch.tensor(want), rtol=0, atol=1e-7)
+    d = 6  # exponents 0, 2/6, 2/6, 4/6, 4/6, 1
+    t = 12345.5  # a large time keeps its fraction (float64 inside)
+    want = [math.cos(t), math.sin(t / 10000 ** (2 / 6)), math.cos(t / 10000 ** (2 / 6)),
+            math.sin(t / 10000 ** (4 / 6)), math.cos(t / 10000 ** (4 / 6)), math.sin(t / 10000)]
+    torch.testing.assert_close(hawkes_encoding(torch.tensor([t], dtype=torch.float64), d)[0], torch.tensor(want),
+                               rtol=0, atol=1e-6)
+    assert hawkes_encoding(torch.zeros(2, 3), 4)[..., 0::2].eq(1).all()  # t = 0: cos channels 1, sin 0
+    assert hawkes_encoding(torch.zeros(2, 3), 4)[..., 1::2].eq(0).all()
