@@ -386,6 +386,36 @@ def test_a_run_already_made_for_another_table_is_shared_not_rerun(tmp_path):
     assert make_plan([cells[1]], opts)[0].stale
 
 
+def test_a_two_stage_cell_is_shared_across_out_folders(tmp_path):
+    """A fine-tuning cell's config names its pre-training checkpoint under ``--out``; ``zoo ablate``
+    (runs/ablate) still finds the full-model cell ``zoo reproduce`` (runs/reproduce) finished with
+    the same pre-training (same folder name: same pre-training config and seed), and not one whose
+    pre-training differs or a checkpoint the user gave."""
+    import yaml
+
+    from zoo.experiments.reproduce import config_hash, share_key
+
+    def cfg(out: Path, pre: str = "horae_pretrain-7087f185-s0") -> dict:
+        return {"model": {"class_path": "zoo.models.sasrec.SASRec",
+                          "init_args": {"pretrained_ckpt": str(out / "pretrain" / pre / "last.ckpt")}}}
+
+    done = _finished(Run(cfg(tmp_path / "reproduce"), tmp_path / "reproduce" / "horae" / "default" / "HORAE-s0", 0, "g"),
+                     {"test/recall@10": 0.1})
+    (done.run_dir / "recipe.yaml").write_text("# materialised\n" + yaml.safe_dump(done.cfg))
+    roots = [tmp_path / "ablate", tmp_path / "reproduce"]
+    row = Run(cfg(tmp_path / "ablate"), tmp_path / "ablate" / "horae" / "ablation" / "T8" / "default" / "HORAE-s0", 0, "g")
+    assert row.hash != done.hash and share_key(row.cfg, 0) == share_key(done.cfg, 0)
+    assert find_twin(row, roots) == done.run_dir
+    [step] = make_plan([Cell("horae", "Table 8", "default", "HORAE", 0, row)], Options(out=roots[0], quiet=True, share=roots[1:]))
+    assert step.action == "share" and step.source == done.run_dir  # no pre-training planned either
+    other_pre = Run(cfg(tmp_path / "ablate", "horae_pretrain-0badc0de-s0"), row.run_dir, 0, "g")
+    assert find_twin(other_pre, roots) is None
+    given = {"model": {"class_path": "zoo.models.sasrec.SASRec", "init_args": {"pretrained_ckpt": "/my/model.ckpt"}}}
+    assert share_key(given, 0) == config_hash(given, 0)  # a user's checkpoint is part of the config as it is
+    (done.run_dir / "recipe.yaml").write_text(yaml.safe_dump(cfg(tmp_path / "elsewhere", "x-0badc0de-s0")))
+    assert find_twin(row, roots) is None  # a recipe.yaml that is not the stored hash's config: the stored hash
+
+
 def test_a_run_made_before_a_code_default_changed_is_stale_not_reused_shared_or_resumed(tmp_path):
     """The config hash covers the recipe only.  A finished run whose saved config.yaml holds another
     value for an argument the recipe leaves to the class (a default changed by a fix since it ran)

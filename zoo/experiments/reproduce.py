@@ -445,13 +445,43 @@ def twin_index(roots: Iterable[Path]) -> dict[tuple[str, int], Path]:
             except (OSError, ValueError):
                 continue
             if meta.get("status") == "done" and "twin_of" not in meta and "config_hash" in meta:
-                index.setdefault((meta["config_hash"], meta.get("seed")), d)
+                index.setdefault((_stored_share_key(d, meta), meta.get("seed")), d)
     return index
 
 
+PRETRAIN_DIR_CKPT = re.compile(r"(?:^|[/\\])pretrain[/\\]([^/\\]+-[0-9a-f]{8}-s\d+)[/\\](best|last)\.ckpt$")
+
+
+def share_key(cfg: dict[str, Any], seed: int) -> str:
+    """The config hash with a planned pre-training checkpoint written without its ``--out`` root
+    (``pretrain/<recipe>-<hash>-s<seed>/last.ckpt``: the folder name already holds the pre-training's
+    config hash and seed), so that ``zoo ablate`` (``runs/ablate``) finds a two-stage model's cell
+    finished by ``zoo reproduce`` (``runs/reproduce``) and the other way round.  Equal to
+    :func:`config_hash` for every other config."""
+    ckpt = ((cfg.get("model") or {}).get("init_args") or {}).get("pretrained_ckpt")
+    m = PRETRAIN_DIR_CKPT.search(str(ckpt)) if ckpt else None
+    if m is None:
+        return config_hash(cfg, seed)
+    cfg = copy.deepcopy(cfg)
+    cfg["model"]["init_args"]["pretrained_ckpt"] = f"pretrain/{m.group(1)}/{m.group(2)}.ckpt"
+    return config_hash(cfg, seed)
+
+
+def _stored_share_key(run_dir: Path, meta: dict[str, Any]) -> str:
+    """:func:`share_key` of a finished run, from the config it ran (its ``recipe.yaml``), when that
+    is the config its stored hash names; else the stored hash."""
+    try:
+        cfg = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return meta["config_hash"]
+    if not isinstance(cfg, dict) or config_hash(cfg, meta.get("seed")) != meta["config_hash"]:
+        return meta["config_hash"]
+    return share_key(cfg, meta.get("seed"))
+
+
 def find_twin(run: Run, roots: Iterable[Path], index: dict[tuple[str, int], Path] | None = None) -> Path | None:
-    """A finished run elsewhere under ``roots`` with this run's config hash and seed (see :func:`twin_index`)."""
-    twin = (index if index is not None else twin_index(roots)).get((run.hash, run.seed))
+    """A finished run elsewhere under ``roots`` with this run's config and seed (see :func:`twin_index`)."""
+    twin = (index if index is not None else twin_index(roots)).get((share_key(run.cfg, run.seed), run.seed))
     return None if twin == run.run_dir else twin
 
 
@@ -509,7 +539,7 @@ def make_plan(cells: list[Cell], opts: Options) -> list[Step]:
     twins = twin_index(r for r in roots if r.is_dir()) if not opts.force else {}
     steps: list[Step] = []
     by_dir: dict[Path, Step] = {}
-    planned: dict[tuple[str, int], Path] = {}  # (config hash, seed) of cells this plan runs
+    planned: dict[tuple[str, int], Path] = {}  # (share key, seed) of cells this plan runs
 
     def add(run: Run, label: str, pretrain: bool) -> Step:
         if run.run_dir in by_dir:
@@ -524,7 +554,7 @@ def make_plan(cells: list[Cell], opts: Options) -> list[Step]:
         else:
             twin = None
             if not pretrain and not opts.force:
-                twin = planned.get((run.hash, run.seed))
+                twin = planned.get((share_key(run.cfg, run.seed), run.seed))
                 if twin is None:
                     twin = find_twin(run, roots, twins)
                     twin = None if twin is not None and changed_defaults(twin, run.cfg) else twin
@@ -539,7 +569,7 @@ def make_plan(cells: list[Cell], opts: Options) -> list[Step]:
                 step = Step(run, "resume" if resume else "run", label)
                 step.estimate_s, step.basis = estimate(run, measured)
                 if not pretrain:
-                    planned[(run.hash, run.seed)] = run.run_dir
+                    planned[(share_key(run.cfg, run.seed), run.seed)] = run.run_dir
         by_dir[run.run_dir] = step
         steps.append(step)
         return step
