@@ -144,6 +144,7 @@ class FusionGate(nn.Module):
     def __init__(self, d: int, zero_pads: bool = True, encoder: nn.Module | None = None) -> None:
         super().__init__()
         self.zero_pads = zero_pads
+        self.backbone = "gru" if encoder is None else "self_attention"
         if encoder is None:
             self.gru = nn.GRU(d, d, batch_first=True)  # PyTorch default init (code)
         else:
@@ -154,7 +155,7 @@ class FusionGate(nn.Module):
         """h, h_bar ``[B, L, d]``, pad_mask ``[B, L]`` -> ``[B, L, d]``."""
         if self.zero_pads:
             h = h * pad_mask[..., None].to(h.dtype)
-        if hasattr(self, "gru"):
+        if self.backbone == "gru":
             h_prime, _ = self.gru(h)  # [B, L, d]
         else:
             h_prime = self.encoder(h, pad_mask)  # [B, L, d]
