@@ -19,6 +19,9 @@ cd "$(dirname "$0")/.."
 VENV="${ZOO_IMAGES_VENV:-.venv-images}"
 PYTHON="${PYTHON:-python3}"
 
+if ! "$VENV/bin/python" -c "import torchvision" 2>/dev/null; then
+  bash scripts/need_space.sh 6500 "the image-feature venv $VENV (torch 2.14 + torchvision)"
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   echo "ci_images: creating $VENV"
   "$PYTHON" -m venv "$VENV"

@@ -10,6 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 PIP_QUIET=${PIP_QUIET:--q}
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  bash scripts/need_space.sh 3000 "installing torch and the zoo into .venv"
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install $PIP_QUIET "${ZOO_TORCH:-torch==2.13.0}"

@@ -79,3 +79,20 @@ def test_reproduce_dry_run_from_a_non_editable_install(tmp_path):
     assert "HORAE: Temporal Multi-Interest Pre-training for Sequential Recommendation (Hu et al., ACM TOIS 2025)" \
         in r.stdout and f"recipes in {site / 'zoo' / 'recipes'}" in r.stdout  # zoo models / zoo recipes
     assert not list(work.iterdir())  # a dry run writes nothing
+
+
+def test_the_set_up_stops_with_one_clear_line_when_the_disk_is_full(tmp_path):
+    """scripts/need_space.sh, which both set-up scripts call before installing: too little free
+    space (here: more than any disk has) is one line naming the folder, the need and what is free,
+    and exit 1; enough is silent, exit 0.  Both scripts call it before creating a venv."""
+    script = ROOT / "scripts" / "need_space.sh"
+    short = subprocess.run(["bash", str(script), "999999999", "installing the zoo"], cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert short.returncode == 1 and short.stdout == ""
+    assert f"installing the zoo needs about 999999999 MB free in {tmp_path}" in short.stderr
+    assert " MB. Free some space" in short.stderr and short.stderr.count("\n") == 1
+    enough = subprocess.run(["bash", str(script), "1", "x"], cwd=tmp_path, capture_output=True, text=True)
+    assert (enough.returncode, enough.stdout, enough.stderr) == (0, "", "")
+    for name in ("setup.sh", "ci_images.sh"):
+        text = (ROOT / "scripts" / name).read_text()
+        assert text.index("need_space.sh") < text.index("-m venv"), name
