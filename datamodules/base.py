@@ -614,6 +614,7 @@ class SequentialDataModule(L.LightningDataModule):
         seen = np.unique(owner[in_train].astype(np.int64) * (N + 1) + d.items[in_train])  # [nnz] ascending
         info["train_history_ptr"] = torch.from_numpy(np.searchsorted(seen // (N + 1), np.arange(d.num_users + 1)).astype(np.int64))
         info["train_history_items"] = torch.from_numpy((seen % (N + 1)).astype(np.int64))
+        info["user_time_origin"], info["user_time_unit"] = (torch.from_numpy(a) for a in user_time_scales(d))
         C = d.stats["num_categories"]
         if C:
             info["category"] = torch.from_numpy(d.item_category)
@@ -630,6 +631,36 @@ class SequentialDataModule(L.LightningDataModule):
             np.add.at(trans, (a, c2), 1.0)
             info["category_transitions"] = torch.from_numpy(trans)
         return info
+
+
+def user_time_scales(d: Processed) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's time origin and unit over the WHOLE processed sequence (held-out items
+    included): ``origin [U]`` = the first timestamp, ``unit [U]`` = the smallest non-zero gap
+    between two of the user's interactions (1 when there is none), int64 seconds.
+
+    TiSASRec's r^u_min (``zoo/models/tisasrec.py``, ``interval_scale="user"``): its authors' code
+    (``util.py`` ``cleanAndsort``, before the split) and ReChorus (``corpus.all_df``) both scale
+    by the whole sequence.  Times are sorted within a user, so the smallest non-zero gap of any
+    pair is that of two consecutive distinct timestamps: one ``minimum.reduceat`` over the gaps.
+    """
+    U = d.num_users
+    start, end = d.user_ptr[:-1], d.user_ptr[1:]
+    times = d.times.astype(np.int64)
+    never = np.iinfo(np.int64).max
+    gap = np.full(len(times), never, dtype=np.int64)  # gap[j] = t_j - t_{j-1} within a user, never at starts
+    if len(times) > 1:
+        gap[1:] = times[1:] - times[:-1]
+    gap[start[start < len(times)]] = never
+    gap[gap <= 0] = never
+    nonempty = end > start
+    unit = np.full(U, never, dtype=np.int64)
+    if nonempty.any():
+        # segments run from one non-empty user's start to the next one's, i.e. to its own end
+        unit[nonempty] = np.minimum.reduceat(gap, start[nonempty])
+    unit[unit == never] = 1
+    origin = np.zeros(U, dtype=np.int64)
+    origin[nonempty] = times[start[nonempty]]
+    return origin, unit
 
 
 def merge_domains(domains: list[Processed]) -> Processed:

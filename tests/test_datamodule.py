@@ -156,6 +156,24 @@ def test_side_info_leave_one_out(hand, tmp_path):
     assert "text" not in info  # no encoder asked for
 
 
+def test_side_info_user_time_scales(hand, tmp_path):
+    """TiSASRec's r^u_min and time origin over each user's WHOLE sequence (held-out items too)."""
+    from types import SimpleNamespace
+
+    from datamodules.base import user_time_scales
+
+    info = make_dm(hand, tmp_path / "cache").side_info()
+    # times: user 0 100..700 step 100; user 1 150, 150, 250 (the equal pair is not a gap); user 2 10, 20
+    assert info["user_time_origin"].tolist() == [100, 150, 10]
+    assert info["user_time_unit"].tolist() == [100, 100, 10]
+    assert info["user_time_unit"].dtype == info["user_time_origin"].dtype == torch.int64
+    # an empty user, one with every timestamp equal (unit 1), gaps unsorted by size
+    d = SimpleNamespace(num_users=4, user_ptr=np.array([0, 3, 3, 5, 9]),
+                        times=np.array([10, 10, 40, 7, 7, 100, 130, 131, 145]))
+    origin, unit = user_time_scales(d)
+    assert origin.tolist() == [10, 0, 7, 100] and unit.tolist() == [30, 1, 1, 1]
+
+
 def test_side_info_user_split_counts_training_users_only(tmp_path):
     folder = write_split_folder(tmp_path / "ml-split")
     dm = make_dm(folder, tmp_path / "cache", protocol="user_split", split_seed=3)

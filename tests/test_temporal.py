@@ -122,6 +122,44 @@ def test_relation_intervals_ignore_pad_timestamps_and_survive_one_item_and_equal
     assert relation_intervals(full, torch.ones_like(full, dtype=torch.bool), 2)[0, 0].tolist() == [0, 2, 2]  # 1300/300 = 4 -> 2
 
 
+def test_relation_intervals_with_a_given_unit_floor_the_scaled_gap():
+    """TiSASRec's paper form with the user's own r^u_min (``unit``), not the window's."""
+    t = torch.tensor([[0, 50, 120], [0, 50, 120]]) + 1_600_000_000
+    pad_mask = torch.ones(2, 3, dtype=torch.bool)
+    r = relation_intervals(t, pad_mask, 256, unit=torch.tensor([40, 25]))
+    # row 0: 50/40 -> 1, 120/40 -> 3, 70/40 -> 1;  row 1: 50/25 -> 2, 120/25 -> 4, 70/25 -> 2
+    assert r.tolist() == [[[0, 1, 3], [1, 0, 1], [3, 1, 0]], [[0, 2, 4], [2, 0, 2], [4, 2, 0]]]
+    # without a unit the window's minimum (50 s) scales both rows alike
+    assert relation_intervals(t, pad_mask, 256)[0].tolist() == [[0, 1, 2], [1, 0, 1], [2, 1, 0]]
+
+
+def test_relation_intervals_code_form_rounds_scaled_timestamps_half_to_even():
+    """The authors' code (util.py): round((t - t_1) / r_min) per timestamp, then |difference|."""
+    o = 1_600_000_000
+    pad_mask = torch.ones(2, 3, dtype=torch.bool)
+    t = o + torch.tensor([[0, 50, 120], [20, 60, 100]])
+    r = relation_intervals(t, pad_mask, 256, unit=torch.tensor([40, 40]), origin=torch.tensor([o, o]))
+    # row 0: 0, 1.25 -> 1, 3 -> 3: the pair (50 s, 120 s) is 2 here but floor(70/40) = 1 in the paper's form
+    # row 1: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2 (half to even, as Python's round)
+    assert r.tolist() == [[[0, 1, 3], [1, 0, 2], [3, 2, 0]], [[0, 2, 2], [2, 0, 0], [2, 0, 0]]]
+    assert [round(x) for x in (0.5, 1.5, 2.5)] == [0, 2, 2]
+    # against Python's round on random integer times, units, origins, with clipping at k = 7
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 10_000, (16, 6), generator=g).sort(1).values + o
+    unit = torch.randint(1, 900, (16,), generator=g)
+    origin = t[:, 0] - torch.randint(0, 50, (16,), generator=g)
+    got = relation_intervals(t, torch.ones(16, 6, dtype=torch.bool), 7, unit=unit, origin=origin)
+    for b in range(16):
+        s = [round((int(x) - int(origin[b])) / int(unit[b])) for x in t[b]]
+        assert got[b].tolist() == [[min(7, abs(si - sj)) for sj in s] for si in s], b
+    # pads: 0, whatever their timestamps
+    padded = torch.tensor([[False, True, True]] * 2)
+    noisy = t[:2, :3].clone()
+    noisy[:, 0] = torch.tensor([0, 123])
+    r = relation_intervals(noisy, padded, 7, unit=unit[:2], origin=origin[:2])
+    assert r[:, 0].eq(0).all() and r[:, :, 0].eq(0).all()
+
+
 # ---------------------------------------------------------------- Fig. 7: THP's Hawkes encoding
 def test_hawkes_encoding_equals_the_thp_formula():
     # z(t)_j = cos(t / 10000^((j-1)/d)) for odd j, sin(t / 10000^(j/d)) for even j (1-based j)

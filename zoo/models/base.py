@@ -10,8 +10,9 @@ loading with freezing, prediction):
 * ``score_all(user_repr) -> Tensor [B, N+1]``: scores of every item (column 0 = padding).
 
 Optionally ``attach_side_info(info)`` to receive item-side tensors from the datamodule (text or
-image feature tables, item categories, popularity, category transitions) — a model never opens
-a file — and ``score_candidates`` for a cheaper sampled-negative evaluation.
+image feature tables, item categories, popularity, category transitions; per user: training
+items, time scales) — a model never opens a file — and ``score_candidates`` for a cheaper
+sampled-negative evaluation.
 
 Batch contract (produced by ``datamodules.base.SequentialDataModule``; sequences LEFT-padded
 with item 0, the most recent item at position L-1):

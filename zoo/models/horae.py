@@ -101,12 +101,11 @@ from torch import Tensor, nn
 
 from zoo.models.miracle import MIRACLE, InterestState
 from zoo.modules.sparse_capsules import gather_activated, last_position_per_capsule, random_item_mask, read_out_interests
-from zoo.modules.dropout import Dropout
 from zoo.modules.temporal import (
     HORAE_THRESHOLDS,
+    RelationEmbedding,
     adjacent_gaps,
     hawkes_encoding,
-    relation_intervals,
     target_gaps,
     threshold_bins,
 )
@@ -176,22 +175,6 @@ class IntervalEmbedding(nn.Module):
             if bins is not None:
                 out = table(bins) if out is None else out + table(bins)
         return out
-
-
-class RelationEmbedding(nn.Module):
-    """Fig. 7 "Relation Matrix": TiSASRec's interval K/V embeddings of the clipped relation matrix."""
-
-    def __init__(self, max_interval: int, d: int, dropout: float) -> None:
-        super().__init__()
-        self.max_interval = max_interval
-        self.key = nn.Embedding(max_interval + 1, d)  # E^K_R
-        self.value = nn.Embedding(max_interval + 1, d)  # E^V_R
-        self.dropout = Dropout(dropout)
-
-    def forward(self, time_seq: Tensor, pad_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """time_seq, pad_mask ``[B, L]`` -> ``(r^K, r^V)``, each ``[B, L, L, d]``."""
-        r = relation_intervals(time_seq, pad_mask, self.max_interval)  # [B, L, L]
-        return self.dropout(self.key(r)), self.dropout(self.value(r))
 
 
 class HawkesTimeEncoding(nn.Module):

@@ -129,8 +129,14 @@ class SASRec(SequentialRecommender):
         h = self.emb_dropout(self.emb_norm(self.item_emb(item_seq) + self.pos_emb(item_seq)))  # [B, L, d]
         return self.encoder(h, item_seq > 0, last_only=last_only)
 
+    def sequence_states(self, batch: dict[str, Tensor], last_only: bool = False) -> Tensor:
+        """The encoder's states of a batch ``[B, L, d]`` (``last_only``: ``[B, d]``): :meth:`encode`
+        of ``item_seq``.  The one entry of training and evaluation, so a subclass that reads more of
+        the batch (TiSASRec: timestamps, user ids) overrides only this."""
+        return self.encode(batch["item_seq"], last_only=last_only)
+
     def user_representation(self, batch: dict[str, Tensor]) -> Tensor:
-        return self.encode(batch["item_seq"], last_only=True)  # [B, d] (state at the most recent item)
+        return self.sequence_states(batch, last_only=True)  # [B, d] (state at the most recent item)
 
     def score_all(self, user_repr: Tensor) -> Tensor:
         return dot_scores(user_repr, self.item_emb.weight)  # [B, N+1]
@@ -144,7 +150,7 @@ class SASRec(SequentialRecommender):
     def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         item_seq = batch["item_seq"]  # [B, L]
         if "target_seq" in batch:  # windows: the next item at every real position (original SASRec)
-            h = self.encode(item_seq)  # [B, L, d]
+            h = self.sequence_states(batch)  # [B, L, d]
             real = batch["target_seq"] > 0  # [B, L]
             u, target = h[real], batch["target_seq"][real]  # [M, d], [M]
             row = real.nonzero()[:, 0] if self.loss_type != "ce" else None  # [M] batch row of each target

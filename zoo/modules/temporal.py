@@ -1,9 +1,10 @@
-"""Time features shared by HORAE (threshold bins; Fig. 7's relation matrix and Hawkes encoding)
-and HM4SR (log buckets, day of year).
+"""Time features shared by HORAE (threshold bins; Fig. 7's relation matrix and Hawkes encoding),
+TiSASRec (the relation matrix) and HM4SR (log buckets, day of year).
 
 Timestamps travel in every batch as int64 seconds (``time_seq [B, L]``, ``target_time [B]``,
 0 at pads).  Models turn gaps into bucket ids here and embed them themselves; the one
-parameter-free encoding (:func:`hawkes_encoding`) is computed here whole.
+parameter-free encoding (:func:`hawkes_encoding`) is computed here whole, and the one embedding
+two models share (:class:`RelationEmbedding`, TiSASRec's and HORAE Fig. 7's) lives here too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from zoo.modules.dropout import Dropout
 
 HORAE_THRESHOLDS: tuple[float, ...] = (1, 2, 4, 7, 14, 30, 60, 120, 180, 365, 730, 1825)
 
@@ -73,29 +76,73 @@ def target_gaps(time_seq: Tensor, pad_mask: Tensor, target_time: Tensor) -> Tens
     return (target_time[:, None] - time_seq).masked_fill(~pad_mask, 0)
 
 
-def relation_intervals(time_seq: Tensor, pad_mask: Tensor, max_interval: int) -> Tensor:
+def relation_intervals(
+    time_seq: Tensor,
+    pad_mask: Tensor,
+    max_interval: int,
+    unit: Tensor | None = None,
+    origin: Tensor | None = None,
+) -> Tensor:
     """TiSASRec's personalised relation matrix (Li et al., WSDM 2020, Sec. 3.2) of each window.
 
-    ``r_ij = min(k, floor(|t_i - t_j| / r_min))`` for every pair of real positions, with ``r_min``
-    the smallest non-zero ``|t_i - t_j|`` of the user's sequence (here: of the batch's window, the
-    only history a batch carries; 1 second when every timestamp is equal) and ``k`` =
-    ``max_interval``.  Pairs with a pad get 0: pads are masked keys, and their rows never depend on
-    the pads' timestamps.
+    ``r_ij = min(k, floor(|t_i - t_j| / r_min))`` for every pair of real positions (the paper's
+    form), with ``k`` = ``max_interval`` and ``r_min`` = ``unit`` when given (TiSASRec's r^u_min,
+    the smallest non-zero gap of the user's whole sequence, which the datamodule hands over), else
+    the smallest non-zero ``|t_i - t_j|`` of the batch's window (the only history a batch carries;
+    1 second when every timestamp is equal).  With ``origin`` the authors' code's form instead
+    (``util.py``: each timestamp is scaled from the user's first one and rounded, then differenced):
+    ``r_ij = min(k, |round((t_i - o) / r_min) - round((t_j - o) / r_min)|)``, rounding half to even
+    as Python's ``round``, in integer arithmetic.  Pairs with a pad get 0: pads are masked keys,
+    and their rows never depend on the pads' timestamps.
 
     Args:
         time_seq: ``[B, L]`` int64 seconds (left-padded).
         pad_mask: ``[B, L]`` bool, True at real positions.
         max_interval: the clipping threshold k (>= 1).
+        unit: optional ``[B]`` int64 seconds (>= 1), each row's r_min.
+        origin: optional ``[B]`` int64 seconds, each row's time origin o (the code's rounding form).
     Returns:
         ``[B, L, L]`` long intervals in ``[0, k]``; symmetric, 0 on the diagonal.
     """
     diff = (time_seq[:, :, None] - time_seq[:, None, :]).abs()  # [B, L, L] seconds
     pair = pad_mask[:, :, None] & pad_mask[:, None, :]  # [B, L, L] both real
-    never = torch.iinfo(diff.dtype).max
-    r_min = diff.masked_fill(~pair | (diff == 0), never).amin(dim=(1, 2))  # [B]
-    r_min = torch.where(r_min == never, torch.ones_like(r_min), r_min)  # no non-zero gap: unit scale
-    r = torch.div(diff, r_min[:, None, None], rounding_mode="floor").clamp(max=max_interval)  # [B, L, L]
-    return r.masked_fill(~pair, 0)
+    if unit is None:
+        never = torch.iinfo(diff.dtype).max
+        r_min = diff.masked_fill(~pair | (diff == 0), never).amin(dim=(1, 2))  # [B]
+        r_min = torch.where(r_min == never, torch.ones_like(r_min), r_min)  # no non-zero gap: unit scale
+    else:
+        r_min = unit.to(diff.dtype).clamp(min=1)  # [B]
+    if origin is None:  # the paper: floor of the scaled gap
+        r = torch.div(diff, r_min[:, None, None], rounding_mode="floor")  # [B, L, L]
+    else:  # the code: rounded scaled timestamps, differenced
+        x = time_seq - origin.to(time_seq.dtype)[:, None]  # [B, L] seconds since the origin
+        q = torch.div(x, r_min[:, None], rounding_mode="floor")  # [B, L]
+        twice_rem = 2 * (x - q * r_min[:, None])  # [B, L] in [0, 2 r_min)
+        up = (twice_rem > r_min[:, None]) | ((twice_rem == r_min[:, None]) & (q % 2 == 1))  # half to even
+        scaled = q + up.long()  # [B, L] round(x / r_min)
+        r = (scaled[:, :, None] - scaled[:, None, :]).abs()  # [B, L, L]
+    return r.clamp(max=max_interval).masked_fill(~pair, 0)
+
+
+class RelationEmbedding(nn.Module):
+    """TiSASRec's interval key/value embeddings E^K_R, E^V_R ``[(k+1), d]`` of the clipped relation
+    matrix (:func:`relation_intervals`), with dropout as the authors' code: TiSASRec, and HORAE's
+    Fig. 7 "Relation Matrix"."""
+
+    def __init__(self, max_interval: int, d: int, dropout: float) -> None:
+        super().__init__()
+        self.max_interval = max_interval
+        self.key = nn.Embedding(max_interval + 1, d)  # E^K_R
+        self.value = nn.Embedding(max_interval + 1, d)  # E^V_R
+        self.dropout = Dropout(dropout)
+
+    def forward(
+        self, time_seq: Tensor, pad_mask: Tensor, unit: Tensor | None = None, origin: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """time_seq, pad_mask ``[B, L]`` (unit, origin ``[B]``: :func:`relation_intervals`) ->
+        ``(r^K, r^V)``, each ``[B, L, L, d]``."""
+        r = relation_intervals(time_seq, pad_mask, self.max_interval, unit, origin)  # [B, L, L]
+        return self.dropout(self.key(r)), self.dropout(self.value(r))
 
 
 def hawkes_encoding(t: Tensor, d: int) -> Tensor:
