@@ -41,6 +41,7 @@ from zoo.models.miracle import MIRACLE
 from zoo.models.pop import Pop
 from zoo.models.sasrec import SASRec
 from zoo.models.timirec import TiMiRec
+from zoo.models.tisasrec import TiSASRec
 
 N, D, K, L, C, TEXT_DIM, IMAGE_DIM = 50, 16, 2, 10, 5, 12, 8
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,9 @@ def side_info() -> dict[str, torch.Tensor]:
         # 8 users' distinct training items (CSR, ascending): the ReChorus cases' BPR negatives avoid them
         "train_history_ptr": torch.arange(0, 81, 10),
         "train_history_items": torch.cat([torch.randperm(N, generator=g)[:10].sort().values + 1 for _ in range(8)]),
+        # the same 8 users' first timestamps and smallest gaps (TiSASRec's per-user interval scale)
+        "user_time_origin": torch.full((8,), 1_400_000_000) + torch.randint(0, 86400, (8,), generator=g),
+        "user_time_unit": torch.randint(60, 86400, (8,), generator=g),
     }
 
 
@@ -80,6 +84,10 @@ CASES: dict[str, Callable[[], SequentialRecommender]] = {
     "SASRec-CE": lambda: SASRec(d=D, n_layers=1, n_heads=2, max_len=L, loss="ce", **COMMON),
     "SASRec-BCE": lambda: SASRec(d=D, n_layers=1, n_heads=2, max_len=L, loss="bce", **COMMON),
     "GRU4Rec": lambda: GRU4Rec(d=D, **COMMON),
+    # pairwise interval and position K/V terms in every layer, scaled per user (side info) or per window
+    "TiSASRec": lambda: TiSASRec(d=D, n_layers=1, n_heads=2, max_len=L, **COMMON),
+    "TiSASRec-BCE-window": lambda: TiSASRec(d=D, n_layers=1, n_heads=2, max_len=L, loss="bce",
+                                            train_negatives_exclude="history", interval_scale="window", **COMMON),
     "ComiRec-SA": lambda: ComiRec(extractor="sa", **MI, **COMMON),
     "ComiRec-SA-popneg": lambda: ComiRec(extractor="sa", neg_sampler="popularity", **MI, **COMMON),
     "ComiRec-DR": lambda: ComiRec(extractor="dr", **MI, **COMMON),
@@ -197,6 +205,8 @@ def test_side_info_moves_with_the_module(name: str) -> None:
         assert {"text_features", "image_features", "category_multi_hot"} <= {n for n, _ in model.named_buffers()}
     if name == "HPCL4SR":
         assert {"item_category", "graph.propagation"} <= {n for n, _ in model.named_buffers()}
+    if name == "TiSASRec":
+        assert {"user_time_origin", "user_time_unit"} <= {n for n, _ in model.named_buffers()}
     if name == "SASRec-ReChorus":
         assert {"train_negatives.history.keys", "train_negatives.history.ptr"} <= {n for n, _ in model.named_buffers()}
     if name == "ComiRec-SA-popneg":

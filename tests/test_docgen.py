@@ -12,7 +12,7 @@ import pytest
 from zoo import docgen
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER_MODELS = ("MIRACLE", "HORAE", "TiMiRec", "HM4SR")  # the models with public official code
+PAPER_MODELS = ("MIRACLE", "HORAE", "TiMiRec", "HM4SR", "TiSASRec")  # the models with public official code
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from zoo.models.mind import MIND
 from zoo.models.miracle import MIRACLE
 from zoo.models.sasrec import SASRec
 from zoo.models.timirec import TiMiRec
+from zoo.models.tisasrec import TiSASRec
 
 N, G, PER_GROUP, L, D, TEXT_DIM = 40, 8, 5, 12, 32, 16
 DAY = 86400
@@ -75,6 +76,8 @@ TEXT_MODEL = dict(n_layers=1, n_heads=2, d_ff=2 * D, max_len=L, n_experts=2, num
 MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     "SASRec": lambda: SASRec(d=D, n_layers=1, n_heads=2, max_len=L, **COMMON),
     "GRU4Rec": lambda: GRU4Rec(d=D, **COMMON),
+    # fresh users every step: the window's own r_min (no datamodule side info here)
+    "TiSASRec": lambda: TiSASRec(d=D, n_layers=1, n_heads=2, max_len=L, interval_scale="window", **COMMON),
     "MIND": lambda: MIND(d=D, K=2, max_len=L, n_neg=20, **COMMON),
     "ComiRec-SA": lambda: ComiRec(extractor="sa", d=D, K=2, max_len=L, n_neg=20, **COMMON),
     "ComiRec-DR": lambda: ComiRec(extractor="dr", d=D, K=2, max_len=L, n_neg=20, **COMMON),

@@ -33,6 +33,7 @@ MODELS: tuple[tuple[str, str], ...] = (
     ("HPCL4SR", "hpcl4sr.py"),
     ("HM4SR", "hm4sr.py"),
     ("SASRec", "sasrec.py"),
+    ("TiSASRec", "tisasrec.py"),
     ("GRU4Rec", "gru4rec.py"),
     ("ComiRec", "comirec.py"),
     ("MIND", "mind.py"),
