@@ -50,6 +50,7 @@ FROM_SCRATCH = ["--model.init_args.pretrained_ckpt", "null", "--model.init_args.
 MODELS: dict[str, tuple[str, list[str]]] = {
     "pop": ("pop", []),
     "sasrec": ("sasrec", []),
+    "tisasrec": ("tisasrec", []),
     "gru4rec": ("gru4rec", []),
     "comirec_sa": ("comirec_sa", []),
     "comirec_dr": ("comirec_dr", []),

@@ -250,9 +250,9 @@ def test_dry_run_of_timirec_lists_every_fit_the_real_run_makes(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     plan = planned_dirs(r.stdout)
     cells = [d.rsplit("/", 1)[1] for d in plan if "/timirec/default/" in d]
-    assert cells == [f"{slug}-s0" for slug in ("GRU4Rec", "MIND", "ComiRec-SA", "TiMiRec", "SASRec", "ComiRec-SA+",
-                                               "TiMiRec+", "Pop")]
-    assert len([d for d in plan if "/pretrain/" in d]) == 2 and len(plan) == 10 == len(set(plan))
+    assert cells == [f"{slug}-s0" for slug in ("GRU4Rec", "MIND", "ComiRec-SA", "TiMiRec", "SASRec", "TiSASRec",
+                                               "ComiRec-SA+", "TiMiRec+", "Pop")]
+    assert len([d for d in plan if "/pretrain/" in d]) == 2 and len(plan) == 11 == len(set(plan))
     r = zoo("ablate", "--paper", "timirec", "--dry-run", "--out", str(tmp_path / "out"), *recipes, cwd=here)
     assert r.returncode == 0, r.stderr[-3000:]
     plan = planned_dirs(r.stdout)

@@ -307,9 +307,11 @@ def plan_run(recipe: str, args: dict[str, Any], data_cfg: dict[str, Any] | None,
 # ----------------------------------------------------------------------------- the plan
 # Seconds per training epoch (validation included) of each model on its embedded-default recipe on
 # a shared 2-core CPU, from the time-capped runs stored in benchmarks/results/*/results.json
-# (wall time / epochs reached).  Only for estimates; finished runs under --out refine them.
+# (wall time / epochs reached).  Only for estimates; finished runs under --out refine them.  TiSASRec
+# has no stored run yet: SASRec's figure times the ~3x of one of its training steps measured beside
+# SASRec's (256 windows of 50, d = 64; its [B, L, L, d] interval terms) on the same CPU.
 SECONDS_PER_EPOCH = {"Pop": 0.0, "GRU4Rec": 27.0, "SASRec": 32.0, "MIND": 6.0, "ComiRec": 9.0, "MIRACLE": 143.0,
-                     "HORAE": 215.0, "TiMiRec": 14.0, "HPCL4SR": 17.0, "HM4SR": 185.0}
+                     "HORAE": 215.0, "TiMiRec": 14.0, "HPCL4SR": 17.0, "HM4SR": 185.0, "TiSASRec": 90.0}
 STARTUP_S = 10.0  # one `zoo fit` process: imports, data cache, test after fit
 
 
