@@ -48,12 +48,13 @@ a zoo table measures the time intervals alone:
 
 Dropout on the K/V embeddings (``dropout``, as the code: on E^K_R[r], E^V_R[r], P^K and P^V
 separately, before they are summed) and on the input item embeddings.  The code trains on each
-user's last ``max_len`` training items with one relation matrix per user (``Relation``); the zoo's
-datamodule cuts the same windows (``train_sampling: windows``).  With ``interval_scale="window"``
+user's last ``max_len`` training items only (one window and relation matrix per user,
+``Relation``); the zoo's ``train_sampling: windows`` also tiles the older items into further
+windows, as for SASRec.  With ``interval_scale="window"``
 r_min is the window's, so a position's intervals depend on the window's later timestamps too (not
 on their items); the code's (and ``"user"``'s) r^u_min likewise reads the user's whole sequence.
 
-ReChorus's ``TiSASRec.py`` (what TiMiRec's table ran) differs from the authors' code in ways not
+ReChorus's ``TiSASRec.py`` (the source of TiMiRec's column, spec ``timirec.md`` Sec. 7) differs from the authors' code in ways not
 switched here: ``floor`` of the gap over a user minimum that is capped at 65,535 seconds (its
 ``0xFFFF`` fill of the zero gaps), ``time_max`` 512, no dropout on the K/V embeddings, BPR; with
 ``interval_rounding="floor"``, ``time_span=512`` and SASRec's ReChorus switches (``loss="bpr"``,
