@@ -335,7 +335,7 @@ def test_paper_numbers_match_the_papers_tables():
 
 
 def _finished(run: Run, metrics: dict) -> Run:
-    run.run_dir.mkdir(parents=True)
+    run.run_dir.mkdir(parents=True, exist_ok=True)  # a fit step has made it for its claim already
     (run.run_dir / "test_metrics.json").write_text(json.dumps({"test": metrics, "epochs": 3}))
     (run.run_dir / "reproduce.json").write_text(json.dumps({"config_hash": run.hash, "seed": run.seed, "status": "done"}))
     return run
@@ -540,6 +540,41 @@ def test_a_cell_another_process_is_fitting_waits_for_the_rest_of_the_plan_then_i
         assert result[held.run_dir]["status"] == result[pre.run_dir]["status"] == "reused"
     else:
         assert fitted == [free.run_dir, held.run_dir, pre.run_dir, loads.run_dir]
+
+
+@pytest.mark.parametrize("other_finishes", [True, False], ids=["other-finishes", "other-is-killed"])
+def test_two_invocations_that_both_found_a_folder_free_fit_it_once(tmp_path, monkeypatch, other_finishes):
+    """The race the busy check leaves: two invocations see a folder free at the same moment.  The fit
+    step first takes the folder's claim (.reproduce.lock) atomically; the loser waits (it never
+    writes "running"/"failed" into the winner's folder), then reuses the winner's finished run, or
+    fits it if the winner died without finishing."""
+    import threading
+
+    import zoo.experiments.reproduce as R
+    from zoo.runfiles import CLAIM_NAME, LOCK_NAME, RunLock
+
+    assert R._busy.__defaults__[0] == (CLAIM_NAME, LOCK_NAME)
+    fitted: list[Path] = []
+    monkeypatch.setattr(R, "fit", lambda step, n, opts: (fitted.append(step.run.run_dir), {"status": "done"})[1])
+    monkeypatch.setattr(R, "BUSY_POLL_S", 0.02)
+    cfg = {"model": {"class_path": "zoo.models.sasrec.SASRec"}, "trainer": {"max_epochs": 1}}
+    run = Run(cfg, tmp_path / "t" / "default" / "SASRec-s0", 0, "g")
+    [step] = make_plan([Cell("t", "T", "default", "SASRec", 0, run)], Options(out=tmp_path, quiet=True))
+    winner = RunLock(run.run_dir, CLAIM_NAME).acquire()  # the other invocation claimed it after our check
+    assert R._busy(run.run_dir) is not None and R._busy(run.run_dir, (LOCK_NAME,)) is None
+    result: dict = {}
+    loser = threading.Thread(target=lambda: result.update(R._run_step(step, {}, 1, Options(out=tmp_path, quiet=True))))
+    loser.start()
+    threading.Event().wait(0.2)
+    assert loser.is_alive() and fitted == [] and not (run.run_dir / "reproduce.json").exists()
+    if other_finishes:
+        (run.run_dir / "test_metrics.json").write_text(json.dumps({"test": {}, "epochs": 3}))
+        (run.run_dir / "reproduce.json").write_text(json.dumps({"config_hash": run.hash, "seed": 0, "status": "done"}))
+    winner.release()
+    loser.join(10)
+    assert not loser.is_alive()
+    assert (result["status"], fitted) == (("reused", []) if other_finishes else ("done", [run.run_dir]))
+    assert not (run.run_dir / CLAIM_NAME).exists()  # released by whoever held it
 
 
 def test_a_cell_planned_earlier_in_the_same_plan_is_shared_and_each_pretraining_runs_once(tmp_path):

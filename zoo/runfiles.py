@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 LOCK_NAME = ".zoo.lock"
+CLAIM_NAME = ".reproduce.lock"  # held by a `zoo reproduce`/`ablate` process while its fit of the folder runs
 FIT_FILES = ("best.ckpt", "last.ckpt", "test_metrics.json", "ranks.npz")  # what a fit writes at the top level
 _STAMP = re.compile(r"^(?P<prefix>[A-Za-z_]+)-(?P<stamp>\d{8}-\d{6}(?:-\d+)?)$")
 
@@ -142,9 +143,9 @@ class RunLock:
     is removed by :meth:`release`.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, name: str = LOCK_NAME) -> None:
         self.folder = Path(folder)
-        self.path = self.folder / LOCK_NAME
+        self.path = self.folder / name
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":

@@ -858,18 +858,47 @@ def _finished_meanwhile(run: Run, opts: Options) -> bool:
 BUSY_POLL_S = 30.0  # how often a deferred step looks again whether the other process has released its folder
 
 
-def _busy(run_dir: Path) -> str | None:
-    """Why the run folder cannot be fitted now: another live process holds its lock (a ``zoo fit`` of
-    another ``zoo reproduce`` invocation planned on the same folders); None when it is free."""
-    from zoo.runfiles import LOCK_NAME, RunFolderBusy, RunLock
+def _busy(run_dir: Path, names: tuple[str, ...] = (".reproduce.lock", ".zoo.lock")) -> str | None:
+    """Why the run folder cannot be fitted now: another live process holds its claim (another
+    ``zoo reproduce``/``ablate`` invocation planned on the same folders, about to fit it or fitting
+    it) or its fit lock (a ``zoo fit``); None when it is free.  ``names``: the lock files to look at
+    (``runfiles.CLAIM_NAME``, ``runfiles.LOCK_NAME``)."""
+    from zoo.runfiles import RunFolderBusy, RunLock
 
-    if not (run_dir / LOCK_NAME).exists():
-        return None
-    try:
-        RunLock(run_dir).acquire().release()
-    except RunFolderBusy as e:
-        return str(e)
+    for name in names:
+        if not (run_dir / name).exists():
+            continue
+        try:
+            RunLock(run_dir, name).acquire().release()
+        except RunFolderBusy as e:
+            return str(e)
     return None
+
+
+def _claim(s: Step, n: int, opts: Options) -> Any:
+    """The folder's claim (``.reproduce.lock``), held while this process fits it: taken atomically, so
+    of two invocations that both found the folder free only one fits it (the other would fail on the
+    fit's lock and write "failed" over the first one's record); waits while another process holds the
+    claim or the fit lock."""
+    from zoo.runfiles import CLAIM_NAME, LOCK_NAME, RunFolderBusy, RunLock
+
+    waiting = False
+    while True:
+        try:
+            claim = RunLock(s.run.run_dir, CLAIM_NAME).acquire()
+        except RunFolderBusy:
+            claim = None
+        if claim is not None:
+            if _busy(s.run.run_dir, (LOCK_NAME,)) is None:
+                return claim
+            claim.release()  # a fit of a process that holds no claim (a plain `zoo fit`, an orphan)
+        if _STOPPING.is_set():
+            raise SystemExit(143)
+        if not waiting:
+            opts.log(f"[{s.index}/{n}] waiting for the other process to release {s.run.run_dir}")
+            waiting = True
+        time.sleep(BUSY_POLL_S)
+
 
 
 def _reused(s: Step) -> dict[str, Any]:
@@ -893,10 +922,14 @@ def _run_step(s: Step, outcomes: dict[Path | str, dict[str, Any]], n: int, opts:
     if pre is not None and pre["status"] not in ("done", "reused"):
         opts.log(f"[{s.index}/{n}] FAILED {s.label}: its pre-training failed")
         return {"status": "failed", "reason": f"pre-training failed: {pre.get('reason', '')}"}
-    if _finished_meanwhile(run, opts):  # re-checked now: the plan may be hours old
-        opts.log(f"[{s.index}/{n}] reuse {s.label}: finished by another process since the plan was made")
-        return {**_stored_meta(run), "status": "reused", "stale": False}
-    return fit(s, n, opts)
+    claim = _claim(s, n, opts)
+    try:
+        if _finished_meanwhile(run, opts):  # re-checked now, under the claim: the plan may be hours old
+            opts.log(f"[{s.index}/{n}] reuse {s.label}: finished by another process since the plan was made")
+            return {**_stored_meta(run), "status": "reused", "stale": False}
+        return fit(s, n, opts)
+    finally:
+        claim.release()
 
 
 def execute_plan(steps: list[Step], opts: Options) -> dict[Path | str, dict[str, Any]]:
