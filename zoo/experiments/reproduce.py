@@ -65,7 +65,7 @@ from typing import Any, Iterable, Iterator
 
 import yaml
 
-from zoo.runfiles import atomic_write  # noqa: F401  (also imported from here by older callers)
+from zoo.runfiles import CLAIM_NAME, LOCK_NAME, atomic_write  # noqa: F401  (atomic_write: also imported from here by older callers)
 
 PACKAGE = Path(__file__).resolve().parents[1]  # zoo/
 NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
@@ -858,11 +858,10 @@ def _finished_meanwhile(run: Run, opts: Options) -> bool:
 BUSY_POLL_S = 30.0  # how often a deferred step looks again whether the other process has released its folder
 
 
-def _busy(run_dir: Path, names: tuple[str, ...] = (".reproduce.lock", ".zoo.lock")) -> str | None:
+def _busy(run_dir: Path, names: tuple[str, ...] = (CLAIM_NAME, LOCK_NAME)) -> str | None:
     """Why the run folder cannot be fitted now: another live process holds its claim (another
     ``zoo reproduce``/``ablate`` invocation planned on the same folders, about to fit it or fitting
-    it) or its fit lock (a ``zoo fit``); None when it is free.  ``names``: the lock files to look at
-    (``runfiles.CLAIM_NAME``, ``runfiles.LOCK_NAME``)."""
+    it) or its fit lock (a ``zoo fit``); None when it is free.  ``names``: the lock files to look at."""
     from zoo.runfiles import RunFolderBusy, RunLock
 
     for name in names:
@@ -880,7 +879,7 @@ def _claim(s: Step, n: int, opts: Options) -> Any:
     of two invocations that both found the folder free only one fits it (the other would fail on the
     fit's lock and write "failed" over the first one's record); waits while another process holds the
     claim or the fit lock."""
-    from zoo.runfiles import CLAIM_NAME, LOCK_NAME, RunFolderBusy, RunLock
+    from zoo.runfiles import RunFolderBusy, RunLock
 
     waiting = False
     while True:
