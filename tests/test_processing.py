@@ -332,3 +332,19 @@ def test_directory_without_stats_is_refused(tmp_path):
     (final / "stats.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"'.*tiny-abc' is not a zoo processed cache \(no stats.json\)"):
         load_cache(final)
+
+
+def test_missing_raw_file_names_the_key_the_resolved_path_and_the_fix(tmp_path, monkeypatch):
+    """A recipe whose raw file is not on this machine (e.g. recipes/hm4sr_toys.yaml) fails before
+    anything is written, naming the paths key, where a relative path was looked for, and what to set."""
+    from datamodules.processing import prepare_dataset
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reviews.json.gz").write_bytes(b"")
+    with pytest.raises(FileNotFoundError) as e:
+        prepare_dataset("amazon2014", {"reviews": "reviews.json.gz", "meta": "data/meta_Toys.json.gz"},
+                        cache_dir=str(tmp_path / "cache"))
+    msg = str(e.value)
+    assert "paths.meta = 'data/meta_Toys.json.gz'" in msg and str(tmp_path / "data" / "meta_Toys.json.gz") in msg
+    assert "data.init_args.paths.meta" in msg and "zoo data prepare --meta" in msg and "docs/data.md" in msg
+    assert not (tmp_path / "cache").exists()
