@@ -904,3 +904,29 @@ def test_a_row_may_set_a_switch_its_recipe_leaves_at_the_default(tmp_path):
     assert cfg["model"]["init_args"]["gate_backbone"] == "self_attention"
     with pytest.raises(KeyError, match="takes no such argument"):
         materialise("horae", {"gate_backbone_typo": 1}, None, opts)
+
+
+def test_plan_gives_a_likely_time_from_the_epochs_finished_runs_took(tmp_path):
+    """Besides the max_epochs bound, a fit whose model and data have finished runs under --out gets
+    a likely time: the median epochs those runs trained (early stopping) x their seconds per epoch."""
+    import zoo.experiments.reproduce as R
+
+    cfg = {"model": {"class_path": "zoo.models.sasrec.SASRec"}, "data": {"init_args": {"max_len": 10}},
+           "trainer": {"max_epochs": 200}}
+    for seed, (epochs, wall) in enumerate([(20, 10 + 200.0), (30, 10 + 300.0), (40, 10 + 400.0)]):
+        d = tmp_path / "p" / "default" / f"SASRec-s{seed}"
+        d.mkdir(parents=True)
+        (d / "reproduce.json").write_text(json.dumps({"status": "done", "wall_time_s": wall, "config_hash": "h"}))
+        (d / "test_metrics.json").write_text(json.dumps({"config": cfg, "epochs": epochs}))
+    measured = R.measured_timings([tmp_path])
+    (timing,) = measured.values()
+    assert timing.sec_per_epoch == pytest.approx(10.0) and timing.epochs == [20, 30, 40]
+    upper, basis, likely = R.estimate(Run(cfg, tmp_path / "x-s3", 3, "h"), measured)
+    assert upper == pytest.approx(R.STARTUP_S + 200 * 10.0) and likely == pytest.approx(R.STARTUP_S + 30 * 10.0)
+    assert "median 30 epochs of 3 finished run(s)" in basis
+    other = {**cfg, "model": {"class_path": "zoo.models.gru4rec.GRU4Rec"}}  # no finished run: no likely time
+    assert R.estimate(Run(other, tmp_path / "y-s0", 0, "h"), measured)[2] is None
+    step = R.Step(Run(cfg, tmp_path / "x-s3", 3, "h"), "run", "p/default/SASRec seed 3", estimate_s=upper,
+                  basis=basis, likely_s=likely, index=1)
+    text = R.plan_text([step], Options(out=tmp_path, quiet=True))
+    assert "likely about 5.2 min" in text and "(1 of 1 runs" in text

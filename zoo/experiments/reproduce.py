@@ -55,6 +55,7 @@ import math
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -344,6 +345,7 @@ class Step:
     source: Path | None = None
     estimate_s: float | None = None
     basis: str = ""
+    likely_s: float | None = None  # from the finished runs of the same model and data, when there are some
     stale: bool = False
     index: int = 0  # 1..n over the steps that execute a `zoo fit`
 
@@ -367,15 +369,38 @@ def _model_class(cfg: dict[str, Any]) -> str:
     return str(cfg.get("model", {}).get("class_path", "?")).rsplit(".", 1)[-1]
 
 
+# the data arguments that decide what an epoch costs; the rest (cache folder, workers, ...) do not
+TIMING_DATA_ARGS = ("format", "paths", "name", "format_options", "pretrain_domains", "protocol", "k_core",
+                    "max_len", "batch_size", "eval_negatives")
+
+
 def _timing_key(cfg: dict[str, Any]) -> str:
+    """Model class + the data arguments an epoch's cost depends on + batch limit.  A recipe gives
+    some data arguments and leaves the rest to the class, while a finished run's saved config holds
+    every one: both are completed with the datamodule's defaults, so the two meet."""
+    from zoo.experiments.compare import class_arguments
+
     trainer = cfg.get("trainer") or {}
-    return config_hash({"model": _model_class(cfg), "data": cfg.get("data"),
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    given = data.get("init_args") or {}
+    defaults = class_arguments(str(data.get("class_path"))) or {}
+    args = {k: given[k] if k in given else defaults.get(k) for k in TIMING_DATA_ARGS}
+    return config_hash({"model": _model_class(cfg), "data": [data.get("class_path"), json.loads(_canonical(args))],
                         "limit": trainer.get("limit_train_batches")}, 0)
 
 
-def measured_timings(roots: Iterable[Path]) -> dict[str, float]:
-    """Seconds per epoch of the finished runs under ``roots``, keyed by model class + data + batch limit."""
-    out: dict[str, float] = {}
+@dataclass
+class Timing:
+    """What the finished runs of one model class on one dataset (and batch limit) took here."""
+
+    sec_per_epoch: float  # median over the runs
+    epochs: list[int]  # epochs each run trained before early stopping (or its max_epochs) ended it
+
+
+def measured_timings(roots: Iterable[Path]) -> dict[str, Timing]:
+    """The finished runs under ``roots``, keyed by model class + data + batch limit (:func:`_timing_key`)."""
+    per_epoch: dict[str, list[float]] = {}
+    epochs: dict[str, list[int]] = {}
     for root in roots:
         for meta_path in root.glob("**/reproduce.json"):
             try:
@@ -385,28 +410,37 @@ def measured_timings(roots: Iterable[Path]) -> dict[str, float]:
                 continue
             if meta.get("status") != "done" or "twin_of" in meta or not meta.get("wall_time_s") or not tm.get("config"):
                 continue
-            epochs = max(int(tm.get("epochs") or 0), 1)  # Lightning's current_epoch after fit = epochs run
-            out[_timing_key(tm["config"])] = max(0.0, float(meta["wall_time_s"]) - STARTUP_S) / epochs
-    return out
+            n = max(int(tm.get("epochs") or 0), 1)  # Lightning's current_epoch after fit = epochs run
+            key = _timing_key(tm["config"])
+            per_epoch.setdefault(key, []).append(max(0.0, float(meta["wall_time_s"]) - STARTUP_S) / n)
+            epochs.setdefault(key, []).append(n)
+    return {k: Timing(statistics.median(v), sorted(epochs[k])) for k, v in per_epoch.items()}
 
 
-def estimate(run: Run, measured: dict[str, float]) -> tuple[float | None, str]:
+def estimate(run: Run, measured: dict[str, Timing]) -> tuple[float | None, str, float | None]:
     """An upper estimate of one fit's wall time: ``max_epochs`` (capped by ``max_time``) × seconds per
-    epoch, from a finished run of the same model and data under ``--out`` when there is one, else
-    from the embedded-default timing table (``SECONDS_PER_EPOCH``).  Early stopping usually ends sooner."""
+    epoch, from the finished runs of the same model and data under ``--out`` when there are some,
+    else from the embedded-default timing table (``SECONDS_PER_EPOCH``); and a likely time, the
+    median number of epochs those finished runs trained (early stopping included) × seconds per
+    epoch, or None without such runs.  Returns ``(upper s, basis, likely s)``."""
     cls = _model_class(run.cfg)
     trainer = run.cfg.get("trainer") or {}
     epochs = trainer.get("max_epochs")
     if epochs is not None and not isinstance(epochs, int):
-        return None, f"max_epochs {epochs!r} is not a number"
+        return None, f"max_epochs {epochs!r} is not a number", None
     epochs = 1000 if epochs in (None, -1) else epochs
-    spe = measured.get(_timing_key(run.cfg))
-    basis = "measured here"
-    if spe is None:
+    timing = measured.get(_timing_key(run.cfg))
+    basis, likely = "measured here", None
+    if timing is not None:
+        spe = timing.sec_per_epoch
+        typical = min(statistics.median(timing.epochs), epochs)
+        likely = STARTUP_S + typical * spe
+        basis += f"; likely {fmt_s(likely)}: median {typical:g} epochs of {len(timing.epochs)} finished run(s) here"
+    else:
         spe = next((v for k, v in SECONDS_PER_EPOCH.items() if cls.startswith(k)), None)
         basis = "embedded-default timing"
         if spe is None:
-            return None, f"no timing for {cls}"
+            return None, f"no timing for {cls}", None
         limit = trainer.get("limit_train_batches")
         if isinstance(limit, float) and 0 < limit < 1:
             spe *= limit
@@ -416,7 +450,8 @@ def estimate(run: Run, measured: dict[str, float]) -> tuple[float | None, str]:
     cap = _max_time_s(trainer.get("max_time"))
     if cap is not None and cap < train:
         train, basis = cap, basis + ", max_time"
-    return STARTUP_S + train, f"{epochs} epochs, {basis}"
+        likely = None if likely is None else min(likely, STARTUP_S + cap)
+    return STARTUP_S + train, f"{epochs} epochs, {basis}", likely
 
 
 def fmt_s(seconds: float | None) -> str:
@@ -569,7 +604,7 @@ def make_plan(cells: list[Cell], opts: Options) -> list[Step]:
                           and _stored_meta(run).get("config_hash") == run.hash
                           and not changed_defaults(run.run_dir, run.cfg))  # else its checkpoint is another model's
                 step = Step(run, "resume" if resume else "run", label)
-                step.estimate_s, step.basis = estimate(run, measured)
+                step.estimate_s, step.basis, step.likely_s = estimate(run, measured)
                 if not pretrain:
                     planned[(share_key(run.cfg, run.seed), run.seed)] = run.run_dir
         by_dir[run.run_dir] = step
@@ -596,8 +631,12 @@ def plan_text(steps: list[Step], opts: Options) -> str:
     fits = [s for s in steps if s.fits]
     known = [s.estimate_s for s in fits if s.estimate_s is not None]
     total = fmt_s(sum(known)) + (" + runs without a timing" if len(known) < len(fits) else "")
+    likely = [s.likely_s if s.likely_s is not None else s.estimate_s for s in fits if s.estimate_s is not None]
+    n_likely = sum(s.likely_s is not None for s in fits)
+    typical = (f"; likely about {fmt_s(sum(likely))}, from the epochs that finished runs of the same model and "
+               f"data took here ({n_likely} of {len(fits)} runs; the others at their bound)") if n_likely else ""
     lines = [f"plan: {len(fits)} zoo fit run(s), estimated ≤ {total} in total (an estimate: max_epochs × "
-             f"seconds per epoch; early stopping usually ends sooner); "
+             f"seconds per epoch; early stopping usually ends sooner{typical}); "
              f"{sum(s.action == 'reuse' for s in steps)} reused, {sum(s.action == 'share' for s in steps)} shared, "
              f"{sum(s.action == 'skip' for s in steps)} skipped; recipes from {opts.recipes}, outputs in {opts.out}"]
     n = len(fits)
