@@ -930,3 +930,26 @@ def test_plan_gives_a_likely_time_from_the_epochs_finished_runs_took(tmp_path):
                   basis=basis, likely_s=likely, index=1)
     text = R.plan_text([step], Options(out=tmp_path, quiet=True))
     assert "likely about 5.2 min" in text and "(1 of 1 runs" in text
+
+
+def test_a_resumed_fit_is_estimated_for_the_epochs_it_has_left(tmp_path):
+    """An interrupted run's CSV logs say how many epochs it finished (validation rows, across the
+    versions a resume starts); the plan's bound and likely time count only what is left."""
+    import zoo.experiments.reproduce as R
+
+    run_dir = tmp_path / "x-s0"
+    for version, epochs in ((0, range(0, 6)), (1, range(6, 10))):  # resumed once, after epoch 5
+        log = run_dir / "logs" / f"version_{version}" / "metrics.csv"
+        log.parent.mkdir(parents=True)
+        rows = ["epoch,step,train/loss,val/recall@10"]
+        for e in epochs:
+            rows += [f"{e},{e * 10 + 5},1.0,", f"{e},{e * 10 + 9},,0.1"]
+        rows.append("10,105,1.0,")  # epoch 10 had started: no validation row yet
+        log.write_text("\n".join(rows) + "\n")
+    assert R._epochs_done(run_dir) == 10 and R._epochs_done(tmp_path / "none") == 0
+    cfg = {"model": {"class_path": "zoo.models.sasrec.SASRec"}, "data": {"init_args": {}}, "trainer": {"max_epochs": 20}}
+    measured = {R._timing_key(cfg): R.Timing(sec_per_epoch=60.0, epochs=[14, 16])}
+    upper, basis, likely = R.estimate(Run(cfg, run_dir, 0, "h"), measured, done=10)
+    assert upper == pytest.approx(R.STARTUP_S + 10 * 60.0) and likely == pytest.approx(R.STARTUP_S + 5 * 60.0)
+    assert basis.startswith("10 of 20 epochs left")
+    assert R.estimate(Run(cfg, run_dir, 0, "h"), measured, done=25)[0] == pytest.approx(R.STARTUP_S + 60.0)

@@ -417,24 +417,26 @@ def measured_timings(roots: Iterable[Path]) -> dict[str, Timing]:
     return {k: Timing(statistics.median(v), sorted(epochs[k])) for k, v in per_epoch.items()}
 
 
-def estimate(run: Run, measured: dict[str, Timing]) -> tuple[float | None, str, float | None]:
+def estimate(run: Run, measured: dict[str, Timing], done: int = 0) -> tuple[float | None, str, float | None]:
     """An upper estimate of one fit's wall time: ``max_epochs`` (capped by ``max_time``) × seconds per
     epoch, from the finished runs of the same model and data under ``--out`` when there are some,
     else from the embedded-default timing table (``SECONDS_PER_EPOCH``); and a likely time, the
     median number of epochs those finished runs trained (early stopping included) × seconds per
-    epoch, or None without such runs.  Returns ``(upper s, basis, likely s)``."""
+    epoch, or None without such runs.  ``done``: epochs a resumed run has already trained, taken
+    off both (at least one epoch stays).  Returns ``(upper s, basis, likely s)``."""
     cls = _model_class(run.cfg)
     trainer = run.cfg.get("trainer") or {}
     epochs = trainer.get("max_epochs")
     if epochs is not None and not isinstance(epochs, int):
         return None, f"max_epochs {epochs!r} is not a number", None
     epochs = 1000 if epochs in (None, -1) else epochs
+    left = max(epochs - done, 1)  # a resumed run trains what is left of its budget
     timing = measured.get(_timing_key(run.cfg))
     basis, likely = "measured here", None
     if timing is not None:
         spe = timing.sec_per_epoch
         typical = min(statistics.median(timing.epochs), epochs)
-        likely = STARTUP_S + typical * spe
+        likely = STARTUP_S + max(typical - done, 1) * spe
         basis += f"; likely {fmt_s(likely)}: median {typical:g} epochs of {len(timing.epochs)} finished run(s) here"
     else:
         spe = next((v for k, v in SECONDS_PER_EPOCH.items() if cls.startswith(k)), None)
@@ -446,12 +448,28 @@ def estimate(run: Run, measured: dict[str, Timing]) -> tuple[float | None, str, 
             spe *= limit
         elif isinstance(limit, int) and limit > 0:
             spe = min(spe, 0.5 * limit + 2.0)  # ~0.5 s per CPU batch + validation
-    train = epochs * spe
+    train = left * spe
     cap = _max_time_s(trainer.get("max_time"))
     if cap is not None and cap < train:
         train, basis = cap, basis + ", max_time"
         likely = None if likely is None else min(likely, STARTUP_S + cap)
-    return STARTUP_S + train, f"{epochs} epochs, {basis}", likely
+    budget = f"{epochs} epochs" if not done else f"{left} of {epochs} epochs left"
+    return STARTUP_S + train, f"{budget}, {basis}", likely
+
+
+def _epochs_done(run_dir: Path) -> int:
+    """Epochs an interrupted run has finished: one past the last epoch with a validation row in its
+    CSV logs (``logs/version_*/metrics.csv``; a resumed fit starts a new version); 0 when unknown."""
+    last = -1
+    for path in run_dir.glob("logs/version_*/metrics.csv"):
+        try:
+            with path.open(newline="", encoding="utf-8") as f:
+                for row in csv.DictReader(f):
+                    if row.get("epoch", "").isdigit() and any(v for k, v in row.items() if k and k.startswith("val/")):
+                        last = max(last, int(row["epoch"]))
+        except (OSError, csv.Error, UnicodeDecodeError):
+            continue
+    return last + 1
 
 
 def fmt_s(seconds: float | None) -> str:
@@ -604,7 +622,7 @@ def make_plan(cells: list[Cell], opts: Options) -> list[Step]:
                           and _stored_meta(run).get("config_hash") == run.hash
                           and not changed_defaults(run.run_dir, run.cfg))  # else its checkpoint is another model's
                 step = Step(run, "resume" if resume else "run", label)
-                step.estimate_s, step.basis, step.likely_s = estimate(run, measured)
+                step.estimate_s, step.basis, step.likely_s = estimate(run, measured, _epochs_done(run.run_dir) if resume else 0)
                 if not pretrain:
                     planned[(share_key(run.cfg, run.seed), run.seed)] = run.run_dir
         by_dir[run.run_dir] = step
