@@ -385,7 +385,7 @@ def _timing_key(cfg: dict[str, Any]) -> str:
     given = data.get("init_args") or {}
     defaults = class_arguments(str(data.get("class_path"))) or {}
     args = {k: given[k] if k in given else defaults.get(k) for k in TIMING_DATA_ARGS}
-    return config_hash({"model": _model_class(cfg), "data": [data.get("class_path"), json.loads(_canonical(args))],
+    return config_hash({"model": _model_class(cfg), "data": [data.get("class_path"), args],
                         "limit": trainer.get("limit_train_batches")}, 0)
 
 
@@ -954,7 +954,6 @@ def _claim(s: Step, n: int, opts: Options) -> Any:
             opts.log(f"[{s.index}/{n}] waiting for the other process to release {s.run.run_dir}")
             waiting = True
         time.sleep(BUSY_POLL_S)
-
 
 
 def _reused(s: Step) -> dict[str, Any]:
