@@ -461,6 +461,68 @@ def test_a_run_made_before_a_code_default_changed_is_stale_not_reused_shared_or_
     assert [s.action for s in plan] == ["run"]  # its checkpoint is the old model's: start afresh
 
 
+def test_archive_keeps_a_finished_tables_records_and_restores_them_where_out_is_gone(tmp_path, monkeypatch):
+    """``--archive DIR``: every finished cell's record (metrics, per-user ranks, config, CSV logs; no
+    checkpoint) is kept in DIR, a shared cell with its twin's whole record; with ``--out`` deleted (a
+    new machine), the next plan restores those cells instead of fitting them, the table reads the same
+    metrics and ranks, and nothing is fitted; a record whose code defaults changed since, another seed,
+    or ``--force`` is fitted again."""
+    import zoo.experiments.reproduce as R
+
+    def opts_for(out: Path, **kw) -> Options:
+        return Options(out=out, archive=tmp_path / "archive", quiet=True, **kw)
+
+    fitted: list[Path] = []
+
+    def fake_fit(step, n, opts):
+        fitted.append(step.run.run_dir)
+        run = _finished(step.run, {"test/recall@10": 0.5 + step.run.seed / 10})
+        (run.run_dir / "ranks.npz").write_bytes(b"ranks of seed %d" % run.seed)
+        (run.run_dir / "recipe.yaml").write_text(yaml.safe_dump(run.cfg))
+        (run.run_dir / "config.yaml").write_text(yaml.safe_dump({"model": run.cfg["model"]}))
+        (run.run_dir / "logs" / "version_0").mkdir(parents=True)
+        (run.run_dir / "logs" / "version_0" / "metrics.csv").write_text("epoch,val/recall@10\n0,0.4\n")
+        (run.run_dir / "last.ckpt").write_bytes(b"a checkpoint")
+        return {"status": "done", "config_hash": run.hash}
+
+    monkeypatch.setattr(R, "fit", fake_fit)
+    cfg = {"model": {"class_path": "zoo.models.sasrec.SASRec", "init_args": {"d": 16}}, "trainer": {"max_epochs": 1}}
+    out = tmp_path / "out"
+
+    def cells(out: Path, seeds=(0, 1)) -> list[Cell]:
+        return [Cell(p, "T", "default", "SASRec", s, Run(cfg, out / p / "default" / f"SASRec-s{s}", s, "g"))
+                for p in ("horae", "miracle") for s in seeds]  # miracle's cells share horae's runs
+
+    first = R.run_cells(cells(out), opts_for(out))
+    assert len(fitted) == 2 and [r["status"] for r in first] == ["done"] * 4
+    for p in ("horae", "miracle"):
+        kept = tmp_path / "archive" / p / "default" / "SASRec-s1"
+        assert sorted(str(f.relative_to(kept)) for f in kept.rglob("*") if f.is_file()) == [
+            "config.yaml", "logs/version_0/metrics.csv", "ranks.npz", "recipe.yaml", "reproduce.json", "test_metrics.json"]
+        assert (kept / "ranks.npz").read_bytes() == b"ranks of seed 1"
+        assert "twin_of" not in json.loads((kept / "reproduce.json").read_text())  # a whole record, not a copy
+
+    fitted.clear()
+    new_out = tmp_path / "new-machine"  # the first --out is gone
+    steps = make_plan(cells(new_out), opts_for(new_out))
+    assert [s.action for s in steps] == ["restore"] * 4
+    again = R.run_cells(cells(new_out), opts_for(new_out))
+    assert fitted == [] and [r["test/recall@10"] for r in again] == [r["test/recall@10"] for r in first]
+    restored = new_out / "miracle" / "default" / "SASRec-s1"
+    assert (restored / "ranks.npz").read_bytes() == b"ranks of seed 1" and not (restored / "last.ckpt").exists()
+    assert (restored / "logs" / "version_0" / "metrics.csv").is_file()  # the curves and time estimates have it
+    assert [s.action for s in make_plan(cells(new_out), opts_for(new_out))] == ["reuse"] * 4  # now here
+    assert not [p for p in (tmp_path / "archive").rglob("*") if p.name.startswith(".")]  # no temp file left
+
+    third = tmp_path / "third"
+    assert [s.action for s in make_plan(cells(third, seeds=(2,)), opts_for(third))] == ["run", "share"]
+    assert [s.action for s in make_plan(cells(third), opts_for(third, force=True))] == ["run"] * 4
+    changed = tmp_path / "archive" / "horae" / "default" / "SASRec-s0" / "config.yaml"
+    changed.write_text(yaml.safe_dump({"model": {**cfg["model"], "init_args": {"d": 16, "dropout": 0.9}}}))
+    plan = make_plan(cells(third, seeds=(0,)), opts_for(third))
+    assert [s.action for s in plan] == ["run", "share"]  # its model is not today's: fitted again
+
+
 def test_a_run_finished_by_another_process_after_the_plan_is_reused_not_rerun(tmp_path, monkeypatch):
     """Two ``zoo reproduce`` invocations sharing a table's seeds: a run the other one finished
     after this plan was made is reused when its turn comes (same config), never fitted again over

@@ -145,6 +145,7 @@ class Options:
     share: list[Path] = field(default_factory=list)  # more folders whose finished runs are shared
     set_uses: dict[str, int] = field(default_factory=dict)  # --set model key -> runs it was applied to
     jobs: int = 1  # --jobs N: fits at once (execute_plan)
+    archive: Path | None = None  # --archive DIR: finished cells' records kept (and restored) there
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -336,7 +337,8 @@ class Cell:
 @dataclass
 class Step:
     """One line of the plan.  ``action``: run | resume (a ``zoo fit`` executes) | reuse (finished
-    here before) | share (the same config and seed finished, or will finish, at ``source``) | skip."""
+    here before) | restore (finished before, kept in ``--archive`` at ``source``) | share (the same
+    config and seed finished, or will finish, at ``source``) | skip."""
 
     run: Run | None
     action: str
@@ -408,7 +410,7 @@ def measured_timings(roots: Iterable[Path]) -> dict[str, Timing]:
                 tm = json.loads((meta_path.parent / "test_metrics.json").read_text())
             except (OSError, ValueError):
                 continue
-            if meta.get("status") != "done" or "twin_of" in meta or not meta.get("wall_time_s") or not tm.get("config"):
+            if meta.get("status") != "done" or "twin_of" in meta or "restored_from" in meta or not meta.get("wall_time_s") or not tm.get("config"):
                 continue
             n = max(int(tm.get("epochs") or 0), 1)  # Lightning's current_epoch after fit = epochs run
             key = _timing_key(tm["config"])
@@ -590,8 +592,9 @@ def make_plan(cells: list[Cell], opts: Options) -> list[Step]:
     first cell that loads it; cells already finished are reused, cells whose config and seed ran (or
     will run earlier in this plan) elsewhere are shared, cells without data are skipped."""
     roots = [opts.out, *opts.share]
-    measured = measured_timings(r for r in roots if r.is_dir())
+    measured = measured_timings(r for r in (*roots, opts.archive) if r is not None and r.is_dir())  # + kept records
     twins = twin_index(r for r in roots if r.is_dir()) if not opts.force else {}
+    kept = twin_index([opts.archive]) if opts.archive is not None and opts.archive.is_dir() and not opts.force else {}
     steps: list[Step] = []
     by_dir: dict[Path, Step] = {}
     planned: dict[tuple[str, int], Path] = {}  # (share key, seed) of cells this plan runs
@@ -606,6 +609,9 @@ def make_plan(cells: list[Cell], opts: Options) -> list[Step]:
             changed = [] if stale else changed_defaults(run.run_dir, run.cfg)
             why = ("code defaults changed since it ran: " + "; ".join(changed)) if changed else ""
             step = Step(run, "reuse", label, reason=why, stale=stale or bool(changed))
+        elif not pretrain and (src := kept.get((share_key(run.cfg, run.seed), run.seed))) is not None \
+                and not changed_defaults(src, run.cfg):
+            step = Step(run, "restore", label, source=src)
         else:
             twin = None
             if not pretrain and not opts.force:
@@ -655,7 +661,8 @@ def plan_text(steps: list[Step], opts: Options) -> str:
                f"data took here ({n_likely} of {len(fits)} runs; the others at their bound)") if n_likely else ""
     lines = [f"plan: {len(fits)} zoo fit run(s), estimated ≤ {total} in total (an estimate: max_epochs × "
              f"seconds per epoch; early stopping usually ends sooner{typical}); "
-             f"{sum(s.action == 'reuse' for s in steps)} reused, {sum(s.action == 'share' for s in steps)} shared, "
+             f"{sum(s.action == 'reuse' for s in steps)} reused, {sum(s.action == 'restore' for s in steps)} restored, "
+             f"{sum(s.action == 'share' for s in steps)} shared, "
              f"{sum(s.action == 'skip' for s in steps)} skipped; recipes from {opts.recipes}, outputs in {opts.out}"]
     n = len(fits)
     for s in steps:
@@ -669,6 +676,8 @@ def plan_text(steps: list[Step], opts: Options) -> str:
                          f"  {s.run.run_dir}")
         elif s.action == "share":
             lines.append(f"  share  {s.label}  = {s.source}")
+        elif s.action == "restore":
+            lines.append(f"  restore {s.label}  from {s.source}")
     skips: dict[str, list[str]] = {}
     for s in steps:
         if s.action == "skip":
@@ -903,6 +912,64 @@ def share(step: Step, outcomes: dict[Path, dict[str, Any]], opts: Options) -> di
     return {**meta, "status": "reused"}
 
 
+# what ``--archive`` keeps of a finished cell: everything its table, figures, staleness check and
+# time estimates read, none of its checkpoints; test_metrics.json last (a record is whole once it is there)
+ARCHIVE_FILES = ("recipe.yaml", "config.yaml", "ranks.npz", "reproduce.json", "test_metrics.json")
+ARCHIVE_LOGS = "logs/version_*/metrics.csv"
+
+
+def _record_files(run_dir: Path) -> list[str]:
+    """The files of ``run_dir`` that ``--archive`` keeps, relative, in publishing order."""
+    logs = sorted(str(p.relative_to(run_dir)) for p in run_dir.glob(ARCHIVE_LOGS))
+    return logs + [f for f in ARCHIVE_FILES if (run_dir / f).is_file()]
+
+
+def archive_run(run: Run, opts: Options) -> Path | None:
+    """Keep a finished cell's record under ``--archive`` (same layout as ``--out``), so that a table can
+    be re-rendered or extended on another machine, or after ``--out`` is gone, without running it again.
+    A shared cell keeps its twin's whole record; a restored one is there already.  Files already there
+    and equal are not rewritten."""
+    if opts.archive is None or not run.done:
+        return None
+    meta = _stored_meta(run)
+    dest = opts.archive / run.run_dir.relative_to(opts.out)
+    if meta.get("restored_from"):
+        return dest
+    twin = Path(meta.pop("twin_of", "") or run.run_dir)
+    src = twin if twin.is_dir() else run.run_dir  # share() copied the twin's meta: hash and seed of its recipe.yaml
+    names = _record_files(src)
+    done_marker = dest / "test_metrics.json"
+    if done_marker.is_file() and done_marker.read_bytes() != (src / "test_metrics.json").read_bytes():
+        done_marker.unlink()  # another record's: this one is incomplete until its own is written last
+    for extra in (p for p in dest.glob(ARCHIVE_LOGS) if str(p.relative_to(dest)) not in names):
+        extra.unlink()  # an earlier record's logs (a re-run with --force) never stand beside this one's
+    if "ranks.npz" not in names:
+        (dest / "ranks.npz").unlink(missing_ok=True)
+    for name in names:
+        data = json.dumps(meta, indent=2).encode() if name == "reproduce.json" else (src / name).read_bytes()
+        if not (dest / name).is_file() or (dest / name).read_bytes() != data:
+            atomic_write(dest / name, data)
+    return dest
+
+
+def restore(step: Step, opts: Options) -> dict[str, Any]:
+    """Copy a cell's kept record from ``--archive`` into its run folder, then reuse it like a run
+    finished here (the plan matched it by config and seed and found no code default changed)."""
+    run, src = step.run, step.source
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    names = _record_files(src)
+    if "ranks.npz" not in names:  # never another run's ranks beside this record's metrics
+        (run.run_dir / "ranks.npz").unlink(missing_ok=True)
+    meta = {**json.loads((src / "reproduce.json").read_text()), "config_hash": run.hash, "restored_from": str(src)}
+    for name in names:
+        if name == "reproduce.json":
+            atomic_write(run.run_dir / name, json.dumps(meta, indent=2))
+        else:
+            atomic_write(run.run_dir / name, (src / name).read_bytes())
+    opts.log(f"restore {step.label}: from {src}")
+    return {**meta, "status": "reused", "stale": False}
+
+
 def _finished_meanwhile(run: Run, opts: Options) -> bool:
     """The run was finished, with this config, after the plan was made: by another ``zoo reproduce``
     on the same folders (two invocations sharing the seeds of a table).  Never under ``--force``."""
@@ -1014,6 +1081,8 @@ def execute_plan(steps: list[Step], opts: Options) -> dict[Path | str, dict[str,
                 out = {**_stored_meta(run), **out}
         elif s.action == "reuse":
             out = _reused(s)
+        elif s.action == "restore":
+            out = restore(s, opts)
         else:
             waits_for = s.source if s.action == "share" else run.pretrain.run_dir if run.pretrain is not None else None
             busy = None if waits_for in later or s.action == "share" else _busy(run.run_dir)
@@ -1083,6 +1152,8 @@ def _execute_parallel(steps: list[Step], opts: Options) -> dict[Path | str, dict
             continue
         elif s.action == "reuse":
             outcomes[s.run.run_dir] = _reused(s)
+        elif s.action == "restore":
+            outcomes[s.run.run_dir] = restore(s, opts)
         else:
             todo.append(s)
     n = sum(s.fits for s in steps)
@@ -1157,6 +1228,12 @@ def run_cells(cells: list[Cell], opts: Options) -> list[dict[str, Any]]:
     if not opts.quiet:
         print(plan_text(steps, opts), flush=True)
     outcomes = execute_plan(steps, opts)
+    if opts.archive is not None and not opts.dry_run:
+        kept = [archive_run(c.run, opts) for c in cells if c.run is not None
+                and outcomes.get(c.run.run_dir, {}).get("status") in ("done", "reused")
+                and not outcomes[c.run.run_dir].get("stale")]
+        if any(kept):
+            opts.log(f"kept the records of {sum(k is not None for k in kept)} finished cell(s) in {opts.archive}")
     return [record(c, outcomes[c.run.run_dir] if c.run is not None and c.run.run_dir in outcomes
                    else outcomes.get(c.label, {"status": "skipped", "reason": c.reason})) for c in cells]
 
@@ -1502,7 +1579,12 @@ def common_parser(prog: str, description: str, default_out: Path) -> argparse.Ar
                          "argument; a key no model takes is reported)")
     ap.add_argument("--wandb", choices=("off", "offline", "online"), default="offline",
                     help="W&B logging of every run (default offline; WANDB_MODE=disabled turns it off)")
-    ap.add_argument("--force", action="store_true", help="re-run finished runs")
+    ap.add_argument("--archive", type=Path, default=None, metavar="DIR",
+                    help="keep every finished cell's record (metrics, per-user ranks, config, CSV logs; no "
+                         "checkpoints) in DIR, in --out's layout, and restore a cell from there instead of fitting it "
+                         "again; commit DIR (the committed tables use benchmarks/archive) to carry a table's runs to "
+                         "another machine")
+    ap.add_argument("--force", action="store_true", help="re-run finished runs (and ignore --archive's records)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="fit up to N cells at once (a cell still waits for its pre-training); each zoo fit gets "
                          "cores/N threads (OMP_NUM_THREADS, unless set) and, where GPUs are visible, GPU i mod #GPUs")
@@ -1529,7 +1611,8 @@ def options_from(ns: argparse.Namespace, command: str) -> Options:
     return Options(out=out, recipes=recipes.absolute(), data_root=ns.data_root,
                    seeds=ns.seed_list or list(range(ns.seeds)), max_epochs=ns.max_epochs, limit_train_batches=limit,
                    sets=[parse_set(s) for s in ns.sets], wandb=ns.wandb, force=ns.force, dry_run=ns.dry_run,
-                   command=command, share=share, jobs=ns.jobs)
+                   command=command, share=share, jobs=ns.jobs,
+                   archive=ns.archive.absolute() if ns.archive is not None else None)
 
 
 def main(argv: list[str] | None = None) -> int:
