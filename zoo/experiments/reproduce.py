@@ -410,7 +410,8 @@ def measured_timings(roots: Iterable[Path]) -> dict[str, Timing]:
                 tm = json.loads((meta_path.parent / "test_metrics.json").read_text())
             except (OSError, ValueError):
                 continue
-            if meta.get("status") != "done" or "twin_of" in meta or "restored_from" in meta or not meta.get("wall_time_s") or not tm.get("config"):
+            copy = "twin_of" in meta or "restored_from" in meta  # its original is counted where it ran
+            if meta.get("status") != "done" or copy or not meta.get("wall_time_s") or not tm.get("config"):
                 continue
             n = max(int(tm.get("epochs") or 0), 1)  # Lightning's current_epoch after fit = epochs run
             key = _timing_key(tm["config"])
@@ -924,23 +925,15 @@ def _record_files(run_dir: Path) -> list[str]:
     return logs + [f for f in ARCHIVE_FILES if (run_dir / f).is_file()]
 
 
-def archive_run(run: Run, opts: Options) -> Path | None:
-    """Keep a finished cell's record under ``--archive`` (same layout as ``--out``), so that a table can
-    be re-rendered or extended on another machine, or after ``--out`` is gone, without running it again.
-    A shared cell keeps its twin's whole record; a restored one is there already.  Files already there
-    and equal are not rewritten."""
-    if opts.archive is None or not run.done:
-        return None
-    meta = _stored_meta(run)
-    dest = opts.archive / run.run_dir.relative_to(opts.out)
-    if meta.get("restored_from"):
-        return dest
-    twin = Path(meta.pop("twin_of", "") or run.run_dir)
-    src = twin if twin.is_dir() else run.run_dir  # share() copied the twin's meta: hash and seed of its recipe.yaml
+def _publish_record(src: Path, dest: Path, meta: dict[str, Any]) -> None:
+    """Copy the record of ``src`` (:func:`_record_files`) to ``dest`` with ``meta`` as its
+    ``reproduce.json``: another record's ``test_metrics.json`` is removed first and this one's is
+    written last, so ``dest`` is never a whole record of mixed runs; no stale logs or ranks stay;
+    files already equal are not rewritten."""
     names = _record_files(src)
     done_marker = dest / "test_metrics.json"
     if done_marker.is_file() and done_marker.read_bytes() != (src / "test_metrics.json").read_bytes():
-        done_marker.unlink()  # another record's: this one is incomplete until its own is written last
+        done_marker.unlink()
     for extra in (p for p in dest.glob(ARCHIVE_LOGS) if str(p.relative_to(dest)) not in names):
         extra.unlink()  # an earlier record's logs (a re-run with --force) never stand beside this one's
     if "ranks.npz" not in names:
@@ -949,6 +942,21 @@ def archive_run(run: Run, opts: Options) -> Path | None:
         data = json.dumps(meta, indent=2).encode() if name == "reproduce.json" else (src / name).read_bytes()
         if not (dest / name).is_file() or (dest / name).read_bytes() != data:
             atomic_write(dest / name, data)
+
+
+def archive_run(run: Run, opts: Options) -> Path | None:
+    """Keep a finished cell's record under ``--archive`` (same layout as ``--out``), so that a table can
+    be re-rendered or extended on another machine, or after ``--out`` is gone, without running it again.
+    A shared cell keeps its twin's whole record; a restored one is there already."""
+    if opts.archive is None or not run.done:
+        return None
+    meta = _stored_meta(run)
+    dest = opts.archive / run.run_dir.relative_to(opts.out)
+    if meta.get("restored_from"):
+        return dest
+    twin = Path(meta.pop("twin_of", "") or run.run_dir)
+    src = twin if twin.is_dir() else run.run_dir  # share() copied the twin's meta: hash and seed of its recipe.yaml
+    _publish_record(src, dest, meta)
     return dest
 
 
@@ -956,16 +964,8 @@ def restore(step: Step, opts: Options) -> dict[str, Any]:
     """Copy a cell's kept record from ``--archive`` into its run folder, then reuse it like a run
     finished here (the plan matched it by config and seed and found no code default changed)."""
     run, src = step.run, step.source
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    names = _record_files(src)
-    if "ranks.npz" not in names:  # never another run's ranks beside this record's metrics
-        (run.run_dir / "ranks.npz").unlink(missing_ok=True)
     meta = {**json.loads((src / "reproduce.json").read_text()), "config_hash": run.hash, "restored_from": str(src)}
-    for name in names:
-        if name == "reproduce.json":
-            atomic_write(run.run_dir / name, json.dumps(meta, indent=2))
-        else:
-            atomic_write(run.run_dir / name, (src / name).read_bytes())
+    _publish_record(src, run.run_dir, meta)
     opts.log(f"restore {step.label}: from {src}")
     return {**meta, "status": "reused", "stale": False}
 
