@@ -33,5 +33,9 @@ def test_same_seed_same_metrics_twice(model, ml_folder, tmp_path):
     a, b = (json.loads((run / "test_metrics.json").read_text()) for run in runs)
     assert len(a["test"]) >= 6 and a["test"] == b["test"]
     assert a["best_val"] is not None and a["best_val"] == b["best_val"]
+    # what the floats depend on besides the config is on record, and the same for both runs
+    env = a["environment"]
+    assert env == b["environment"] and env["torch"] == torch.__version__ and env["torch_threads"] >= 1
+    assert env["precision"] == "32-true" and env["world_size"] == 1 and env["accelerator"] == "CPUAccelerator"
     sa, sb = (torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"] for run in runs)
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -38,6 +38,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from datamodules.base import SequentialDataModule
 from zoo.models.base import SequentialRecommender
+from zoo.provenance import run_environment
 from zoo.runfiles import (RunFolderBusy, RunLock, atomic_write, check_fit_folder, remove_fit_files, remove_if_no_results,
                           stamped_path, write_new)
 
@@ -492,7 +493,7 @@ class ZooCLI(LightningCLI):
         A test's per-user ranks go to the matching ``ranks-<stamp>.npz``."""
         if self.trainer.is_global_zero and results:
             out = {stage: {k: float(v) for k, v in results[0].items()}, "checkpoint": self._cfg().get("ckpt_path"),
-                   "config": self._plain_config()}
+                   "config": self._plain_config(), "environment": run_environment(self.trainer)}
             path = write_new(self.run_dir(), f"{stage}-", ".json", json.dumps(out, indent=2))
             if stage == "test":
                 self._write_test_ranks(path)
@@ -521,6 +522,7 @@ class ZooCLI(LightningCLI):
                 else None,
                 "epochs": self.trainer.current_epoch,
                 "config": self._plain_config(),
+                "environment": run_environment(self.trainer),
             }
             self._write_test_ranks(self.run_dir() / "test_metrics.json")
             atomic_write(self.run_dir() / "test_metrics.json", json.dumps(out, indent=2))

@@ -1213,6 +1213,8 @@ def record(cell: Cell, outcome: dict[str, Any]) -> dict[str, Any]:
         tm = json.loads((run.run_dir / "test_metrics.json").read_text())
         rec["checkpoint"] = tm.get("best_checkpoint") or ""
         rec["epochs"] = tm.get("epochs")
+        env = tm.get("environment") or {}  # absent in runs from before it was recorded
+        rec["torch_threads"], rec["git_commit"] = env.get("torch_threads"), env.get("git_commit")
         for k, v in sorted(tm.get("test", {}).items()):
             rec[k] = v
     return rec

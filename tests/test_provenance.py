@@ -1,0 +1,44 @@
+"""The environment block of a test metrics file: the source commit is read from git, with
+``+dirty`` when tracked files changed, and nothing when the code is not in a checkout."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from zoo.provenance import run_environment, source_commit
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+
+
+def _git(repo, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@needs_git
+def test_source_commit_names_the_checkout_and_whether_it_changed(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    _git(repo, "init", "-q")
+    (repo / "pkg" / "m.py").write_text("x = 1\n")
+    _git(repo, "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    head = _git(repo, "rev-parse", "HEAD")
+    assert source_commit(repo / "pkg") == head
+    (repo / "pkg" / "new.py").write_text("untracked files do not make it dirty\n")
+    assert source_commit(repo / "pkg") == head
+    (repo / "pkg" / "m.py").write_text("x = 2\n")
+    assert source_commit(repo / "pkg") == head + "+dirty"
+    outside = tmp_path / "not-a-checkout"
+    outside.mkdir()
+    assert source_commit(outside) is None
+
+
+def test_run_environment_records_threads_and_versions():
+    env = run_environment()
+    assert env["torch"] == torch.__version__ and env["torch_threads"] == torch.get_num_threads()
+    assert env["cpu_count"] and env["python"]
+    assert "precision" not in env  # only with a trainer

@@ -1,0 +1,80 @@
+"""What a run's numbers depend on besides its config: the code commit, versions, threads, device.
+
+Two fits of one config and seed give identical floats only in the same environment: a different
+thread count changes the order of float sums (docs/reliability.md), a different torch or commit
+may change kernels or defaults.  :func:`run_environment` is written into every test metrics file
+(``test_metrics.json``, ``test-<stamp>.json``) under ``"environment"`` so that two runs that
+disagree can be told apart without guessing.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def source_commit(path: Path | None = None) -> str | None:
+    """The git commit of the checkout holding the zoo's source (``+dirty`` when tracked files
+    differ from it); ``None`` for an installed package outside a checkout or without ``git``."""
+    where = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+dirty" if dirty else head
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def run_environment(trainer: Any = None) -> dict[str, Any]:
+    """Versions, commit, threads and devices of this process (``trainer``: its precision,
+    accelerator and world size).  Informative only: nothing fails when a field is unknown."""
+    import torch
+
+    env: dict[str, Any] = {
+        "zoo": _version("zoo"),
+        "git_commit": source_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": _version("lightning"),
+        "numpy": _version("numpy"),
+        "platform": platform.platform(),
+        "host": platform.node(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        **{v.lower(): os.environ.get(v) for v in THREAD_VARS},
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available() else [],
+    }
+    if trainer is not None:
+        env["accelerator"] = type(getattr(trainer, "accelerator", None)).__name__
+        env["precision"] = str(getattr(trainer, "precision", None))
+        env["world_size"] = getattr(trainer, "world_size", None)
+    return env
