@@ -504,9 +504,16 @@ def test_archive_keeps_a_finished_tables_records_and_restores_them_where_out_is_
 
     fitted.clear()
     new_out = tmp_path / "new-machine"  # the first --out is gone
+    killed = new_out / "horae" / "default" / "SASRec-s0"  # ... but one cell holds a killed fit of its own
+    killed.mkdir(parents=True)
+    for name in ("best.ckpt", "last.ckpt"):
+        (killed / name).write_bytes(b"an unfinished fit's checkpoint")
+    (killed / "reproduce.json").write_text(json.dumps({"config_hash": Run(cfg, killed, 0, "g").hash, "seed": 0,
+                                                        "status": "running"}))
     steps = make_plan(cells(new_out), opts_for(new_out))
     assert [s.action for s in steps] == ["restore"] * 4
     again = R.run_cells(cells(new_out), opts_for(new_out))
+    assert not (killed / "best.ckpt").exists() and not (killed / "last.ckpt").exists()  # not taken for the record's
     assert fitted == [] and [r["test/recall@10"] for r in again] == [r["test/recall@10"] for r in first]
     restored = new_out / "miracle" / "default" / "SASRec-s1"
     assert (restored / "ranks.npz").read_bytes() == b"ranks of seed 1" and not (restored / "last.ckpt").exists()

@@ -962,10 +962,19 @@ def archive_run(run: Run, opts: Options) -> Path | None:
 
 def restore(step: Step, opts: Options) -> dict[str, Any]:
     """Copy a cell's kept record from ``--archive`` into its run folder, then reuse it like a run
-    finished here (the plan matched it by config and seed and found no code default changed)."""
+    finished here (the plan matched it by config and seed and found no code default changed).  An
+    unfinished fit's checkpoints in the folder are removed: the record replaces that fit."""
     run, src = step.run, step.source
     meta = {**json.loads((src / "reproduce.json").read_text()), "config_hash": run.hash, "restored_from": str(src)}
+    # an unfinished fit of the folder (killed before its test) is replaced by the record: its checkpoints
+    # go first, so that no best.ckpt beside the restored metrics is taken for the one they came from
+    unfinished = [p for p in (run.run_dir / "best.ckpt", run.run_dir / "last.ckpt") if p.is_file()]
+    for p in unfinished:
+        p.unlink()
     _publish_record(src, run.run_dir, meta)
+    if unfinished:
+        opts.log(f"restore {step.label}: removed an unfinished fit's {' and '.join(p.name for p in unfinished)}, "
+                 "which the kept record replaces")
     opts.log(f"restore {step.label}: from {src}")
     return {**meta, "status": "reused", "stale": False}
 
