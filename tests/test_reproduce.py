@@ -256,9 +256,11 @@ def test_dry_run_of_timirec_lists_every_fit_the_real_run_makes(tmp_path):
     r = zoo("ablate", "--paper", "timirec", "--dry-run", "--out", str(tmp_path / "out"), *recipes, cwd=here)
     assert r.returncode == 0, r.stderr[-3000:]
     plan = planned_dirs(r.stdout)
-    # 6 rows run (Table 4's TiMiRec row shares Table 3's), 4 pre-trainings ("max pooling (ComiRec)" is itself
-    # the stage-1 model, trained from scratch, and loads none)
-    assert len(plan) == len(set(plan)) == 10
+    # 6 rows run (Table 4's TiMiRec row shares Table 3's) and one pre-training: the rows that load one differ
+    # only in stage-2 switches (TiMiRec.FINETUNE_ONLY), so they share it ("max pooling (ComiRec)" is itself
+    # the stage-1 model, trained from scratch, and loads none; "joint train" loads none)
+    assert len(plan) == len(set(plan)) == 7
+    assert len([d for d in plan if "/pretrain/" in d]) == 1
     assert "share  timirec Table 4/default/TiMiRec seed 0" in r.stdout
     rows = {m for m in re.findall(r"/ablation/Table_\d/default/([^/\s]+)-s0", r.stdout)}
     assert len(rows) == 6 and "TiMiRec" in rows
@@ -301,6 +303,12 @@ def test_every_cell_and_ablation_row_plans(tmp_path):
     assert run.cfg["model"]["init_args"]["transformer"] is True
     assert run.pretrain.cfg["model"]["init_args"]["transformer"] is True
     assert run.pretrain.cfg["data"] == run.cfg["data"]  # TiMiRec's stage 1 runs on the cell's data
+    # a stage-2-only switch (TiMiRec.FINETUNE_ONLY) reaches the fine-tuning, not the shared pre-training
+    base = plan_cell(tim["models"], "TiMiRec", tim["datasets"]["default"], {}, tmp_path / "t0", 0, "g", opts)
+    mean = plan_cell(tim["models"], "TiMiRec", tim["datasets"]["default"], {"aggregation": "mean", "T": 2.0},
+                     tmp_path / "t1", 0, "g", opts)
+    assert mean.cfg["model"]["init_args"]["aggregation"] == "mean"
+    assert mean.pretrain.run_dir == base.pretrain.run_dir and mean.pretrain.cfg == base.pretrain.cfg
 
 
 def test_data_root_rewrites_only_data_paths(tmp_path):

@@ -201,3 +201,29 @@ def test_bad_arguments() -> None:
         build(aggregation="sum")
     with pytest.raises(RuntimeError, match="predictor"):
         build(stage="pretrain").interest_logits(torch.ones(2, 3, dtype=torch.long))
+
+
+def test_stage1_does_not_depend_on_stage2_arguments() -> None:
+    """``TiMiRec.FINETUNE_ONLY``: a stage-1 model built with other stage-2 values has the same weights,
+    scores and training step, so `zoo reproduce` may share one pre-training between such rows."""
+    other = {"aggregation": "mean", "distill": False, "stop_grad": False, "nostop_form": "ce", "T": 3.0,
+             "head_layers": 1, "head_dropout": 0.1}
+    assert set(other) == TiMiRec.FINETUNE_ONLY
+    batch = make_batch(B=6, L=L, num_items=N, min_len=3)
+    models = []
+    for kw in ({}, other):
+        torch.manual_seed(0)
+        models.append(build(stage="pretrain", **kw))
+    a, b = models
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    torch.manual_seed(1)
+    la = total_loss(a, batch)
+    torch.manual_seed(1)
+    lb = total_loss(b, batch)
+    assert torch.equal(la, lb)
+    torch.testing.assert_close(a.eval().score_all(a.user_representation(batch)),
+                               b.eval().score_all(b.user_representation(batch)), rtol=0, atol=0)
+    torch.manual_seed(0)  # ... while the fine-tuning stage does depend on them
+    c = build(**other)
+    assert c.state_dict().keys() != build().state_dict().keys()

@@ -216,6 +216,19 @@ def init_arguments(class_path: str) -> frozenset[str] | None:
     return None if found is None else frozenset(found)
 
 
+def finetune_only_arguments(class_path: str) -> frozenset[str]:
+    """The arguments a two-stage model's pre-training never reads (its ``FINETUNE_ONLY``; none when
+    the class does not say, or does not import)."""
+    import importlib
+
+    try:
+        module, _, name = class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return frozenset()
+    return frozenset(getattr(cls, "FINETUNE_ONLY", ()))
+
+
 def materialise(recipe: str, args: dict[str, Any], data_cfg: dict[str, Any] | None, opts: Options,
                 strict_args: bool = True) -> tuple[dict[str, Any], list[str]]:
     """A recipe with ``args`` on ``model.init_args``, optionally another ``data`` block, the run
@@ -296,7 +309,11 @@ def plan_run(recipe: str, args: dict[str, Any], data_cfg: dict[str, Any] | None,
     m = PRETRAIN_CKPT.match(str(ckpt)) if ckpt else None
     if m and (opts.recipes / f"{m.group(1)}.yaml").is_file():
         pre_data = {"data": cfg["data"], "model": {"init_args": {}}} if pretrain_data == "cell" else None
-        pcfg, pmissing = materialise(m.group(1), args, pre_data, opts, strict_args=False)
+        # a row's stage-2-only switches (the model's FINETUNE_ONLY) leave its pre-training as the recipe's:
+        # rows that differ only there share one stage-1 run
+        stage2 = finetune_only_arguments(str(load_recipe(m.group(1), opts.recipes)["model"].get("class_path", "")))
+        pcfg, pmissing = materialise(m.group(1), {k: v for k, v in args.items() if k not in stage2}, pre_data, opts,
+                                     strict_args=False)
         pre_dir = opts.out / "pretrain" / f"{m.group(1)}-{config_hash(pcfg, 0)[:8]}-s{seed}"
         run.pretrain = Run(pcfg, pre_dir, seed, group, job_type="pretrain", missing=pmissing)
         cfg["model"]["init_args"]["pretrained_ckpt"] = str(pre_dir / f"{m.group(2)}.ckpt")  # the recipe's choice

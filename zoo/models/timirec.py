@@ -62,7 +62,7 @@ head, d_ff = d, no dropout, eps 1e-5).  ``recipes/timirec_rechorus_pretrain.yaml
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +101,12 @@ class TiMiRec(MultiInterestRecommender):
         n_neg / neg_sampler / logq_correction: sampled-softmax options.
         **kwargs: :class:`SequentialRecommender` options (``pretrained_ckpt`` for the fine-tune).
     """
+
+    # Stage 2's arguments, which ``stage="pretrain"`` never reads (no predictor, greedy max
+    # aggregation, L_rec only): `zoo reproduce`/`ablate` give rows that differ only in these one
+    # shared stage-1 run (tests/test_timirec.py checks the stage-1 model does not depend on them).
+    FINETUNE_ONLY: ClassVar[frozenset[str]] = frozenset(
+        {"aggregation", "distill", "stop_grad", "nostop_form", "T", "head_layers", "head_dropout"})
 
     def __init__(
         self,
