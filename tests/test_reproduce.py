@@ -538,6 +538,77 @@ def test_archive_keeps_a_finished_tables_records_and_restores_them_where_out_is_
     assert [s.action for s in plan] == ["run", "share"]  # its model is not today's: fitted again
 
 
+def test_archive_unfinished_carries_a_stopped_fit_to_another_machine_and_resumes_it(tmp_path, monkeypatch, capsys):
+    """``--archive DIR --archive-unfinished``: a fit stopped mid-table (the session ends) leaves its
+    checkpoints, configs and CSV logs in ``DIR/<cell>/unfinished/``; a plan with a fresh ``--out``
+    (another machine) resumes it from there with ``--ckpt_path last`` instead of starting again, and
+    the finished record replaces the kept fit.  Without the flag nothing but finished records is kept;
+    another config, or ``--force``, starts afresh."""
+    import zoo.experiments.reproduce as R
+
+    commands: list[list[str]] = []
+
+    def fake_watch(cmd, logf, env, step, n, opts, t0):
+        commands.append(cmd)
+        run_dir = step.run.run_dir
+        if "--ckpt_path" not in cmd:  # a fresh fit: one epoch, then the session ends
+            (run_dir / "logs" / "version_0").mkdir(parents=True)
+            (run_dir / "logs" / "version_0" / "metrics.csv").write_text("epoch,step,val/ndcg@10\n0,9,0.1\n")
+            (run_dir / "config.yaml").write_text(yaml.safe_dump({"model": step.run.cfg["model"]}))
+            (run_dir / "best.ckpt").write_bytes(b"best after epoch 0")
+            (run_dir / "last.ckpt").write_bytes(b"last after epoch 0")
+            raise KeyboardInterrupt
+        assert (run_dir / "last.ckpt").read_bytes() == b"last after epoch 0"  # the kept fit, in place
+        assert (run_dir / "best.ckpt").read_bytes() == b"best after epoch 0"
+        assert (run_dir / "logs" / "version_0" / "metrics.csv").is_file()
+        (run_dir / "logs" / "version_1").mkdir(parents=True)
+        (run_dir / "logs" / "version_1" / "metrics.csv").write_text("epoch,step,val/ndcg@10\n1,19,0.2\n")
+        (run_dir / "ranks.npz").write_bytes(b"ranks")
+        (run_dir / "test_metrics.json").write_text(json.dumps({"test": {"test/ndcg@10": 0.3}, "epochs": 2}))
+        return 0
+
+    monkeypatch.setattr(R, "_watch", fake_watch)
+    cfg = {"model": {"class_path": "zoo.models.sasrec.SASRec", "init_args": {"d": 16}}, "trainer": {"max_epochs": 2}}
+    archive = tmp_path / "archive"
+    kept = archive / "hm4sr" / "default" / "SASRec-s0" / "unfinished"
+
+    def cells(out: Path, c: dict = cfg) -> list[Cell]:
+        return [Cell("hm4sr", "T", "default", "SASRec", 0, Run(c, out / "hm4sr" / "default" / "SASRec-s0", 0, "g"))]
+
+    with pytest.raises(KeyboardInterrupt):  # --archive alone: an unfinished fit is not kept
+        R.run_cells(cells(tmp_path / "a"), Options(out=tmp_path / "a", archive=archive, quiet=True))
+    assert not kept.exists()
+    with pytest.raises(KeyboardInterrupt):
+        R.run_cells(cells(tmp_path / "b"), Options(out=tmp_path / "b", archive=archive, archive_unfinished=True,
+                                                   quiet=True))
+    assert sorted(str(f.relative_to(kept)) for f in kept.rglob("*") if f.is_file()) == [
+        "best.ckpt", "config.yaml", "last.ckpt", "logs/version_0/metrics.csv", "recipe.yaml", "reproduce.json"]
+    meta = json.loads((kept / "reproduce.json").read_text())
+    assert meta["status"] == "unfinished" and meta["epochs_done"] == 1 and meta["seed"] == 0
+    assert not (kept.parent / "test_metrics.json").exists()  # no finished record
+
+    new = Options(out=tmp_path / "new-machine", archive=archive, archive_unfinished=True, quiet=True)
+    [step] = make_plan(cells(new.out), new)
+    assert step.action == "resume" and step.source == kept
+    assert "1 of 2 epochs left" in step.basis and f"the unfinished fit kept in {kept}" in R.plan_text([step], new)
+    assert [s.action for s in make_plan(cells(new.out), Options(out=new.out, archive=archive, force=True))] == ["run"]
+    other = {**cfg, "model": {**cfg["model"], "init_args": {"d": 32}}}
+    assert [s.action for s in make_plan(cells(new.out, other), new)] == ["run"]  # another model's checkpoint
+
+    commands.clear()
+    [row] = R.run_cells(cells(new.out), new)
+    assert row["status"] == "done" and row["test/ndcg@10"] == 0.3
+    assert len(commands) == 1 and commands[0][-2:] == ["--ckpt_path", "last"]
+    assert not kept.exists()  # the finished record replaced it
+    record = kept.parent
+    assert sorted(str(f.relative_to(record)) for f in record.rglob("*") if f.is_file()) == [
+        "config.yaml", "logs/version_0/metrics.csv", "logs/version_1/metrics.csv", "ranks.npz", "recipe.yaml",
+        "reproduce.json", "test_metrics.json"]
+    assert not [p for p in archive.rglob("*") if p.name.startswith(".")]  # no temp file left
+    assert R.main(["--paper", "hm4sr", "--archive-unfinished", "--dry-run"]) != 0
+    assert "--archive-unfinished keeps unfinished fits in --archive's folder: give --archive DIR too" in capsys.readouterr().err
+
+
 def test_a_run_finished_by_another_process_after_the_plan_is_reused_not_rerun(tmp_path, monkeypatch):
     """Two ``zoo reproduce`` invocations sharing a table's seeds: a run the other one finished
     after this plan was made is reused when its turn comes (same config), never fitted again over

@@ -105,3 +105,45 @@ def test_resume_from_mid_epoch_checkpoint_is_exact(uninterrupted, ml_folder):
     assert r.returncode == 0, r.stderr[-3000:]
     assert load(run / "last.ckpt")["global_step"] == 3 * spe  # the step count is right either way
     assert same_weights(straight / "last.ckpt", run / "last.ckpt")
+
+
+def test_a_run_folder_moved_to_another_machine_resumes_with_its_best_checkpoint_kept(tmp_path):
+    """``zoo reproduce --archive-unfinished`` resumes a fit in another folder than the one it was
+    checkpointed in.  Lightning 2.6's ModelCheckpoint then drops the best score and the top-k record
+    (it warns "The dirpath has changed"), so the next validation would overwrite ``best.ckpt`` with a
+    worse epoch; the CLI's checkpoint callbacks re-root the saved paths to the new folder instead."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from zoo.cli import BestCheckpoint, EpochLastCheckpoint
+
+    old, new = tmp_path / "old-machine" / "SASRec-s0", tmp_path / "new-machine" / "SASRec-s0"
+    saved_in_old = BestCheckpoint(dirpath=old, filename="best", monitor="val/ndcg@10", mode="max",
+                                  enable_version_counter=False, auto_insert_metric_name=False)
+    saved_in_old.best_k_models = {str(old / "best.ckpt"): torch.tensor(0.30)}
+    saved_in_old.best_model_path, saved_in_old.best_model_score = str(old / "best.ckpt"), torch.tensor(0.30)
+    saved_in_old.kth_best_model_path, saved_in_old.kth_value = str(old / "best.ckpt"), torch.tensor(0.30)
+    state = saved_in_old.state_dict()
+
+    plain = ModelCheckpoint(dirpath=new, filename="best", monitor="val/ndcg@10", mode="max")
+    with pytest.warns(UserWarning, match="dirpath has changed"):
+        plain.load_state_dict(dict(state))
+    assert plain.best_model_score is None and plain.best_k_models == {}  # what Lightning alone does
+
+    best = BestCheckpoint(dirpath=new, filename="best", monitor="val/ndcg@10", mode="max",
+                          enable_version_counter=False, auto_insert_metric_name=False)
+    assert best.state_key == plain.state_key  # checkpoints from before the class existed restore into it
+    best.load_state_dict(dict(state))
+    assert float(best.best_model_score) == pytest.approx(0.30)
+    assert best.best_model_path == best.kth_best_model_path == str(new / "best.ckpt")
+    assert list(best.best_k_models) == [str(new / "best.ckpt")]
+    from types import SimpleNamespace
+
+    one_process = SimpleNamespace(strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, **kw: decision))
+    assert not best.check_monitor_top_k(one_process, torch.tensor(0.25))  # a worse epoch does not replace best.ckpt
+    assert best.check_monitor_top_k(one_process, torch.tensor(0.35))
+    assert plain.check_monitor_top_k(one_process, torch.tensor(0.25))  # ... which it would with Lightning's state
+
+    last = EpochLastCheckpoint(new)
+    last_state = EpochLastCheckpoint(old).state_dict() | {"last_model_path": str(old / "last.ckpt")}
+    last.load_state_dict(last_state)
+    assert last.last_model_path == str(new / "last.ckpt")

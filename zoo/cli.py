@@ -210,7 +210,48 @@ class EpochSeed(Callback):
             random.seed(seed)
 
 
-class EpochLastCheckpoint(ModelCheckpoint):
+def moved_checkpoint_state(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """A ``ModelCheckpoint`` state saved with run folder ``old``, as if saved in ``new``: every path
+    under ``old`` (best/kth/last paths, the keys of ``best_k_models``) re-rooted, ``dirpath`` = ``new``."""
+
+    def moved(path: Any) -> Any:
+        if not isinstance(path, str) or not path:
+            return path
+        rel = os.path.relpath(path, old)
+        return path if rel == os.pardir or rel.startswith(os.pardir + os.sep) else os.path.join(new, rel)
+
+    out = dict(state, dirpath=new)
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        if key in out:
+            out[key] = moved(out[key])
+    if isinstance(out.get("best_k_models"), dict):
+        out["best_k_models"] = {moved(k): v for k, v in out["best_k_models"].items()}
+    return out
+
+
+class FollowsRunFolder(ModelCheckpoint):
+    """A checkpoint callback that resumes in a run folder which has moved since the checkpoint was
+    written (another clone, another machine: ``zoo reproduce --archive-unfinished``).  Lightning 2.6
+    drops the best score and the top-k record when ``dirpath`` differs, so the first validation after
+    such a resume would overwrite ``best.ckpt`` with a worse epoch; here the saved paths are re-rooted
+    to this folder instead (:func:`moved_checkpoint_state`) and the whole state is restored."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if isinstance(old, str) and self.dirpath and os.path.normpath(old) != os.path.normpath(self.dirpath):
+            state_dict = moved_checkpoint_state(state_dict, old, self.dirpath)
+        super().load_state_dict(state_dict)
+
+
+class BestCheckpoint(FollowsRunFolder):
+    """``best.ckpt``: the top-1 epoch on the monitor.  Its state key stays plain ModelCheckpoint's,
+    so checkpoints written before this class existed resume with their best score."""
+
+    def _generate_state_key(self, **kwargs: Any) -> str:
+        return f"ModelCheckpoint{kwargs!r}"
+
+
+class EpochLastCheckpoint(FollowsRunFolder):
     """``last.ckpt`` after EVERY epoch.  Lightning 2.6's ``save_last`` writes it only when a top-k
     checkpoint was written at the same step, so next to ``best.ckpt`` (top-1 on the monitor) it
     stayed at the best epoch: resuming "from last" went back to the best epoch, and fine-tuning
@@ -229,7 +270,7 @@ class EpochLastCheckpoint(ModelCheckpoint):
         self._last_global_step_saved = trainer.global_step  # nothing to keep but "last"
 
 
-class StepLastCheckpoint(ModelCheckpoint):
+class StepLastCheckpoint(FollowsRunFolder):
     """Refreshes ``last.ckpt`` every N training steps (``last_every_n_steps``), next to the
     best/last-at-epoch-end callback; its own state key lets a user add further checkpoints."""
 
@@ -441,8 +482,8 @@ class ZooCLI(LightningCLI):
         monitor, mode = cfg.get("monitor"), cfg.get("monitor_mode", "max")
         if self.subcommand == "fit":
             callbacks.append(
-                ModelCheckpoint(dirpath=run_dir, filename="best", monitor=monitor, mode=mode, save_last=False,
-                                enable_version_counter=False, auto_insert_metric_name=False)
+                BestCheckpoint(dirpath=run_dir, filename="best", monitor=monitor, mode=mode, save_last=False,
+                               enable_version_counter=False, auto_insert_metric_name=False)
             )
             callbacks.append(EpochLastCheckpoint(run_dir))  # last.ckpt = the latest epoch, improved or not
             if cfg.get("last_every_n_steps", 0) > 0:  # mid-epoch last.ckpt (the loader resumes exactly)

@@ -29,7 +29,9 @@ from its ``last.ckpt``).  A run whose stored config hash differs from the curren
 with a code default that has changed since (its saved ``config.yaml`` against the class's
 defaults today), is reported as stale and kept unless ``--force``; such a run is neither shared
 with another table nor resumed.  A cell whose raw files are missing under ``--data-root`` is
-reported as skipped with the expected paths.
+reported as skipped with the expected paths.  ``--archive DIR`` keeps finished cells' records (and
+restores them on another machine); ``--archive-unfinished`` also keeps unfinished cells' checkpoints
+there, which the next plan resumes wherever it runs (docs/reproduction.md, "Keeping a table's runs").
 
 Outputs under ``--out`` (default ``runs/reproduce``, outside version control; the committed tables
 in ``benchmarks/results`` are written only when that folder is given as ``--out``), per paper: ``<paper>/results.csv`` and
@@ -146,6 +148,7 @@ class Options:
     set_uses: dict[str, int] = field(default_factory=dict)  # --set model key -> runs it was applied to
     jobs: int = 1  # --jobs N: fits at once (execute_plan)
     archive: Path | None = None  # --archive DIR: finished cells' records kept (and restored) there
+    archive_unfinished: bool = False  # --archive-unfinished: also unfinished cells' checkpoints (resumed from there)
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -645,8 +648,10 @@ def make_plan(cells: list[Cell], opts: Options) -> list[Step]:
                 resume = (not opts.force and (run.run_dir / "last.ckpt").is_file()
                           and _stored_meta(run).get("config_hash") == run.hash
                           and not changed_defaults(run.run_dir, run.cfg))  # else its checkpoint is another model's
-                step = Step(run, "resume" if resume else "run", label)
-                step.estimate_s, step.basis, step.likely_s = estimate(run, measured, _epochs_done(run.run_dir) if resume else 0)
+                carried = None if resume or pretrain or opts.force else carried_fit(run, opts)
+                step = Step(run, "resume" if resume or carried else "run", label, source=carried)
+                step.estimate_s, step.basis, step.likely_s = estimate(
+                    run, measured, _epochs_done(carried or run.run_dir) if resume or carried else 0)
                 if not pretrain:
                     planned[(share_key(run.cfg, run.seed), run.seed)] = run.run_dir
         by_dir[run.run_dir] = step
@@ -687,7 +692,7 @@ def plan_text(steps: list[Step], opts: Options) -> str:
         assert s.run is not None or s.action == "skip"
         if s.fits:
             lines.append(f"  [{s.index}/{n}] {s.action:<6} {s.label}  est ≤ {fmt_s(s.estimate_s)} ({s.basis})  "
-                         f"-> {s.run.run_dir}")
+                         f"-> {s.run.run_dir}" + (f"  (the unfinished fit kept in {s.source})" if s.source else ""))
         elif s.action == "reuse":
             why = s.reason or "finished with another config"
             lines.append(f"  reuse  {s.label}{f' (STALE: {why}; --force re-runs)' if s.stale else ''}"
@@ -707,9 +712,10 @@ def plan_text(steps: list[Step], opts: Options) -> str:
 
 
 # ----------------------------------------------------------------------------- running
-def _metrics_csv(run_dir: Path, since: float) -> Path | None:
-    """The CSV log this fit writes (``logs/version_*/metrics.csv``, the newest since ``since``)."""
-    found = [p for p in run_dir.glob("logs/version_*/metrics.csv") if p.stat().st_mtime >= since - 1]
+def _metrics_csv(run_dir: Path, since: float, earlier: frozenset[Path] = frozenset()) -> Path | None:
+    """The CSV log this fit writes (``logs/version_*/metrics.csv``, the newest since ``since``; none of
+    ``earlier``, the logs of the fits a resumed one continues, copied in just before it started)."""
+    found = [p for p in run_dir.glob("logs/version_*/metrics.csv") if p not in earlier and p.stat().st_mtime >= since - 1]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
@@ -829,12 +835,13 @@ def _watch_child(proc: subprocess.Popen, step: Step, n: int, opts: Options, t0: 
     max_epochs = (step.run.cfg.get("trainer") or {}).get("max_epochs")
     shown: set[int] = set()
     csv_path = None
+    earlier = frozenset(step.run.run_dir.glob("logs/version_*/metrics.csv"))  # a resumed fit logs to a new version
     while True:
         try:
             rc = proc.wait(timeout=2.0)
         except subprocess.TimeoutExpired:
             rc = None
-        csv_path = csv_path or _metrics_csv(step.run.run_dir, t0)
+        csv_path = csv_path or _metrics_csv(step.run.run_dir, t0, earlier)
         if csv_path is not None:
             for epoch, (key, value) in sorted(_epoch_rows(csv_path, monitor).items()):
                 if epoch not in shown:
@@ -876,6 +883,10 @@ def fit(step: Step, n: int, opts: Options) -> dict[str, Any]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_RUN_GROUP=run.group, WANDB_JOB_TYPE=run.job_type,
                **getattr(_SLOT, "env", {}))  # --jobs: this slot's threads and GPU
     resume = step.action == "resume"
+    if resume and step.source is not None:
+        take_carried(step.source, run.run_dir)
+        opts.log(f"[{step.index}/{n}] {step.label}: took the unfinished fit kept in {step.source} "
+                 f"({_epochs_done(run.run_dir)} epoch(s) done)")
     opts.log(f"[{step.index}/{n}] start {step.label}{' (resume from last.ckpt)' if resume else ''}  "
              f"est ≤ {fmt_s(step.estimate_s)}  -> {run.run_dir}")
     t0 = time.time()
@@ -974,7 +985,84 @@ def archive_run(run: Run, opts: Options) -> Path | None:
     twin = Path(meta.pop("twin_of", "") or run.run_dir)
     src = twin if twin.is_dir() else run.run_dir  # share() copied the twin's meta: hash and seed of its recipe.yaml
     _publish_record(src, dest, meta)
+    drop_carried(dest / UNFINISHED)  # the finished record replaces the unfinished fit kept before
     return dest
+
+
+# ``--archive-unfinished``: an unfinished cell's fit, kept under ``<cell's record>/unfinished/`` when the
+# invocation ends or is stopped, and resumed from there by a plan on another machine (``runs/`` is not
+# committed; a session's machine may not come back).  reproduce.json last: the copy is whole once it is there.
+UNFINISHED = "unfinished"
+CARRIED_FILES = ("recipe.yaml", "config.yaml", "best.ckpt", "last.ckpt")
+
+
+def _carry_dir(run: Run, opts: Options) -> Path | None:
+    if opts.archive is None:
+        return None
+    try:
+        return opts.archive / run.run_dir.relative_to(opts.out) / UNFINISHED
+    except ValueError:
+        return None
+
+
+def _carried_names(run_dir: Path) -> list[str]:
+    logs = sorted(str(p.relative_to(run_dir)) for p in run_dir.glob(ARCHIVE_LOGS))
+    return logs + [f for f in CARRIED_FILES if (run_dir / f).is_file()]
+
+
+def carried_fit(run: Run, opts: Options) -> Path | None:
+    """The unfinished fit of this cell kept in ``--archive`` with its config and seed (and no code
+    default changed since), which a plan resumes instead of starting afresh; else None."""
+    d = _carry_dir(run, opts)
+    if d is None or not (d / "last.ckpt").is_file():
+        return None
+    try:
+        meta = json.loads((d / "reproduce.json").read_text())
+    except (OSError, ValueError):
+        return None  # no reproduce.json: a copy cut off while being written
+    if meta.get("status") != "unfinished" or meta.get("config_hash") != run.hash or meta.get("seed") != run.seed:
+        return None
+    return None if changed_defaults(d, run.cfg) else d
+
+
+def keep_unfinished(run: Run, opts: Options) -> Path | None:
+    """Copy an unfinished cell's fit (``last.ckpt``, ``best.ckpt``, configs, CSV logs) to
+    ``--archive``'s ``<cell>/unfinished/``; None when there is none to keep (finished, never started,
+    or another config's checkpoint)."""
+    dest = _carry_dir(run, opts)
+    if dest is None or run.done or not (run.run_dir / "last.ckpt").is_file() \
+            or _stored_meta(run).get("config_hash") != run.hash:
+        return None
+    names = _carried_names(run.run_dir)
+    (dest / "reproduce.json").unlink(missing_ok=True)  # not a whole copy until it is written again
+    for old in [p for p in dest.rglob("*") if p.is_file() and str(p.relative_to(dest)) not in names]:
+        old.unlink()
+    for name in names:
+        data = (run.run_dir / name).read_bytes()
+        if not (dest / name).is_file() or (dest / name).read_bytes() != data:
+            atomic_write(dest / name, data)
+    meta = {"config_hash": run.hash, "seed": run.seed, "status": "unfinished",
+            "epochs_done": _epochs_done(run.run_dir)}
+    atomic_write(dest / "reproduce.json", json.dumps(meta, indent=2))
+    return dest
+
+
+def take_carried(src: Path, run_dir: Path) -> None:
+    """Copy a kept unfinished fit into its cell's folder, to resume there: what an earlier fit in the
+    folder left (its checkpoints, its CSV logs, which would mix into the curves) is replaced."""
+    for p in [*run_dir.glob(ARCHIVE_LOGS), run_dir / "best.ckpt", run_dir / "last.ckpt"]:
+        p.unlink(missing_ok=True)
+    for name in _carried_names(src):
+        atomic_write(run_dir / name, (src / name).read_bytes())
+
+
+def drop_carried(folder: Path) -> None:
+    """Remove a kept unfinished fit (its cell has finished, or been restored): reproduce.json first."""
+    if folder.is_dir():
+        (folder / "reproduce.json").unlink(missing_ok=True)
+        for p in sorted(folder.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+            p.unlink() if p.is_file() else p.rmdir()
+        folder.rmdir()
 
 
 def restore(step: Step, opts: Options) -> dict[str, Any]:
@@ -1246,6 +1334,14 @@ def record(cell: Cell, outcome: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
+def _keep_unfinished_all(cells: list[Cell], opts: Options) -> None:
+    if opts.archive_unfinished:
+        kept = [keep_unfinished(c.run, opts) for c in cells if c.run is not None]
+        if any(kept):
+            opts.log(f"kept {sum(k is not None for k in kept)} unfinished fit(s) (checkpoints) in {opts.archive}; "
+                     "the next plan with this --archive resumes them")
+
+
 def run_cells(cells: list[Cell], opts: Options) -> list[dict[str, Any]]:
     """Plan, print the plan, execute it (unless ``--dry-run``); one results row per cell."""
     for key in [k for k, n in opts.set_uses.items() if n == 0]:  # a typo, or a plan of models without it
@@ -1255,8 +1351,18 @@ def run_cells(cells: list[Cell], opts: Options) -> list[dict[str, Any]]:
     steps = make_plan(cells, opts)
     if not opts.quiet:
         print(plan_text(steps, opts), flush=True)
-    outcomes = execute_plan(steps, opts)
+    try:
+        outcomes = execute_plan(steps, opts)
+    except BaseException:  # stopped (Ctrl-C, SIGTERM): keep what finished, and the unfinished fits if asked
+        if opts.archive is not None and not opts.dry_run:
+            kept = [archive_run(c.run, opts) for c in cells if c.run is not None and _finished_meanwhile(c.run, opts)
+                    and not changed_defaults(c.run.run_dir, c.run.cfg)]
+            if any(kept):
+                opts.log(f"kept the records of {sum(k is not None for k in kept)} finished cell(s) in {opts.archive}")
+            _keep_unfinished_all(cells, opts)
+        raise
     if opts.archive is not None and not opts.dry_run:
+        _keep_unfinished_all(cells, opts)
         kept = [archive_run(c.run, opts) for c in cells if c.run is not None
                 and outcomes.get(c.run.run_dir, {}).get("status") in ("done", "reused")
                 and not outcomes[c.run.run_dir].get("stale")]
@@ -1612,6 +1718,10 @@ def common_parser(prog: str, description: str, default_out: Path) -> argparse.Ar
                          "checkpoints) in DIR, in --out's layout, and restore a cell from there instead of fitting it "
                          "again; commit DIR (the committed tables use benchmarks/archive) to carry a table's runs to "
                          "another machine")
+    ap.add_argument("--archive-unfinished", action="store_true",
+                    help="with --archive: when this invocation ends or is stopped, also keep each unfinished cell's "
+                         "fit (last.ckpt, best.ckpt: a few MB each) in DIR, so that a plan on another machine resumes "
+                         "it instead of starting again")
     ap.add_argument("--force", action="store_true", help="re-run finished runs (and ignore --archive's records)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="fit up to N cells at once (a cell still waits for its pre-training); each zoo fit gets "
@@ -1627,6 +1737,8 @@ def options_from(ns: argparse.Namespace, command: str) -> Options:
         raise ValueError("--seeds must be >= 1")
     if ns.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {ns.jobs}")
+    if ns.archive_unfinished and ns.archive is None:
+        raise ValueError("--archive-unfinished keeps unfinished fits in --archive's folder: give --archive DIR too")
     recipes = ns.recipes if ns.recipes is not None else default_recipes()
     if not recipes.is_dir():
         raise FileNotFoundError(f"--recipes {recipes}: not a folder")
@@ -1640,7 +1752,8 @@ def options_from(ns: argparse.Namespace, command: str) -> Options:
                    seeds=ns.seed_list or list(range(ns.seeds)), max_epochs=ns.max_epochs, limit_train_batches=limit,
                    sets=[parse_set(s) for s in ns.sets], wandb=ns.wandb, force=ns.force, dry_run=ns.dry_run,
                    command=command, share=share, jobs=ns.jobs,
-                   archive=ns.archive.absolute() if ns.archive is not None else None)
+                   archive=ns.archive.absolute() if ns.archive is not None else None,
+                   archive_unfinished=ns.archive_unfinished)
 
 
 def main(argv: list[str] | None = None) -> int:
