@@ -41,4 +41,5 @@ def test_run_environment_records_threads_and_versions():
     env = run_environment()
     assert env["torch"] == torch.__version__ and env["torch_threads"] == torch.get_num_threads()
     assert env["cpu_count"] and env["python"]
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # e.g. AVX2, AVX512, DEFAULT
     assert "precision" not in env  # only with a trainer

@@ -1,8 +1,9 @@
 """What a run's numbers depend on besides its config: the code commit, versions, threads, device.
 
 Two fits of one config and seed give identical floats only in the same environment: a different
-thread count changes the order of float sums (docs/reliability.md), a different torch or commit
-may change kernels or defaults.  :func:`run_environment` is written into every test metrics file
+thread count changes the order of float sums (docs/reliability.md), so may another CPU generation
+(torch dispatches to its instruction set), and a different torch or commit may change kernels or
+defaults.  :func:`run_environment` is written into every test metrics file
 (``test_metrics.json``, ``test-<stamp>.json``) under ``"environment"`` so that two runs that
 disagree can be told apart without guessing.
 """
@@ -40,14 +41,25 @@ def source_commit(path: Path | None = None) -> str | None:
     return f"{head}+dirty" if dirty else head
 
 
-def _cpu_model() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor()
+    return fields
+
+
+def _cpu_model(info: dict[str, str]) -> str:
+    """Model name with family/model/stepping: hosts rented as "AMD EPYC" differ in generation."""
+    name = info.get("model name") or platform.processor()
+    ident = "/".join(info[k] for k in ("cpu family", "model", "stepping") if k in info)
+    return f"{name} (family/model/stepping {ident})" if ident else name
 
 
 def run_environment(trainer: Any = None) -> dict[str, Any]:
@@ -55,6 +67,7 @@ def run_environment(trainer: Any = None) -> dict[str, Any]:
     accelerator and world size).  Informative only: nothing fails when a field is unknown."""
     import torch
 
+    info = _cpuinfo()
     env: dict[str, Any] = {
         "zoo": _version("zoo"),
         "git_commit": source_commit(),
@@ -64,7 +77,10 @@ def run_environment(trainer: Any = None) -> dict[str, Any]:
         "numpy": _version("numpy"),
         "platform": platform.platform(),
         "host": platform.node(),
-        "cpu": _cpu_model(),
+        "cpu": _cpu_model(info),
+        # the instruction set torch's CPU kernels dispatch to (AVX2, AVX512, ...): the same thread count
+        # on another generation of CPU runs other kernels, whose float sums may differ in the last bits
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
