@@ -609,6 +609,45 @@ def test_archive_unfinished_carries_a_stopped_fit_to_another_machine_and_resumes
     assert "--archive-unfinished keeps unfinished fits in --archive's folder: give --archive DIR too" in capsys.readouterr().err
 
 
+def test_a_variant_run_with_set_never_replaces_the_tables_archived_record(tmp_path, monkeypatch):
+    """``--set`` (or ``--max-epochs``, ``--limit-train-batches``) with a table's ``--archive``: the
+    variant's run has the cell's folder name, and keeping it would replace the table's record there;
+    it is not kept, and the log says why.  A record of the recipe's own changed config replaces the
+    old one (the recipe changed since), and a variant is kept where no record stands."""
+    import zoo.experiments.reproduce as R
+
+    def fake_fit(step, n, opts):
+        run = _finished(step.run, {"test/hr@10": 0.5})
+        (run.run_dir / "recipe.yaml").write_text(yaml.safe_dump(run.cfg))
+        return {"status": "done", "config_hash": run.hash}
+
+    monkeypatch.setattr(R, "fit", fake_fit)
+    archive, logged = tmp_path / "archive", []
+    recipe = {"model": {"class_path": "zoo.models.sasrec.SASRec", "init_args": {"d": 16}}, "trainer": {"max_epochs": 1}}
+    variant = {**recipe, "model": {**recipe["model"], "init_args": {"d": 16, "loss": "bpr"}}}
+    changed = {**recipe, "trainer": {"max_epochs": 2}}
+
+    def run(cfg: dict, out: str, **kw) -> Path:
+        opts = Options(out=tmp_path / out, archive=archive, quiet=True, **kw)
+        opts.log = logged.append
+        R.run_cells([Cell("timirec", "T", "default", "SASRec", 0,
+                          Run(cfg, tmp_path / out / "timirec" / "default" / "SASRec-s0", 0, "g"))], opts)
+        return archive / "timirec" / "default" / "SASRec-s0"
+
+    kept = run(recipe, "a")
+    table_hash = json.loads((kept / "reproduce.json").read_text())["config_hash"]
+    run(variant, "b", sets=[("model.init_args.loss", "bpr")])
+    assert json.loads((kept / "reproduce.json").read_text())["config_hash"] == table_hash  # not replaced
+    assert any("NOT KEPT in the archive" in m and "--set" in m for m in logged)
+    run(changed, "c")  # the recipe itself changed: its new record replaces the old one
+    assert json.loads((kept / "reproduce.json").read_text())["config_hash"] == R.config_hash(changed, 0)
+    other = tmp_path / "variants"
+    opts = Options(out=tmp_path / "d", archive=other, quiet=True, sets=[("model.init_args.loss", "bpr")])
+    R.run_cells([Cell("timirec", "T", "default", "SASRec", 0,
+                      Run(variant, tmp_path / "d" / "timirec" / "default" / "SASRec-s0", 0, "g"))], opts)
+    assert (other / "timirec" / "default" / "SASRec-s0" / "test_metrics.json").is_file()
+
+
 def test_a_run_finished_by_another_process_after_the_plan_is_reused_not_rerun(tmp_path, monkeypatch):
     """Two ``zoo reproduce`` invocations sharing a table's seeds: a run the other one finished
     after this plan was made is reused when its turn comes (same config), never fitted again over

@@ -982,6 +982,8 @@ def archive_run(run: Run, opts: Options) -> Path | None:
     dest = opts.archive / run.run_dir.relative_to(opts.out)
     if meta.get("restored_from"):
         return dest
+    if _would_replace_the_tables(dest, run, opts):
+        return None
     twin = Path(meta.pop("twin_of", "") or run.run_dir)
     src = twin if twin.is_dir() else run.run_dir  # share() copied the twin's meta: hash and seed of its recipe.yaml
     _publish_record(src, dest, meta)
@@ -994,6 +996,32 @@ def archive_run(run: Run, opts: Options) -> Path | None:
 # committed; a session's machine may not come back).  reproduce.json last: the copy is whole once it is there.
 UNFINISHED = "unfinished"
 CARRIED_FILES = ("recipe.yaml", "config.yaml", "best.ckpt", "last.ckpt")
+
+
+def _overrides(opts: Options) -> str:
+    """The flags by which this invocation's configs differ from the recipes' ("" when none)."""
+    return ", ".join(f for f, on in (("--set", opts.sets), ("--max-epochs", opts.max_epochs is not None),
+                                     ("--limit-train-batches", opts.limit_train_batches is not None)) if on)
+
+
+def _would_replace_the_tables(dest: Path, run: Run, opts: Options) -> bool:
+    """``dest`` holds the finished record of another config of this cell, and this run's config is
+    the recipe's changed by flags (a variant, e.g. ``--set model.init_args.loss=bpr``): keeping the
+    variant there would replace the table's record, so it is not kept (and it says so).  Without such
+    flags the recipe itself changed since, and the new record replaces the old one, as intended."""
+    flags = _overrides(opts)
+    if not flags or not (dest / "test_metrics.json").is_file():
+        return False
+    try:
+        held = json.loads((dest / "reproduce.json").read_text()).get("config_hash")
+    except (OSError, ValueError):
+        return False
+    if held in (None, run.hash):
+        return False
+    opts.log(f"NOT KEPT in the archive: {dest} holds the record of another config of this cell ({held}), and this "
+             f"run's config is the recipe's changed by {flags}; keeping it there would replace that record. "
+             "Give such variants an --archive of their own")
+    return True
 
 
 def _carry_dir(run: Run, opts: Options) -> Path | None:
@@ -1031,7 +1059,7 @@ def keep_unfinished(run: Run, opts: Options) -> Path | None:
     or another config's checkpoint)."""
     dest = _carry_dir(run, opts)
     if dest is None or run.done or not (run.run_dir / "last.ckpt").is_file() \
-            or _stored_meta(run).get("config_hash") != run.hash:
+            or _stored_meta(run).get("config_hash") != run.hash or _would_replace_the_tables(dest.parent, run, opts):
         return None
     names = _carried_names(run.run_dir)
     (dest / "reproduce.json").unlink(missing_ok=True)  # not a whole copy until it is written again
