@@ -59,18 +59,26 @@ LATER_RUN_OPTIONS: dict[str, Any] = {"last_every_n_steps": 0, "compile": "off", 
 
 
 @functools.lru_cache(maxsize=None)
+def import_class(class_path: str) -> Any | None:
+    """The class a dotted ``module.Name`` path names (a recipe's ``class_path``); None when it does not import."""
+    import importlib
+
+    try:
+        module, _, name = class_path.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
 def class_arguments(class_path: str) -> dict[str, Any] | None:
     """``{argument: default}`` of every keyword argument a class takes (``inspect.Parameter.empty``
     where it has no default): its ``__init__``'s and, through ``**kwargs``, its bases' (a model's
     ``SequentialRecommender`` ``lr``, ``topk``, ...; the most derived default wins).  None when the
     class does not import."""
-    import importlib
     import inspect
 
-    try:
-        module, _, name = class_path.rpartition(".")
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
+    cls = import_class(class_path)
+    if cls is None:
         return None
     out: dict[str, Any] = {}
     for klass in getattr(cls, "__mro__", ()):

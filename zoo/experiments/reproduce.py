@@ -222,14 +222,9 @@ def init_arguments(class_path: str) -> frozenset[str] | None:
 def finetune_only_arguments(class_path: str) -> frozenset[str]:
     """The arguments a two-stage model's pre-training never reads (its ``FINETUNE_ONLY``; none when
     the class does not say, or does not import)."""
-    import importlib
+    from zoo.experiments.compare import import_class
 
-    try:
-        module, _, name = class_path.rpartition(".")
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return frozenset()
-    return frozenset(getattr(cls, "FINETUNE_ONLY", ()))
+    return frozenset(getattr(import_class(class_path), "FINETUNE_ONLY", ()))
 
 
 def materialise(recipe: str, args: dict[str, Any], data_cfg: dict[str, Any] | None, opts: Options,
