@@ -1,6 +1,7 @@
 """Same seed, same data -> the same run, twice, on CPU: identical test metrics, best validation score
-and final weights, for SASRec, TiSASRec and for a multi-interest model (ComiRec-DR: dynamic routing, sampled
-softmax with shared negatives, user_split multi-target metrics)."""
+and final weights, for SASRec, TiSASRec and for multi-interest models (ComiRec-DR: dynamic routing, sampled
+softmax with shared negatives, user_split multi-target metrics; MIND: routing logits drawn at random in every
+forward pass).  Across machines the floats may differ in the last bits (docs/reliability.md)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ MODELS = {
                    "--data.init_args.min_seq_len", "5", "--model.init_args.max_len", "10", "--model.init_args.d", "16",
                    "--model.init_args.K", "2", "--model.init_args.n_neg", "20", "--model.init_args.topk", "[5, 10]",
                    "--monitor", "val/recall@10"],
+    # MIND: routing logits drawn at random in every forward pass (the paper's B ~ N(0, σ²))
+    "mind": ["--config", "recipes/mind.yaml", "--data.init_args.k_core", "5", "--data.init_args.min_seq_len", "5",
+             "--model.init_args.max_len", "10", "--model.init_args.d", "16", "--model.init_args.K", "2",
+             "--model.init_args.topk", "[5, 10]", "--monitor", "val/recall@10"],
 }
 
 
