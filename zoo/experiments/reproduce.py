@@ -942,10 +942,21 @@ ARCHIVE_FILES = ("recipe.yaml", "config.yaml", "ranks.npz", "reproduce.json", "t
 ARCHIVE_LOGS = "logs/version_*/metrics.csv"
 
 
+def _present(run_dir: Path, names: tuple[str, ...]) -> list[str]:
+    """The CSV logs and those of ``names`` that ``run_dir`` holds, relative, in publishing order."""
+    logs = sorted(str(p.relative_to(run_dir)) for p in run_dir.glob(ARCHIVE_LOGS))
+    return logs + [f for f in names if (run_dir / f).is_file()]
+
+
 def _record_files(run_dir: Path) -> list[str]:
     """The files of ``run_dir`` that ``--archive`` keeps, relative, in publishing order."""
-    logs = sorted(str(p.relative_to(run_dir)) for p in run_dir.glob(ARCHIVE_LOGS))
-    return logs + [f for f in ARCHIVE_FILES if (run_dir / f).is_file()]
+    return _present(run_dir, ARCHIVE_FILES)
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    """Publish ``data`` at ``path`` (atomically) unless the file already holds exactly it."""
+    if not path.is_file() or path.read_bytes() != data:
+        atomic_write(path, data)
 
 
 def _publish_record(src: Path, dest: Path, meta: dict[str, Any]) -> None:
@@ -962,9 +973,8 @@ def _publish_record(src: Path, dest: Path, meta: dict[str, Any]) -> None:
     if "ranks.npz" not in names:
         (dest / "ranks.npz").unlink(missing_ok=True)
     for name in names:
-        data = json.dumps(meta, indent=2).encode() if name == "reproduce.json" else (src / name).read_bytes()
-        if not (dest / name).is_file() or (dest / name).read_bytes() != data:
-            atomic_write(dest / name, data)
+        _write_if_changed(dest / name, json.dumps(meta, indent=2).encode() if name == "reproduce.json"
+                          else (src / name).read_bytes())
 
 
 def archive_run(run: Run, opts: Options) -> Path | None:
@@ -1028,11 +1038,6 @@ def _carry_dir(run: Run, opts: Options) -> Path | None:
         return None
 
 
-def _carried_names(run_dir: Path) -> list[str]:
-    logs = sorted(str(p.relative_to(run_dir)) for p in run_dir.glob(ARCHIVE_LOGS))
-    return logs + [f for f in CARRIED_FILES if (run_dir / f).is_file()]
-
-
 def carried_fit(run: Run, opts: Options) -> Path | None:
     """The unfinished fit of this cell kept in ``--archive`` with its config and seed (and no code
     default changed since), which a plan resumes instead of starting afresh; else None."""
@@ -1056,14 +1061,12 @@ def keep_unfinished(run: Run, opts: Options) -> Path | None:
     if dest is None or run.done or not (run.run_dir / "last.ckpt").is_file() \
             or _stored_meta(run).get("config_hash") != run.hash or _would_replace_the_tables(dest.parent, run, opts):
         return None
-    names = _carried_names(run.run_dir)
+    names = _present(run.run_dir, CARRIED_FILES)
     (dest / "reproduce.json").unlink(missing_ok=True)  # not a whole copy until it is written again
     for old in [p for p in dest.rglob("*") if p.is_file() and str(p.relative_to(dest)) not in names]:
         old.unlink()
     for name in names:
-        data = (run.run_dir / name).read_bytes()
-        if not (dest / name).is_file() or (dest / name).read_bytes() != data:
-            atomic_write(dest / name, data)
+        _write_if_changed(dest / name, (run.run_dir / name).read_bytes())
     meta = {"config_hash": run.hash, "seed": run.seed, "status": "unfinished",
             "epochs_done": _epochs_done(run.run_dir)}
     atomic_write(dest / "reproduce.json", json.dumps(meta, indent=2))
@@ -1075,7 +1078,7 @@ def take_carried(src: Path, run_dir: Path) -> None:
     folder left (its checkpoints, its CSV logs, which would mix into the curves) is replaced."""
     for p in [*run_dir.glob(ARCHIVE_LOGS), run_dir / "best.ckpt", run_dir / "last.ckpt"]:
         p.unlink(missing_ok=True)
-    for name in _carried_names(src):
+    for name in _present(src, CARRIED_FILES):
         atomic_write(run_dir / name, (src / name).read_bytes())
 
 
