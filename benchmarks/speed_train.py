@@ -64,7 +64,7 @@ sys.path.pop(0)
 #: every model on the embedded default; both stages of MIRACLE, HORAE and TiMiRec
 RECIPES = (
     "miracle_pretrain", "miracle", "horae_pretrain", "horae", "hm4sr", "hpcl4sr", "timirec_pretrain", "timirec",
-    "sasrec", "gru4rec", "comirec_sa", "comirec_dr", "mind",
+    "sasrec", "tisasrec", "gru4rec", "comirec_sa", "comirec_dr", "mind",
 )
 #: the models of issue 13's goal (>= 3x)
 PAPER = ("miracle_pretrain", "miracle", "horae_pretrain", "horae", "hm4sr", "hpcl4sr", "timirec_pretrain", "timirec")
