@@ -20,7 +20,8 @@ from typing import Any
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
+    """The installed version of ``package``, ``None`` where it is not installed."""
     try:
         return version(package)
     except PackageNotFoundError:
@@ -69,12 +70,12 @@ def run_environment(trainer: Any = None) -> dict[str, Any]:
 
     info = _cpuinfo()
     env: dict[str, Any] = {
-        "zoo": _version("zoo"),
+        "zoo": package_version("zoo"),
         "git_commit": source_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "lightning": _version("lightning"),
-        "numpy": _version("numpy"),
+        "lightning": package_version("lightning"),
+        "numpy": package_version("numpy"),
         "platform": platform.platform(),
         "host": platform.node(),
         "cpu": _cpu_model(info),

@@ -1589,13 +1589,11 @@ def write_results(folder: Path, stem: str, records: list[dict[str, Any]], markdo
 def machine_line(probe_gpu: bool = True) -> str:
     """Host, OS, device, Python and torch versions (``probe_gpu=False``: no torch import, for a dry run)."""
     import platform
-    from importlib.metadata import PackageNotFoundError, version
+
+    from zoo.provenance import package_version
 
     dev = f"CPU ({os.cpu_count()} cores)"
-    try:
-        tv = version("torch")
-    except PackageNotFoundError:
-        tv = "?"
+    tv = package_version("torch") or "?"
     if probe_gpu:
         try:
             import torch
