@@ -1119,6 +1119,36 @@ def test_plan_gives_a_likely_time_from_the_epochs_finished_runs_took(tmp_path):
     assert "likely about 5.2 min" in text and "(1 of 1 runs" in text
 
 
+def test_the_estimate_prefers_other_seeds_of_the_same_config_and_times_a_resumed_leg_only(tmp_path):
+    """Runs of the same model under other settings (a --set variant twice as fast) do not set the
+    estimate when another seed of the same config has finished; a run resumed after N epochs is
+    timed over the epochs its last leg trained (its wall time covers that leg only)."""
+    import yaml
+
+    import zoo.experiments.reproduce as R
+
+    cfg = {"model": {"class_path": "zoo.models.sasrec.SASRec", "init_args": {"hidden": 64}},
+           "data": {"init_args": {"max_len": 10}}, "trainer": {"max_epochs": 100}}
+    fast = {**cfg, "model": {"class_path": "zoo.models.sasrec.SASRec", "init_args": {"hidden": 32}}}
+    runs = [("fast-s0", fast, 10, 10 + 100.0, {}),  # 10 s/epoch
+            ("same-s0", cfg, 12, 10 + 4 * 30.0, {"epochs_before": 8})]  # resumed at 8: 4 epochs in 120 s
+    for name, c, epochs, wall, extra in runs:
+        d = tmp_path / "p" / "default" / name
+        d.mkdir(parents=True)
+        (d / "reproduce.json").write_text(json.dumps({"status": "done", "wall_time_s": wall, "config_hash": "h", **extra}))
+        (d / "test_metrics.json").write_text(json.dumps({"config": c, "epochs": epochs}))
+        (d / "recipe.yaml").write_text("# materialised\n" + yaml.safe_dump(c, sort_keys=False))
+    measured = R.measured_timings([tmp_path])
+    upper, basis, likely = R.estimate(Run(cfg, tmp_path / "x-s1", 1, "h"), measured)
+    assert upper == pytest.approx(R.STARTUP_S + 100 * 30.0) and likely == pytest.approx(R.STARTUP_S + 12 * 30.0)
+    assert basis == "100 epochs, measured here; likely 6.2 min: median 12 epochs of 1 finished run(s) here"
+    upper, basis, _ = R.estimate(Run(fast, tmp_path / "y-s1", 1, "h"), measured)
+    assert upper == pytest.approx(R.STARTUP_S + 100 * 10.0) and basis.startswith("100 epochs, measured here;")
+    other = {**cfg, "model": {"class_path": "zoo.models.sasrec.SASRec", "init_args": {"hidden": 16}}}
+    upper, basis, _ = R.estimate(Run(other, tmp_path / "z-s0", 0, "h"), measured)  # no seed of its own: both runs
+    assert upper == pytest.approx(R.STARTUP_S + 100 * 20.0) and "measured here on other settings" in basis
+
+
 def test_a_resumed_fit_is_estimated_for_the_epochs_it_has_left(tmp_path):
     """An interrupted run's CSV logs say how many epochs it finished (validation rows, across the
     versions a resume starts); the plan's bound and likely time count only what is left."""

@@ -406,6 +406,22 @@ def _timing_key(cfg: dict[str, Any]) -> str:
                         "limit": trainer.get("limit_train_batches")}, 0)
 
 
+def _exact_timing_key(cfg: dict[str, Any]) -> str:
+    """The run's whole config without its seed (a pre-training checkpoint path without its ``--out``
+    root, :func:`share_key`): the other seeds of the same config, which :func:`estimate` prefers to
+    runs of the same model under other settings (``--set`` variants, ablation rows)."""
+    return "config:" + share_key(cfg, 0)
+
+
+def _read_recipe(path: Path) -> dict[str, Any] | None:
+    """A run folder's materialised ``recipe.yaml`` (the config it ran), or None when absent or unreadable."""
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
 @dataclass
 class Timing:
     """What the finished runs of one model class on one dataset (and batch limit) took here."""
@@ -429,15 +445,21 @@ def measured_timings(roots: Iterable[Path]) -> dict[str, Timing]:
             if meta.get("status") != "done" or copy or not meta.get("wall_time_s") or not tm.get("config"):
                 continue
             n = max(int(tm.get("epochs") or 0), 1)  # Lightning's current_epoch after fit = epochs run
-            key = _timing_key(tm["config"])
-            per_epoch.setdefault(key, []).append(max(0.0, float(meta["wall_time_s"]) - STARTUP_S) / n)
-            epochs.setdefault(key, []).append(n)
+            trained = max(n - int(meta.get("epochs_before") or 0), 1)  # a resumed fit's wall covers its last leg
+            keys = [_timing_key(tm["config"])]
+            recipe = _read_recipe(meta_path.parent / "recipe.yaml")
+            if recipe is not None:
+                keys.append(_exact_timing_key(recipe))
+            for key in keys:
+                per_epoch.setdefault(key, []).append(max(0.0, float(meta["wall_time_s"]) - STARTUP_S) / trained)
+                epochs.setdefault(key, []).append(n)
     return {k: Timing(statistics.median(v), sorted(epochs[k])) for k, v in per_epoch.items()}
 
 
 def estimate(run: Run, measured: dict[str, Timing], done: int = 0) -> tuple[float | None, str, float | None]:
     """An upper estimate of one fit's wall time: ``max_epochs`` (capped by ``max_time``) × seconds per
-    epoch, from the finished runs of the same model and data under ``--out`` when there are some,
+    epoch, from the finished runs of the same config (other seeds) under ``--out`` or ``--archive``,
+    else of the same model and data under other settings, when there are some,
     else from the embedded-default timing table (``SECONDS_PER_EPOCH``); and a likely time, the
     median number of epochs those finished runs trained (early stopping included) × seconds per
     epoch, or None without such runs.  ``done``: epochs a resumed run has already trained, taken
@@ -449,8 +471,11 @@ def estimate(run: Run, measured: dict[str, Timing], done: int = 0) -> tuple[floa
         return None, f"max_epochs {epochs!r} is not a number", None
     epochs = 1000 if epochs in (None, -1) else epochs
     left = max(epochs - done, 1)  # a resumed run trains what is left of its budget
-    timing = measured.get(_timing_key(run.cfg))
+    timing = measured.get(_exact_timing_key(run.cfg))
     basis, likely = "measured here", None
+    if timing is None:  # no other seed of this config: runs of the same model and data under other settings
+        timing = measured.get(_timing_key(run.cfg))
+        basis = "measured here on other settings of this model"
     if timing is not None:
         spe = timing.sec_per_epoch
         typical = min(statistics.median(timing.epochs), epochs)
@@ -882,6 +907,7 @@ def fit(step: Step, n: int, opts: Options) -> dict[str, Any]:
         take_carried(step.source, run.run_dir)
         opts.log(f"[{step.index}/{n}] {step.label}: took the unfinished fit kept in {step.source} "
                  f"({_epochs_done(run.run_dir)} epoch(s) done)")
+    before = _epochs_done(run.run_dir) if resume else 0  # the wall time below is this leg's only
     opts.log(f"[{step.index}/{n}] start {step.label}{' (resume from last.ckpt)' if resume else ''}  "
              f"est ≤ {fmt_s(step.estimate_s)}  -> {run.run_dir}")
     t0 = time.time()
@@ -892,6 +918,7 @@ def fit(step: Step, n: int, opts: Options) -> dict[str, Any]:
         rc = _watch(cmd, logf, env, step, n, opts, t0)
         if rc != 0 and resume:  # a checkpoint cut off by a kill: start the run again
             logf.write("\n[reproduce] resuming failed; starting again from scratch\n")
+            before = 0
             cmd = fit_command(run, opts, False)
             logf.write(f"\n$ {' '.join(cmd)}\n")
             logf.flush()
@@ -899,7 +926,7 @@ def fit(step: Step, n: int, opts: Options) -> dict[str, Any]:
     wall = time.time() - t0
     ok = rc == 0 and run.done
     meta = {"config_hash": run.hash, "seed": run.seed, "status": "done" if ok else "failed", "wall_time_s": round(wall, 2),
-            "returncode": rc}
+            "returncode": rc, **({"epochs_before": before} if before else {})}
     atomic_write(meta_path, json.dumps(meta, indent=2))
     if not ok:
         why = _failure_reason(run.run_dir / "zoo.log") or f"zoo fit exited {rc}"
