@@ -904,6 +904,21 @@ def test_fit_command_resumes_with_last_and_overwrites_only_an_earlier_run(tmp_pa
     (run.run_dir / "last.ckpt").write_bytes(b"cut off by a kill")
     assert fit_command(run, opts, True)[-2:] == ["--ckpt_path", "last"]
     assert fit_command(run, opts, False)[-2:] == ["--overwrite", "true"]
+    steps = Options(out=tmp_path, quiet=True, last_every_n_steps=50)  # --last-every-n-steps 50: both ways
+    for resume in (True, False):
+        cmd = fit_command(run, steps, resume)
+        assert cmd[cmd.index("--last_every_n_steps") + 1] == "50"
+    assert "--last_every_n_steps" not in fit_command(run, opts, True)
+
+
+def test_last_every_n_steps_reaches_options_and_a_negative_one_is_refused():
+    from zoo.experiments.reproduce import DEFAULT_OUT, common_parser, options_from
+
+    ap = common_parser("zoo reproduce", "", DEFAULT_OUT)
+    assert options_from(ap.parse_args(["--last-every-n-steps", "200"]), "zoo reproduce").last_every_n_steps == 200
+    assert options_from(ap.parse_args([]), "zoo reproduce").last_every_n_steps == 0
+    with pytest.raises(ValueError, match="--last-every-n-steps must be >= 0"):
+        options_from(ap.parse_args(["--last-every-n-steps", "-1"]), "zoo reproduce")
 
 
 def test_a_paper_that_tests_within_blocks_gets_each_blocks_claim_tested_against_that_blocks_best(tmp_path):

@@ -149,6 +149,7 @@ class Options:
     jobs: int = 1  # --jobs N: fits at once (execute_plan)
     archive: Path | None = None  # --archive DIR: finished cells' records kept (and restored) there
     archive_unfinished: bool = False  # --archive-unfinished: also unfinished cells' checkpoints (resumed from there)
+    last_every_n_steps: int = 0  # --last-every-n-steps N: each fit refreshes last.ckpt every N steps
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -882,6 +883,8 @@ def fit_command(run: Run, opts: Options, resume: bool) -> list[str]:
 
     cmd = [sys.executable, "-c", ENTRY, "fit", "--config", str(run.run_dir / "recipe.yaml"), "--seed_everything",
            str(run.seed), "--run_dir", str(run.run_dir), "--wandb", opts.wandb]
+    if opts.last_every_n_steps > 0:  # a stop inside a long epoch then loses at most N steps (resumed exactly)
+        cmd += ["--last_every_n_steps", str(opts.last_every_n_steps)]
     if resume:
         return cmd + ["--ckpt_path", "last"]
     if any((run.run_dir / f).exists() for f in FIT_FILES):
@@ -1773,6 +1776,10 @@ def common_parser(prog: str, description: str, default_out: Path) -> argparse.Ar
                     help="with --archive: when this invocation ends or is stopped, also keep each unfinished cell's "
                          "fit (last.ckpt, best.ckpt: a few MB each) in DIR, so that a plan on another machine resumes "
                          "it instead of starting again")
+    ap.add_argument("--last-every-n-steps", type=int, default=0, metavar="N",
+                    help="each zoo fit also refreshes last.ckpt every N training steps (zoo fit's "
+                         "--last_every_n_steps), so that a stopped or killed plan resumes inside an epoch "
+                         "instead of at its start; the resume is exact (default 0: at epoch ends only)")
     ap.add_argument("--force", action="store_true", help="re-run finished runs (and ignore --archive's records)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="fit up to N cells at once (a cell still waits for its pre-training); each zoo fit gets "
@@ -1788,6 +1795,8 @@ def options_from(ns: argparse.Namespace, command: str) -> Options:
         raise ValueError("--seeds must be >= 1")
     if ns.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {ns.jobs}")
+    if ns.last_every_n_steps < 0:
+        raise ValueError(f"--last-every-n-steps must be >= 0, got {ns.last_every_n_steps}")
     if ns.archive_unfinished and ns.archive is None:
         raise ValueError("--archive-unfinished keeps unfinished fits in --archive's folder: give --archive DIR too")
     recipes = ns.recipes if ns.recipes is not None else default_recipes()
@@ -1804,7 +1813,7 @@ def options_from(ns: argparse.Namespace, command: str) -> Options:
                    sets=[parse_set(s) for s in ns.sets], wandb=ns.wandb, force=ns.force, dry_run=ns.dry_run,
                    command=command, share=share, jobs=ns.jobs,
                    archive=ns.archive.absolute() if ns.archive is not None else None,
-                   archive_unfinished=ns.archive_unfinished)
+                   archive_unfinished=ns.archive_unfinished, last_every_n_steps=ns.last_every_n_steps)
 
 
 def main(argv: list[str] | None = None) -> int:
