@@ -124,13 +124,18 @@ def machine_info() -> dict[str, Any]:
         import torch  # noqa: PLC0415
 
         torch_v, threads = torch.__version__, torch.get_num_threads()
+        isa = torch.backends.cpu.get_cpu_capability()
     except ImportError:
-        torch_v, threads = "?", "?"
+        torch_v, threads, isa = "?", "?", "?"
+    flags = sh("grep -m1 '^flags' /proc/cpuinfo").split()
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "nproc": sh("nproc"),
         "free_g": sh("free -g"),
         "cpu": cpu or platform.processor(),
+        # torch's CPU kernels (AVX2, AVX512, ...) and native bf16: bf16-mixed is emulated, and slower, without it
+        "cpu_isa": f"{isa}, bf16 {'native (' + ', '.join(bf16) + ')' if bf16 else 'not native'}",
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch_v,
@@ -147,7 +152,8 @@ def header_md(title: str, command: str, info: dict[str, Any], extra: list[str] |
         "",
         f"- command: `{command}`",
         f"- date: {info['date']}, git commit `{info['git_commit']}`",
-        f"- machine: `nproc` = {info['nproc']}, {info['cpu']}, {info['platform']}; python {info['python']}, "
+        f"- machine: `nproc` = {info['nproc']}, {info['cpu']} ({info.get('cpu_isa', '?')}), {info['platform']}; "
+        f"python {info['python']}, "
         f"torch {info['torch']} ({info['torch_threads']} threads)",
         f"- load average (1/5/15 min) at start: {info['loadavg']}"
         + ("" if info.get("machine_free_flag") else " — **/tmp/machine_free was absent: other jobs may share the CPU**"),

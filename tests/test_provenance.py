@@ -43,3 +43,32 @@ def test_run_environment_records_threads_and_versions():
     assert env["cpu_count"] and env["python"]
     assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # e.g. AVX2, AVX512, DEFAULT
     assert "precision" not in env  # only with a trainer
+
+
+def test_native_bf16_is_read_from_the_cpu_flags_and_emulated_bf16_on_the_cpu_is_pointed_out(monkeypatch, capsys):
+    """bf16-mixed on a CPU without avx512_bf16/amx_bf16 is emulated and slower than fp32: zoo fit
+    says so (once, at the trainer), and not on a GPU, nor in fp32, nor where the CPU has bf16."""
+    import zoo.cli as cli
+    import zoo.provenance as prov
+
+    monkeypatch.setattr(prov, "_cpuinfo", lambda: {"flags": "fpu sse avx2 fma"})
+    assert prov.cpu_native_bf16() is False
+    monkeypatch.setattr(prov, "_cpuinfo", lambda: {"flags": "fpu avx2 avx512f avx512_bf16"})
+    assert prov.cpu_native_bf16() is True
+    monkeypatch.setattr(prov, "_cpuinfo", lambda: {})
+    assert prov.cpu_native_bf16() is None  # unknown: no note
+    assert run_environment()["cpu_native_bf16"] is None
+
+    monkeypatch.setattr(cli, "cpu_native_bf16", lambda: False)
+    assert cli.warn_emulated_bf16("bf16-mixed", "cpu") is True
+    assert "emulated, slower than 32-true" in capsys.readouterr().out
+    assert not cli.warn_emulated_bf16("32-true", "cpu") and not cli.warn_emulated_bf16("bf16-mixed", "cuda")
+    assert not cli.warn_emulated_bf16(None, "auto")
+    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: False)
+    assert cli.warn_emulated_bf16("bf16-mixed", "auto") is True
+    capsys.readouterr()
+    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: True)
+    assert not cli.warn_emulated_bf16("bf16-mixed", "auto")  # auto picks the GPU
+    monkeypatch.setattr(cli, "cpu_native_bf16", lambda: True)
+    assert not cli.warn_emulated_bf16("bf16-true", "cpu")
+    assert capsys.readouterr().out == ""

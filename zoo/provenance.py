@@ -56,6 +56,17 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bf16 arithmetic
+
+
+def cpu_native_bf16() -> bool | None:
+    """Whether this CPU computes bf16 natively (``avx512_bf16`` or ``amx_bf16`` in ``/proc/cpuinfo``);
+    None where that is unknown (no ``/proc/cpuinfo``).  Without it, ``bf16-mixed`` on the CPU runs
+    emulated kernels and is slower than fp32, not faster (docs/performance.md)."""
+    flags = _cpuinfo().get("flags")
+    return None if flags is None else any(f in flags.split() for f in BF16_CPU_FLAGS)
+
+
 def _cpu_model(info: dict[str, str]) -> str:
     """Model name with family/model/stepping: hosts rented as "AMD EPYC" differ in generation."""
     name = info.get("model name") or platform.processor()
@@ -82,6 +93,7 @@ def run_environment(trainer: Any = None) -> dict[str, Any]:
         # the instruction set torch's CPU kernels dispatch to (AVX2, AVX512, ...): the same thread count
         # on another generation of CPU runs other kernels, whose float sums may differ in the last bits
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": cpu_native_bf16(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
