@@ -236,6 +236,14 @@ def write_report(args: argparse.Namespace, recipes: list[str], runs: dict, info:
     for recipe in recipes:
         rb, rc = runs[recipe]["baseline"], runs[recipe]["current"]
         b, c = summarise(rb), summarise(rc)
+        if c is not None and b is None and rb:  # e.g. a recipe the baseline commit does not have: this side alone
+            gfl = c["flops_per_step"] / c["cpu_per_step"] / 1e9
+            lines.append(
+                f"| {recipe} | {c['steps_per_epoch']:.0f} | failed (see the log) | {c['cpu_per_step']:.3f} | no ratio | | | "
+                f"{c['steps_per_epoch'] * c['cpu_per_step']:.0f} s | {c['batch_rows'] / c['cpu_per_step']:.0f} | "
+                f"{c['flops_per_step'] / 1e9:.2f} | {gfl:.2f} ({100 * gfl / peak:.1f} %) |"
+            )
+            continue
         if b is None or c is None:
             if rb or rc:
                 lines.append(f"| {recipe} | failed or not run | | | | | | | | | |")

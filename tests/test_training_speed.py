@@ -152,3 +152,32 @@ def test_cpu_dropout_equals_the_mask_times_scale_form_bit_for_bit():
     keep = torch.rand_like(x) >= 0.3  # b5b8ccd's form
     assert torch.equal(y, x.detach() * keep * (1.0 / 0.7))
     assert torch.equal(x.grad, g * (1.0 / 0.7) * keep)
+
+
+def test_speed_train_report_shows_the_current_side_alone_when_the_baseline_failed(tmp_path):
+    """A recipe the baseline commit lacks (its worker fails) keeps this checkout's figures, with no
+    ratio; a recipe that failed on both sides says so."""
+    import argparse
+    import importlib.util
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))
+    spec = importlib.util.spec_from_file_location("speed_train", root / "benchmarks" / "speed_train.py")
+    st = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(st)
+    ok = {"sec_per_step": 2.0, "cpu_per_step": 1.5, "seq_per_s": 100.0, "epoch_s": 600.0, "gflops": 10.0,
+          "flops_per_step": 3.0e10, "steps_per_epoch": 400, "batch_rows": 256}
+    runs = {"tisasrec": {"baseline": [{"failed": True, "rc": 1}], "current": [ok]},
+            "sasrec": {"baseline": [{"failed": True, "rc": 1}], "current": [{"failed": True, "rc": 1}]}}
+    args = argparse.Namespace(baseline="b5b8ccd", warmup=1, seconds=4.0, min_steps=3, repeats=1, out=tmp_path / "s.md")
+    info = {"date": "d", "git_commit": "c", "nproc": "2", "cpu": "cpu", "platform": "p", "python": "3",
+            "torch": "t", "torch_threads": 1, "loadavg": "0 0 0", "machine_free_flag": True, "free_g": ""}
+    st.write_report(args, ["tisasrec", "sasrec"], runs, info, 100.0, "b5b8ccd", "c", "", [], time.time(), "cmd", True)
+    rows = {line.split("|")[1].strip(): line for line in args.out.read_text().splitlines() if line.startswith("| ")}
+    cells = [c.strip() for c in rows["tisasrec"].split("|")[1:-1]]
+    assert cells[:5] == ["tisasrec", "400", "failed (see the log)", "1.500", "no ratio"]
+    assert cells[7] == "600 s" and cells[10] == "20.00 (20.0 %)" and len(cells) == 11
+    assert "failed or not run" in rows["sasrec"]
