@@ -113,6 +113,36 @@ def test_compile_switch_traces_the_model_and_keeps_checkpoints_interchangeable(s
     assert keys == torch.load(out / "sasrec" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"].keys()
 
 
+def test_a_carried_best_ckpt_without_optimiser_state_tests_the_same(sasrec_run, tmp_path):
+    """``zoo reproduce --archive-unfinished`` carries ``best.ckpt`` without its optimiser state (the
+    resumed fit only tests it): it is a third of the size and ``zoo test`` gives the same metrics."""
+    import shutil
+
+    import torch
+
+    from zoo.experiments.reproduce import weights_only_checkpoint
+
+    out, _ = sasrec_run
+    run = tmp_path / "carried"
+    shutil.copytree(out / "sasrec", run, ignore=shutil.ignore_patterns("wandb", "logs"))
+    full = (run / "best.ckpt").read_bytes()
+    slim = weights_only_checkpoint(full)
+    assert len(slim) < 0.6 * len(full)
+    ckpt = torch.load(run / "best.ckpt", map_location="cpu", weights_only=True)
+    (run / "best.ckpt").write_bytes(slim)
+    kept = torch.load(run / "best.ckpt", map_location="cpu", weights_only=True)
+    assert "optimizer_states" not in kept and kept["state_dict"].keys() == ckpt["state_dict"].keys()
+    assert all(torch.equal(kept["state_dict"][k], v) for k, v in ckpt["state_dict"].items())
+    assert weights_only_checkpoint(b"not a checkpoint") == b"not a checkpoint"
+    r = zoo("test", "--run", str(run))
+    assert r.returncode == 0, r.stderr[-3000:]
+    (stamped,) = run.glob("test-*.json")  # in the copy, not in the folder its config.yaml was fitted in
+    assert not list((out / "sasrec").glob("test-*.json"))
+    again = json.loads(stamped.read_text())["test"]
+    first = json.loads((out / "sasrec" / "test_metrics.json").read_text())["test"]
+    assert again.keys() == first.keys() and all(again[k] == pytest.approx(first[k], abs=1e-7) for k in first)
+
+
 def test_second_run_loads_the_cache(sasrec_run, ml_folder):
     out, _ = sasrec_run
     r = zoo("test", "--config", "recipes/sasrec.yaml", *tiny_data_args(ml_folder, out / "cache"),

@@ -661,8 +661,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def expand_run_flag(argv: list[str]) -> list[str]:
-    """``zoo test|validate|predict --run DIR`` -> ``--config DIR/config.yaml --ckpt_path DIR/best.ckpt``
-    (the run's saved config; its best checkpoint unless ``--ckpt_path`` is given).  Runs saved before
+    """``zoo test|validate|predict --run DIR`` -> ``--config DIR/config.yaml --ckpt_path DIR/best.ckpt
+    --run_dir DIR`` (the run's saved config; its best checkpoint unless ``--ckpt_path`` is given; outputs
+    in DIR even when the run was fitted elsewhere, unless ``--run_dir`` is given).  Runs saved before
     config.yaml was written to the run folder are read from ``DIR/logs/version_0/config.yaml``."""
     if not argv or argv[0] not in ("test", "validate", "predict"):
         raise ValueError("--run DIR is an option of `zoo test`, `zoo validate` and `zoo predict` (a fit writes "
@@ -689,6 +690,9 @@ def expand_run_flag(argv: list[str]) -> list[str]:
     if not given_ckpt and not (folder / "best.ckpt").is_file():
         raise FileNotFoundError(f"--run '{folder}': no best.ckpt in the folder (pass --ckpt_path to choose a checkpoint)")
     extra = [] if given_ckpt else ["--ckpt_path", str(folder / "best.ckpt")]
+    if not any(a == "--run_dir" or a.startswith("--run_dir=") for a in out):
+        extra += ["--run_dir", str(folder)]  # the saved config names the folder it was fitted in: a moved or
+        # copied run (another machine, an archive) writes its outputs here, not there
     return [out[0], "--config", str(config), *extra, *out[1:]]
 
 

@@ -1096,11 +1096,33 @@ def keep_unfinished(run: Run, opts: Options) -> Path | None:
     for old in [p for p in dest.rglob("*") if p.is_file() and str(p.relative_to(dest)) not in names]:
         old.unlink()
     for name in names:
-        _write_if_changed(dest / name, (run.run_dir / name).read_bytes())
+        data = (run.run_dir / name).read_bytes()
+        _write_if_changed(dest / name, weights_only_checkpoint(data) if name == "best.ckpt" else data)
     meta = {"config_hash": run.hash, "seed": run.seed, "status": "unfinished",
             "epochs_done": _epochs_done(run.run_dir)}
     atomic_write(dest / "reproduce.json", json.dumps(meta, indent=2))
     return dest
+
+
+def weights_only_checkpoint(data: bytes) -> bytes:
+    """A Lightning checkpoint without its optimiser and scheduler states (two thirds of an Adam
+    checkpoint), for a carried ``best.ckpt``: the resumed fit only tests it, or replaces it when an
+    epoch improves (``last.ckpt`` carries the state it resumes from).  Read with
+    ``weights_only=True``; bytes that are not such a checkpoint are returned unchanged."""
+    import io
+
+    import torch
+
+    try:
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not a checkpoint torch reads safely: carried as it is
+        return data
+    if not isinstance(ckpt, dict) or "optimizer_states" not in ckpt:
+        return data
+    slim = {k: v for k, v in ckpt.items() if k not in ("optimizer_states", "lr_schedulers")}
+    buf = io.BytesIO()
+    torch.save(slim, buf)
+    return buf.getvalue()
 
 
 def take_carried(src: Path, run_dir: Path) -> None:
