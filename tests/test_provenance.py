@@ -45,30 +45,26 @@ def test_run_environment_records_threads_and_versions():
     assert "precision" not in env  # only with a trainer
 
 
-def test_native_bf16_is_read_from_the_cpu_flags_and_emulated_bf16_on_the_cpu_is_pointed_out(monkeypatch, capsys):
-    """bf16-mixed on a CPU without avx512_bf16/amx_bf16 is emulated and slower than fp32: zoo fit
-    says so (once, at the trainer), and not on a GPU, nor in fp32, nor where the CPU has bf16."""
-    import zoo.cli as cli
+def test_native_bf16_is_read_from_the_cpu_flags_and_emulated_bf16_on_the_cpu_is_pointed_out(monkeypatch, tmp_path):
+    """bf16-mixed on a CPU without avx512_bf16/amx_bf16 is emulated and slower than fp32: a note
+    (zoo fit prints it, zoo reproduce's plan shows it), and none on a GPU, in fp32, or where the CPU
+    has bf16."""
     import zoo.provenance as prov
+    from zoo.experiments.reproduce import Options, Run, Step, plan_text
 
     monkeypatch.setattr(prov, "_cpuinfo", lambda: {"flags": "fpu sse avx2 fma"})
     assert prov.cpu_native_bf16() is False
+    assert "emulated, slower than 32-true" in prov.emulated_bf16_note("bf16-mixed", "cpu")
+    assert prov.emulated_bf16_note("32-true", "cpu") is None and prov.emulated_bf16_note("bf16-mixed", "cuda") is None
+    assert prov.emulated_bf16_note(None, "auto") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert prov.emulated_bf16_note("bf16-mixed", "auto") is not None
+    step = Step(Run({"trainer": {"precision": "bf16-mixed"}}, tmp_path / "x-s0", 0, "h"), "run", "p/d/M seed 0", index=1)
+    assert "note: trainer.precision bf16-mixed on a CPU without native bf16" in plan_text([step], Options(out=tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert prov.emulated_bf16_note("bf16-mixed", "auto") is None  # auto picks the GPU
     monkeypatch.setattr(prov, "_cpuinfo", lambda: {"flags": "fpu avx2 avx512f avx512_bf16"})
-    assert prov.cpu_native_bf16() is True
+    assert prov.cpu_native_bf16() is True and prov.emulated_bf16_note("bf16-true", "cpu") is None
     monkeypatch.setattr(prov, "_cpuinfo", lambda: {})
-    assert prov.cpu_native_bf16() is None  # unknown: no note
+    assert prov.cpu_native_bf16() is None and prov.emulated_bf16_note("bf16-mixed", "cpu") is None  # unknown
     assert run_environment()["cpu_native_bf16"] is None
-
-    monkeypatch.setattr(cli, "cpu_native_bf16", lambda: False)
-    assert cli.warn_emulated_bf16("bf16-mixed", "cpu") is True
-    assert "emulated, slower than 32-true" in capsys.readouterr().out
-    assert not cli.warn_emulated_bf16("32-true", "cpu") and not cli.warn_emulated_bf16("bf16-mixed", "cuda")
-    assert not cli.warn_emulated_bf16(None, "auto")
-    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: False)
-    assert cli.warn_emulated_bf16("bf16-mixed", "auto") is True
-    capsys.readouterr()
-    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: True)
-    assert not cli.warn_emulated_bf16("bf16-mixed", "auto")  # auto picks the GPU
-    monkeypatch.setattr(cli, "cpu_native_bf16", lambda: True)
-    assert not cli.warn_emulated_bf16("bf16-true", "cpu")
-    assert capsys.readouterr().out == ""

@@ -38,7 +38,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from datamodules.base import SequentialDataModule
 from zoo.models.base import SequentialRecommender
-from zoo.provenance import cpu_native_bf16, run_environment
+from zoo.provenance import emulated_bf16_note, run_environment
 from zoo.runfiles import (RunFolderBusy, RunLock, atomic_write, check_fit_folder, remove_fit_files, remove_if_no_results,
                           stamped_path, write_new)
 
@@ -270,19 +270,6 @@ class EpochLastCheckpoint(FollowsRunFolder):
         self._last_global_step_saved = trainer.global_step  # nothing to keep but "last"
 
 
-def warn_emulated_bf16(precision: Any, accelerator: Any) -> bool:
-    """Say so when ``bf16`` precision will run on a CPU without native bf16 (no ``avx512_bf16`` /
-    ``amx_bf16``): its kernels are emulated there and a step is slower than in fp32 (MIRACLE's step 6.7x
-    slower on an AVX2-only host, ``benchmarks/results/speed_train_bf16_avx2.md``), so the switch costs time instead of saving it.
-    Returns whether it warned."""
-    on_cpu = str(accelerator) == "cpu" or (str(accelerator) in ("auto", "None") and not torch.cuda.is_available())
-    if not (str(precision).startswith("bf16") and on_cpu and cpu_native_bf16() is False):
-        return False
-    print(f"[zoo] note: trainer.precision {precision} on a CPU without native bf16 (no avx512_bf16/amx_bf16 "
-          "in /proc/cpuinfo): emulated, slower than 32-true here; it pays on GPUs and CPUs with native bf16")
-    return True
-
-
 class StepLastCheckpoint(FollowsRunFolder):
     """Refreshes ``last.ckpt`` every N training steps (``last_every_n_steps``), next to the
     best/last-at-epoch-end callback; its own state key lets a user add further checkpoints."""
@@ -511,7 +498,8 @@ class ZooCLI(LightningCLI):
         if self.subcommand == "predict":
             callbacks.append(TopKWriter(run_dir))
         trainer_cfg = cfg["trainer"]
-        warn_emulated_bf16(trainer_cfg.get("precision"), trainer_cfg.get("accelerator"))
+        if note := emulated_bf16_note(trainer_cfg.get("precision"), trainer_cfg.get("accelerator")):
+            print(f"[zoo] note: {note}")
         if trainer_cfg.get("logger") in (None, True):
             loggers = [CSVLogger(save_dir=str(run_dir), name="logs")]
             wb = os.environ.get("WANDB_MODE") or cfg.get("wandb", "off")

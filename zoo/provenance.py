@@ -67,6 +67,24 @@ def cpu_native_bf16() -> bool | None:
     return None if flags is None else any(f in flags.split() for f in BF16_CPU_FLAGS)
 
 
+def emulated_bf16_note(precision: Any, accelerator: Any) -> str | None:
+    """A note when ``bf16`` precision will run on a CPU without native bf16 (``accelerator`` cpu, or
+    auto/unset without CUDA): its kernels are emulated there and a step is slower than in fp32
+    (MIRACLE's step 6.7x slower on an AVX2-only host, ``benchmarks/results/speed_train_bf16_avx2.md``),
+    so the switch costs time instead of saving it.  None otherwise (also where unknown)."""
+    if not str(precision).startswith("bf16") or str(accelerator) not in ("cpu", "auto", "None"):
+        return None
+    if str(accelerator) != "cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            return None
+    if cpu_native_bf16() is not False:
+        return None
+    return (f"trainer.precision {precision} on a CPU without native bf16 (no avx512_bf16/amx_bf16 in "
+            "/proc/cpuinfo): emulated, slower than 32-true here; it pays on GPUs and CPUs with native bf16")
+
+
 def _cpu_model(info: dict[str, str]) -> str:
     """Model name with family/model/stepping: hosts rented as "AMD EPYC" differ in generation."""
     name = info.get("model name") or platform.processor()

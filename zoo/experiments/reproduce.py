@@ -68,6 +68,7 @@ from typing import Any, Iterable, Iterator
 
 import yaml
 
+from zoo.provenance import emulated_bf16_note
 from zoo.runfiles import CLAIM_NAME, LOCK_NAME, atomic_write  # noqa: F401  (atomic_write: also imported from here by older callers)
 
 PACKAGE = Path(__file__).resolve().parents[1]  # zoo/
@@ -729,6 +730,9 @@ def plan_text(steps: list[Step], opts: Options) -> str:
     for reason, labels in skips.items():
         lines.append(f"  skip   {len(labels)} cell(s) ({', '.join(labels[:3])}{', ...' if len(labels) > 3 else ''}): "
                      f"{reason}")
+    notes = {emulated_bf16_note((s.run.cfg.get("trainer") or {}).get("precision"),
+                                (s.run.cfg.get("trainer") or {}).get("accelerator", "auto")) for s in fits}
+    lines += [f"note: {note}" for note in sorted(n for n in notes if n)]
     return "\n".join(lines)
 
 
