@@ -98,6 +98,7 @@ from torch import Tensor, nn
 from zoo.models.base import SequentialRecommender
 from zoo.modules.dropout import Dropout
 from zoo.modules.embeddings import LearnedPositions
+from zoo.modules.distributed import gather_rows
 from zoo.modules.losses import info_nce
 from zoo.modules.scoring import dot_scores
 from zoo.modules.temporal import DAY_SECONDS, day_of_year, log_buckets, previous_gaps
@@ -582,17 +583,20 @@ class HM4SR(SequentialRecommender):
     # ------------------------------------------------------------------ losses
     def contrastive(self, a: Tensor, b: Tensor, tau: float, target: Tensor) -> Tensor:
         """In-batch InfoNCE (Eqs. 23, 25), cosine similarity, rows with the same target handled
-        by ``false_negatives``.  a, b ``[B, d]``; target ``[B]``."""
-        same = target[:, None] == target[None, :]  # [B, B]
+        by ``false_negatives``.  a, b ``[B, d]``; target ``[B]``.  Under DDP the negatives are
+        every process's rows (``gather_rows``): N processes of B/N rows train as one of B."""
+        b, offset = gather_rows(b)  # [B', d], B' = B in one process
+        same = target[:, None] == gather_rows(target)[0][None, :]  # [B, B']
         mode = self.hparams.false_negatives
         if mode == "exclude":
-            return info_nce(a, b, tau, exclude=same)
+            return info_nce(a, b, tau, exclude=same, offset=offset)
         if mode == "keep":
-            return info_nce(a, b, tau)
-        logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / tau  # [B, B]
-        eye = torch.eye(len(target), dtype=torch.bool, device=target.device)
-        logits = logits.masked_fill(same & ~eye, 0.0)  # the code's (UniSRec's) zero logit
-        return F.cross_entropy(logits, torch.arange(len(target), device=target.device))
+            return info_nce(a, b, tau, offset=offset)
+        logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / tau  # [B, B']
+        labels = torch.arange(len(target), device=target.device) + offset  # [B]
+        own = torch.arange(b.shape[0], device=target.device)[None, :] == labels[:, None]  # [B, B']
+        logits = logits.masked_fill(same & ~own, 0.0)  # the code's (UniSRec's) zero logit
+        return F.cross_entropy(logits, labels)
 
     def category_prediction_loss(self, x: dict[str, Tensor], item_seq: Tensor) -> Tensor:
         """L_CP (Eqs. 21-22): BCE over the categories of every input item; mean over real positions

@@ -18,6 +18,7 @@ def info_nce(
     exclude: Tensor | None = None,
     margin_deg: float = 0.0,
     margin_in_denominator: bool = True,
+    offset: int = 0,
 ) -> Tensor:
     """InfoNCE with positives on the diagonal and in-group negatives.
 
@@ -33,14 +34,18 @@ def info_nce(
         margin_in_denominator: with a margin, the denominator holds the margined positive
             (ArcFace, HPCL4SR Eq. 15; default) or the plain one (HPCL4SR Eq. 17:
             ``sum_{j != i}`` over the un-margined similarities).
+        offset: ``b`` holds more rows than ``a`` (``[..., m, d]``, e.g. every process's rows under
+            DDP, :func:`zoo.modules.distributed.gather_rows`) and row i of ``a`` matches row
+            ``offset + i`` of ``b``; ``exclude`` is then ``[..., n, m]``.
     Returns:
         Scalar mean loss over all anchors.
     """
     if normalize:
         a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
-    sim = a @ b.transpose(-1, -2)  # [..., n, n]
-    n = sim.shape[-1]
-    eye = torch.eye(n, dtype=torch.bool, device=sim.device)
+    sim = a @ b.transpose(-1, -2)  # [..., n, m]
+    n, n_b = sim.shape[-2:]
+    rows, cols = torch.arange(n, device=sim.device), torch.arange(n_b, device=sim.device)
+    eye = cols[None, :] == rows[:, None] + offset  # [n, m]: the positive pairs
     plain = sim
     if margin_deg:
         if not normalize:
@@ -56,10 +61,11 @@ def info_nce(
         logits = logits.masked_fill(exclude & ~eye, float("-inf"))
     if margin_deg and not margin_in_denominator:
         # Eq. 17: -log( e^{cos(theta_ii* + m)/tau} / sum_{j != i} e^{cos(theta_ij)/tau} )
-        denominator = torch.where(eye, plain / tau, logits)  # [..., n, n], positive un-margined
-        return (torch.logsumexp(denominator, -1) - logits.diagonal(dim1=-2, dim2=-1)).mean()
-    labels = torch.arange(n, device=sim.device).expand(logits.shape[:-1])  # [..., n]
-    return F.cross_entropy(logits.reshape(-1, n), labels.reshape(-1))
+        denominator = torch.where(eye, plain / tau, logits)  # [..., n, m], positive un-margined
+        positive = torch.where(eye, logits, 0.0).sum(-1)  # [..., n]
+        return (torch.logsumexp(denominator, -1) - positive).mean()
+    labels = (rows + offset).expand(logits.shape[:-1])  # [..., n]
+    return F.cross_entropy(logits.reshape(-1, n_b), labels.reshape(-1))
 
 
 class _GradReverse(torch.autograd.Function):

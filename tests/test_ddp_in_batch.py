@@ -1,0 +1,87 @@
+"""In-batch negatives under DDP: every process's rows are the negatives (``gather_rows``), so two
+processes of B/2 rows give exactly the gradient of one process of B rows (HM4SR's IDCL/PCL, every
+``false_negatives`` mode), and processes holding different numbers of rows exchange them whole.
+Two real gloo processes on the CPU, beside one process on the whole batch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = ("exclude", "keep", "zero")
+
+SCRIPT = textwrap.dedent('''
+    import sys, types, torch, torch.distributed as dist
+    from zoo.models.hm4sr import HM4SR
+    from zoo.modules.distributed import gather_rows
+    rank, init, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    world, B = 2, 8
+    if rank >= 0:
+        dist.init_process_group("gloo", init_method="file://" + init, rank=rank, world_size=world)
+    own = slice(rank * B // 2, (rank + 1) * B // 2) if rank >= 0 else slice(None)
+    result = {}
+    for mode in %r:
+        torch.manual_seed(0)
+        enc_a, enc_b = torch.nn.Linear(6, 5), torch.nn.Linear(6, 5)
+        xa, xb = torch.randn(B, 6), torch.randn(B, 6)
+        target = torch.tensor([3, 1, 3, 2, 1, 5, 3, 4])  # repeated targets, across processes too
+        fake = types.SimpleNamespace(hparams=types.SimpleNamespace(false_negatives=mode))
+        loss = HM4SR.contrastive(fake, enc_a(xa[own]), enc_b(xb[own]), 0.5, target[own])
+        loss.backward()
+        grads = [p.grad.clone() for p in (*enc_a.parameters(), *enc_b.parameters())]
+        if rank >= 0:
+            for g in grads:  # what DDP does: the mean over processes
+                dist.all_reduce(g)
+                g /= world
+        result[mode] = {"loss": loss.detach(), "grads": grads}
+    if rank >= 0:  # uneven shares (the epoch's last batch): 5 rows and 3
+        result["rows"], result["offset"] = gather_rows(torch.arange((5, 3)[rank]) + 100 * rank)
+        dist.destroy_process_group()
+    torch.save(result, out)
+''' % (MODES,))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[dict, dict, dict]:
+    tmp = tmp_path_factory.mktemp("ddp_in_batch")
+    (tmp / "worker.py").write_text(SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    outs = [tmp / f"rank{r}.pt" for r in (0, 1, -1)]  # -1: one process, the whole batch
+    procs = [subprocess.Popen([sys.executable, str(tmp / "worker.py"), str(r), str(tmp / "init"), str(o)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r, o in zip((0, 1, -1), outs)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    return tuple(torch.load(o, weights_only=True) for o in outs)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_two_processes_of_half_the_rows_train_as_one_process(runs, mode):
+    r0, r1, one = (r[mode] for r in runs)
+    assert torch.allclose((r0["loss"] + r1["loss"]) / 2, one["loss"], atol=1e-6)  # DDP's mean of the means
+    for g0, g1, g in zip(r0["grads"], r1["grads"], one["grads"]):
+        assert torch.equal(g0, g1)  # all-reduced
+        assert torch.allclose(g0, g, atol=1e-6), (g0 - g).abs().max()
+
+
+def test_processes_with_different_numbers_of_rows_exchange_them_whole(runs):
+    """The rows travel padded to the largest share and arrive unpadded, in rank order."""
+    r0, r1, _ = runs
+    assert r0["rows"].tolist() == [0, 1, 2, 3, 4, 100, 101, 102] and r0["offset"] == 0
+    assert torch.equal(r1["rows"], r0["rows"]) and r1["offset"] == 5
+
+
+def test_one_process_is_unchanged():
+    from zoo.modules.distributed import gather_rows
+
+    x = torch.randn(3, 2, requires_grad=True)
+    rows, offset = gather_rows(x)
+    assert rows is x and offset == 0
