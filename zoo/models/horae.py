@@ -100,6 +100,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.models.miracle import MIRACLE, InterestState
+from zoo.modules.distributed import gather_rows, mean_share
 from zoo.modules.sparse_capsules import gather_activated, last_position_per_capsule, random_item_mask, read_out_interests
 from zoo.modules.temporal import (
     HORAE_THRESHOLDS,
@@ -404,25 +405,30 @@ class HORAE(MIRACLE):
         return self.refine(h_gate, state.pre_interests, state.caps.assign, batch["item_seq"] > 0, interest_mask=item_mask)
 
     def pre_post_loss(self, batch: dict[str, Tensor], state: RefinedState, y: Tensor) -> Tensor:
-        """Eqs. 38-44: ``-log s(S_post - S_a) - log s(S_a - S_pre) + beta L_rec^pre``."""
+        """Eqs. 38-44: ``-log s(S_post - S_a) - log s(S_a - S_pre) + beta L_rec^pre``; the softmaxes
+        over the batch's targets (under DDP every process's, ``gather_rows``)."""
         item_mask = random_item_mask(batch["item_seq"], self.mask_ratio, self.mask_min_len)  # [B, L]
         anchor = self.anchor_refinement(batch, state, item_mask)
         B = y.shape[0]
-        labels = torch.arange(B, device=y.device)
-        logits_pre = self.in_batch_logits(state.pre_interests, state.active, y)  # [B, B], Eq. 40
+        rows = torch.arange(B, device=y.device)
+        y_all, offset = gather_rows(y)  # [B', d]
+        labels = rows + offset  # [B]: each row's own target among y_all
+        logits_pre = self.in_batch_logits(state.pre_interests, state.active, y_all)  # [B, B'], Eq. 40
         if self.anchor_capsule == "maxpool":
-            logits_post = self.in_batch_logits(state.interests, state.active, y)  # Eq. 31
-            logits_anchor = self.in_batch_logits(anchor.interests, state.active, y)  # Eq. 42
+            logits_post = self.in_batch_logits(state.interests, state.active, y_all)  # Eq. 31
+            logits_anchor = self.in_batch_logits(anchor.interests, state.active, y_all)  # Eq. 42
             logits_pre_s = logits_pre
         else:  # code: one capsule per user, argmax of the post-refined own-target score
             own = torch.einsum("bkd,bd->bk", state.interests, y).masked_fill(~state.active, float("-inf"))  # [B, C]
             j = own.argmax(1)  # [B]
             logits_post, logits_anchor, logits_pre_s = (
-                u[labels, j] @ y.T for u in (state.interests, anchor.interests, state.pre_interests)
-            )  # [B, B] each
-        s_post, s_anchor, s_pre = (torch.softmax(lg, 1).diagonal() for lg in (logits_post, logits_anchor, logits_pre_s))
+                u[rows, j] @ y_all.T for u in (state.interests, anchor.interests, state.pre_interests)
+            )  # [B, B'] each
+        s_post, s_anchor, s_pre = (torch.softmax(lg, 1)[rows, labels] for lg in (logits_post, logits_anchor, logits_pre_s))
         loss = -F.logsigmoid(s_post - s_anchor).mean() - F.logsigmoid(s_anchor - s_pre).mean()
-        return loss + self.pre_post_beta * F.cross_entropy(logits_pre, labels)  # Eq. 44
+        loss = loss + self.pre_post_beta * F.cross_entropy(logits_pre, labels)  # Eq. 44
+        share = mean_share(B, y_all.shape[0])  # uneven shares (the last batch)
+        return loss if share == 1.0 else loss * share
 
 
 def _l2(diff: Tensor) -> Tensor:

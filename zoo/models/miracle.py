@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.models.base import SequentialRecommender
+from zoo.modules.distributed import gather_rows, mean_share
 from zoo.modules.dropout import Dropout
 from zoo.modules.embeddings import LearnedPositions
 from zoo.modules.scoring import interest_max, max_interest_scores
@@ -296,7 +297,8 @@ class MIRACLE(SequentialRecommender):
         return interests * active[..., None].to(interests.dtype)  # inactive capsules zeroed
 
     def in_batch_logits(self, interests: Tensor, active: Tensor, targets_emb: Tensor) -> Tensor:
-        """Eq. 17 against the batch's targets: ``[B, C, d] x [B, d]`` -> ``[B, B]``."""
+        """Eq. 17 against the batch's targets: ``[B, C, d] x [B', d]`` -> ``[B, B']`` (B' = B, or every
+        DDP process's targets)."""
         return max_interest_scores(interests, targets_emb, active, self.eval_chunk_size)
 
     # ------------------------------------------------------------------ losses
@@ -314,8 +316,12 @@ class MIRACLE(SequentialRecommender):
         terms: dict[str, Tensor] = {}
         if self.stage == "pretrain":
             y = self.candidate_embeddings(batch["target"])  # [B, d]
-            logits = self.in_batch_logits(state.interests, state.active, y)  # [B, B]
-            terms["rec"] = F.cross_entropy(logits, torch.arange(len(y), device=y.device))  # Eq. 16
+            y_all, offset = gather_rows(y)  # [B', d]: under DDP every process's targets are negatives
+            logits = self.in_batch_logits(state.interests, state.active, y_all)  # [B, B']
+            labels = torch.arange(len(y), device=y.device) + offset  # [B]
+            terms["rec"] = F.cross_entropy(logits, labels)  # Eq. 16
+            if (share := mean_share(len(y), len(y_all))) != 1.0:  # uneven shares (the last batch)
+                terms["rec"] = terms["rec"] * share
             candidates = y
         else:
             first = 1 if self.mask_pad_logit else 0  # Eq. 23 over the items, or with the pad row (code)
@@ -326,7 +332,8 @@ class MIRACLE(SequentialRecommender):
         if self.inter_losses and self.balance_weight:
             s_cand = self.capsules.similarity(candidates)  # [B or N, C]
             terms["balance"] = self.balance_weight * (
-                capsule_balance_loss(state.caps.s, pad_mask) + capsule_balance_loss(s_cand)
+                capsule_balance_loss(state.caps.s, pad_mask)
+                + capsule_balance_loss(s_cand, gather=self.stage == "pretrain")  # fine-tuning: the catalogue
             )
         if self.inter_losses and self.orthogonality_weight:
             terms["orthogonality"] = self.orthogonality_weight * capsule_orthogonality_loss(

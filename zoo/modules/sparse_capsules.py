@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.modules.capsules import dynamic_routing
+from zoo.modules.distributed import gather_rows, mean_share
 from zoo.modules.dropout import Dropout
 from zoo.modules.embeddings import LearnedPositions
 from zoo.modules.losses import info_nce
@@ -201,7 +202,7 @@ def read_out_interests(h_hat: Tensor, last_pos: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------- regularisers and losses
-def capsule_balance_loss(s: Tensor, valid: Tensor | None = None) -> Tensor:
+def capsule_balance_loss(s: Tensor, valid: Tensor | None = None, gather: bool = True) -> Tensor:
     """Load balance l_b (MIRACLE Eqs. 19-21, HORAE Eqs. 34-36), as the official code computes it.
 
     The printed ``C * w^T r`` with ``m in {0, -inf}`` does not compute; the code uses the
@@ -209,11 +210,16 @@ def capsule_balance_loss(s: Tensor, valid: Tensor | None = None) -> Tensor:
     is j (no gradient) and p the mean routing probability ``softmax(s)`` (no factor C).
 
     s ``[..., C]`` similarities; valid ``[...]`` bool, the rows that count (non-pad items).
+    gather: under DDP, f and p are over every process's rows (``gather_rows``; every process then
+    computes the same loss, and DDP's averaging gives one process's gradient on the whole batch);
+    False where the rows are the same on every process (the whole catalogue).
     """
     C = s.shape[-1]
     probs = torch.softmax(s.reshape(-1, C), dim=-1)  # [M, C]
     if valid is not None:
         probs = probs[valid.reshape(-1)]
+    if gather:
+        probs = gather_rows(probs)[0]  # [M', C]; before any early return: every process gathers
     if probs.shape[0] == 0:
         return s.sum() * 0.0
     f = torch.bincount(probs.argmax(-1), minlength=C).to(probs.dtype) / probs.shape[0]  # [C]
@@ -247,13 +253,17 @@ def interest_contrastive_loss(
     For each masked item (b, i), the anchor is the original interest of the capsule a_bi that
     item activated, ``interests[b, a_bi]``, its positive the same capsule of the augmented
     sequence (whose activation was forced to the original's), ``interests_aug[b, a_bi]``; the
-    other masked items of the batch are negatives.  Raw dot products (``tau = 1``, code and
-    paper), mean over the B_m masked items; 0 (with a graph) when nothing is masked.
+    other masked items of the batch are negatives (under DDP: of every process's batch,
+    ``gather_rows``, the mean over all of them as DDP averages).  Raw dot products (``tau = 1``,
+    code and paper), mean over the B_m masked items; 0 (with a graph) when nothing is masked.
 
     interests / interests_aug ``[B, C, d]``, assign ``[B, L]``, item_mask ``[B, L]`` bool.
     """
     b, i = item_mask.nonzero(as_tuple=True)  # [B_m] each
-    if b.numel() == 0:
-        return (interests.sum() + interests_aug.sum()) * 0.0
     j = assign[b, i]  # [B_m]
-    return info_nce(interests[b, j], interests_aug[b, j], tau=tau, normalize=False)
+    positives, offset = gather_rows(interests_aug[b, j])  # [B_m', d]: every process's masked items
+    if b.numel() == 0:
+        return (interests.sum() + interests_aug.sum() + positives.sum()) * 0.0
+    loss = info_nce(interests[b, j], positives, tau=tau, normalize=False, offset=offset)
+    share = mean_share(b.numel(), positives.shape[0])
+    return loss if share == 1.0 else loss * share
