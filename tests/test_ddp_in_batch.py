@@ -48,12 +48,12 @@ SCRIPT = textwrap.dedent('''
 ''' % (MODES,))
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> tuple[dict, dict, dict]:
-    tmp = tmp_path_factory.mktemp("ddp_in_batch")
-    (tmp / "worker.py").write_text(SCRIPT)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    outs = [tmp / f"rank{r}.pt" for r in (0, 1, -1)]  # -1: one process, the whole batch
+def launch(script: str, tmp: Path) -> tuple[dict, dict, dict]:
+    """``script`` as ranks 0 and 1 of a gloo group and as one process (rank -1) on the whole batch;
+    their saved results, in that order."""
+    (tmp / "worker.py").write_text(script)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]), OMP_NUM_THREADS="1")
+    outs = [tmp / f"rank{r}.pt" for r in (0, 1, -1)]
     procs = [subprocess.Popen([sys.executable, str(tmp / "worker.py"), str(r), str(tmp / "init"), str(o)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for r, o in zip((0, 1, -1), outs)]
@@ -61,6 +61,11 @@ def runs(tmp_path_factory) -> tuple[dict, dict, dict]:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
     return tuple(torch.load(o, weights_only=True) for o in outs)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[dict, dict, dict]:
+    return launch(SCRIPT, tmp_path_factory.mktemp("ddp_in_batch"))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -124,17 +129,7 @@ MODEL_SCRIPT = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def model_runs(tmp_path_factory) -> tuple[dict, dict, dict]:
-    tmp = tmp_path_factory.mktemp("ddp_models")
-    (tmp / "worker.py").write_text(MODEL_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]), OMP_NUM_THREADS="1")
-    outs = [tmp / f"rank{r}.pt" for r in (0, 1, -1)]
-    procs = [subprocess.Popen([sys.executable, str(tmp / "worker.py"), str(r), str(tmp / "init"), str(o)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for r, o in zip((0, 1, -1), outs)]
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-3000:]
-    return tuple(torch.load(o, weights_only=True) for o in outs)
+    return launch(MODEL_SCRIPT, tmp_path_factory.mktemp("ddp_models"))
 
 
 @pytest.mark.parametrize("name", ["miracle", "horae"])
