@@ -127,8 +127,9 @@ def machine_info() -> dict[str, Any]:
         isa = torch.backends.cpu.get_cpu_capability()
     except ImportError:
         torch_v, threads, isa = "?", "?", "?"
-    flags = sh("grep -m1 '^flags' /proc/cpuinfo").split()
-    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    from zoo.provenance import native_bf16_flags  # noqa: PLC0415  (stdlib only)
+
+    bf16 = native_bf16_flags() or []
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "nproc": sh("nproc"),

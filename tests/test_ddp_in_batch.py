@@ -15,7 +15,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("exclude", "keep", "zero")
+MODES = ("exclude", "keep", "zero_logit")
 
 SCRIPT = textwrap.dedent('''
     import sys, types, torch, torch.distributed as dist

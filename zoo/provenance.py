@@ -59,12 +59,18 @@ def _cpuinfo() -> dict[str, str]:
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bf16 arithmetic
 
 
+def native_bf16_flags() -> list[str] | None:
+    """The flags of :data:`BF16_CPU_FLAGS` this CPU has (``/proc/cpuinfo``); None where unknown."""
+    flags = _cpuinfo().get("flags")
+    return None if flags is None else [f for f in BF16_CPU_FLAGS if f in flags.split()]
+
+
 def cpu_native_bf16() -> bool | None:
     """Whether this CPU computes bf16 natively (``avx512_bf16`` or ``amx_bf16`` in ``/proc/cpuinfo``);
     None where that is unknown (no ``/proc/cpuinfo``).  Without it, ``bf16-mixed`` on the CPU runs
     emulated kernels and is slower than fp32, not faster (docs/performance.md)."""
-    flags = _cpuinfo().get("flags")
-    return None if flags is None else any(f in flags.split() for f in BF16_CPU_FLAGS)
+    flags = native_bf16_flags()
+    return None if flags is None else bool(flags)
 
 
 def emulated_bf16_note(precision: Any, accelerator: Any) -> str | None:

@@ -570,11 +570,8 @@ def share_key(cfg: dict[str, Any], seed: int) -> str:
 def _stored_share_key(run_dir: Path, meta: dict[str, Any]) -> str:
     """:func:`share_key` of a finished run, from the config it ran (its ``recipe.yaml``), when that
     is the config its stored hash names; else the stored hash."""
-    try:
-        cfg = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return meta["config_hash"]
-    if not isinstance(cfg, dict) or config_hash(cfg, meta.get("seed")) != meta["config_hash"]:
+    cfg = _read_recipe(run_dir / "recipe.yaml")
+    if cfg is None or config_hash(cfg, meta.get("seed")) != meta["config_hash"]:
         return meta["config_hash"]
     return share_key(cfg, meta.get("seed"))
 

@@ -98,7 +98,7 @@ from torch import Tensor, nn
 from zoo.models.base import SequentialRecommender
 from zoo.modules.dropout import Dropout
 from zoo.modules.embeddings import LearnedPositions
-from zoo.modules.distributed import gather_rows, mean_share
+from zoo.modules.distributed import gather_rows, share_of_mean
 from zoo.modules.losses import info_nce
 from zoo.modules.scoring import dot_scores
 from zoo.modules.temporal import DAY_SECONDS, day_of_year, log_buckets, previous_gaps
@@ -588,18 +588,12 @@ class HM4SR(SequentialRecommender):
         b, offset = gather_rows(b)  # [B', d], B' = B in one process
         same = target[:, None] == gather_rows(target)[0][None, :]  # [B, B']
         mode = self.hparams.false_negatives
-        if mode == "exclude":
-            loss = info_nce(a, b, tau, exclude=same, offset=offset)
-        elif mode == "keep":
+        if mode == "keep":
             loss = info_nce(a, b, tau, offset=offset)
-        else:
-            logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / tau  # [B, B']
-            labels = torch.arange(len(target), device=target.device) + offset  # [B]
-            own = torch.arange(b.shape[0], device=target.device)[None, :] == labels[:, None]  # [B, B']
-            logits = logits.masked_fill(same & ~own, 0.0)  # the code's (UniSRec's) zero logit
-            loss = F.cross_entropy(logits, labels)
-        share = mean_share(len(a), b.shape[0])  # uneven shares (the epoch's last batch)
-        return loss if share == 1.0 else loss * share
+        else:  # "exclude": no term; "zero_logit": the code's (UniSRec's) logit 0
+            excluded = float("-inf") if mode == "exclude" else 0.0
+            loss = info_nce(a, b, tau, exclude=same, offset=offset, excluded_logit=excluded)
+        return share_of_mean(loss, len(a), b.shape[0])  # uneven shares (the epoch's last batch)
 
     def category_prediction_loss(self, x: dict[str, Tensor], item_seq: Tensor) -> Tensor:
         """L_CP (Eqs. 21-22): BCE over the categories of every input item; mean over real positions

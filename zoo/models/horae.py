@@ -100,7 +100,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.models.miracle import MIRACLE, InterestState
-from zoo.modules.distributed import gather_rows, mean_share
+from zoo.modules.distributed import gather_rows, share_of_mean
 from zoo.modules.sparse_capsules import gather_activated, last_position_per_capsule, random_item_mask, read_out_interests
 from zoo.modules.temporal import (
     HORAE_THRESHOLDS,
@@ -427,8 +427,7 @@ class HORAE(MIRACLE):
         s_post, s_anchor, s_pre = (torch.softmax(lg, 1)[rows, labels] for lg in (logits_post, logits_anchor, logits_pre_s))
         loss = -F.logsigmoid(s_post - s_anchor).mean() - F.logsigmoid(s_anchor - s_pre).mean()
         loss = loss + self.pre_post_beta * F.cross_entropy(logits_pre, labels)  # Eq. 44
-        share = mean_share(B, y_all.shape[0])  # uneven shares (the last batch)
-        return loss if share == 1.0 else loss * share
+        return share_of_mean(loss, B, y_all.shape[0])
 
 
 def _l2(diff: Tensor) -> Tensor:

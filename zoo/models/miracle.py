@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.models.base import SequentialRecommender
-from zoo.modules.distributed import gather_rows, mean_share
+from zoo.modules.distributed import gather_rows, share_of_mean
 from zoo.modules.dropout import Dropout
 from zoo.modules.embeddings import LearnedPositions
 from zoo.modules.scoring import interest_max, max_interest_scores
@@ -319,9 +319,7 @@ class MIRACLE(SequentialRecommender):
             y_all, offset = gather_rows(y)  # [B', d]: under DDP every process's targets are negatives
             logits = self.in_batch_logits(state.interests, state.active, y_all)  # [B, B']
             labels = torch.arange(len(y), device=y.device) + offset  # [B]
-            terms["rec"] = F.cross_entropy(logits, labels)  # Eq. 16
-            if (share := mean_share(len(y), len(y_all))) != 1.0:  # uneven shares (the last batch)
-                terms["rec"] = terms["rec"] * share
+            terms["rec"] = share_of_mean(F.cross_entropy(logits, labels), len(y), len(y_all))  # Eq. 16
             candidates = y
         else:
             first = 1 if self.mask_pad_logit else 0  # Eq. 23 over the items, or with the pad row (code)

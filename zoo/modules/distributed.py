@@ -12,12 +12,13 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def mean_share(n_own: int, n_all: int) -> float:
-    """The factor that turns this process's mean over its own ``n_own`` rows into its share of the
-    mean over all ``n_all`` rows of every process, given that DDP averages the processes'
-    gradients: ``n_own * world / n_all`` (1 in one process, or with equal shares)."""
+def share_of_mean(loss: Tensor, n_own: int, n_all: int) -> Tensor:
+    """This process's mean ``loss`` over its own ``n_own`` rows, as its share of the mean over all
+    ``n_all`` rows of every process, given that DDP averages the processes' gradients: scaled by
+    ``n_own * world / n_all``; unchanged in one process or with equal shares."""
     world = dist.get_world_size() if _distributed() else 1
-    return n_own * world / n_all if n_all else 1.0
+    share = n_own * world / n_all if n_all else 1.0
+    return loss if share == 1.0 else loss * share
 
 
 def gather_rows(x: Tensor) -> tuple[Tensor, int]:

@@ -19,6 +19,7 @@ def info_nce(
     margin_deg: float = 0.0,
     margin_in_denominator: bool = True,
     offset: int = 0,
+    excluded_logit: float = float("-inf"),
 ) -> Tensor:
     """InfoNCE with positives on the diagonal and in-group negatives.
 
@@ -37,6 +38,8 @@ def info_nce(
         offset: ``b`` holds more rows than ``a`` (``[..., m, d]``, e.g. every process's rows under
             DDP, :func:`zoo.modules.distributed.gather_rows`) and row i of ``a`` matches row
             ``offset + i`` of ``b``; ``exclude`` is then ``[..., n, m]``.
+        excluded_logit: what an excluded pair's logit becomes: ``-inf`` (no term; default) or a
+            constant (UniSRec's and HM4SR's code: 0, still in the denominator).
     Returns:
         Scalar mean loss over all anchors.
     """
@@ -58,7 +61,7 @@ def info_nce(
         sim = torch.where(eye, torch.cos((torch.acos(cos) + m).clamp(max=math.pi)), sim)
     logits = sim / tau
     if exclude is not None:
-        logits = logits.masked_fill(exclude & ~eye, float("-inf"))
+        logits = logits.masked_fill(exclude & ~eye, excluded_logit)
     if margin_deg and not margin_in_denominator:
         # Eq. 17: -log( e^{cos(theta_ii* + m)/tau} / sum_{j != i} e^{cos(theta_ij)/tau} )
         denominator = torch.where(eye, plain / tau, logits)  # [..., n, m], positive un-margined

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.modules.capsules import dynamic_routing
-from zoo.modules.distributed import gather_rows, mean_share
+from zoo.modules.distributed import gather_rows, share_of_mean
 from zoo.modules.dropout import Dropout
 from zoo.modules.embeddings import LearnedPositions
 from zoo.modules.losses import info_nce
@@ -265,5 +265,4 @@ def interest_contrastive_loss(
     if b.numel() == 0:
         return (interests.sum() + interests_aug.sum() + positives.sum()) * 0.0
     loss = info_nce(interests[b, j], positives, tau=tau, normalize=False, offset=offset)
-    share = mean_share(b.numel(), positives.shape[0])
-    return loss if share == 1.0 else loss * share
+    return share_of_mean(loss, b.numel(), positives.shape[0])
