@@ -239,3 +239,21 @@ def test_models_whose_folders_share_a_name_are_labelled_by_what_sets_their_confi
     many = group_runs([run("a", 0, loss="bpr", d_hidden=32, n_layers=2, dropout=0.1), run("b", 0)])
     assert [m.label for m in many] == ["GRU4Rec (d_hidden=32, dropout=0.1, loss=bpr, +1 more)",
                                        "GRU4Rec (d_hidden=128, dropout=0.3, loss=ce, +1 more)"]
+
+
+def test_trainer_precision_unset_is_the_default_and_labels_name_it(tmp_path):
+    """A saved config's ``trainer.precision: null`` (the Trainer's 32-true) and ``32-true`` are one
+    model; bf16-mixed is another, and the labels say ``precision=32-true``, not ``null``."""
+    from zoo.experiments.compare import Run, group_runs
+
+    def run(out: str, seed: int, precision) -> Run:
+        folder = tmp_path / out / "default" / f"MIRACLE-s{seed}"
+        cfg = {"seed_everything": seed, "run_dir": str(folder), "trainer": {"precision": precision, "max_epochs": 3},
+               "model": {"class_path": "zoo.models.gru4rec.GRU4Rec", "init_args": {"d": 64}},
+               "data": {"class_path": "datamodules.SequentialDataModule", "init_args": {"max_len": 20}}}
+        return Run(folder, folder / "test_metrics.json", {}, cfg, ranks=None)
+
+    assert run("a", 0, None).group_key() == run("a", 1, "32-true").group_key()
+    models = group_runs([run("a", 0, None), run("a", 1, "32-true"), run("b", 0, "bf16-mixed")])
+    assert [(m.label, len(m.runs)) for m in models] == [("MIRACLE (precision=32-true)", 2),
+                                                        ("MIRACLE (precision=bf16-mixed)", 1)]
