@@ -152,13 +152,53 @@ def worker(spec: str, warmup: int, seconds: float, min_steps: int, out: Path) ->
         terms = model.training_loss(batch)
         torch.stack(list(terms.values())).sum().backward()
     flops = fc.get_total_flops()
+    shares = profile_shares(model, batch, precision)
     res = dict(
         recipe=spec, steps=n, sec_per_step=sec_per_step, cpu_per_step=cpu_per_step, mean_sec_per_step=(times[-1] - clock.t0) / n,
         seq_per_s=sum(rows) / (times[-1] - clock.t0), batch_rows=statistics.median(rows),
         steps_per_epoch=steps_per_epoch, epoch_s=steps_per_epoch * sec_per_step, flops_per_step=flops,
-        gflops=flops / sec_per_step / 1e9, loadavg=loadavg(),
+        gflops=flops / sec_per_step / 1e9, loadavg=loadavg(), **shares,
     )
     Path(out).write_text(json.dumps(res), encoding="utf-8")
+
+
+#: operators that draw random numbers (dropout masks, gate noise, sampled negatives)
+RNG_OPS = ("aten::uniform_", "aten::normal_", "aten::bernoulli_", "aten::random_", "aten::exponential_",
+           "aten::multinomial", "aten::randperm", "aten::geometric_", "aten::cauchy_", "aten::log_normal_")
+#: matrix products (the FLOPs FlopCounterMode counts)
+MATMUL_OPS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm",
+              "aten::_scaled_dot_product_flash_attention_for_cpu",
+              "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def profile_shares(model: Any, batch: dict, precision: str | None, passes: int = 2) -> dict[str, float]:
+    """Shares of a training step's self CPU time (forward + backward of ``training_loss``, as
+    ``torch.profiler`` sees ``passes`` of them) spent drawing random numbers and in matrix
+    products: ``rng_share``, ``matmul_share`` (the rest is elementwise work, copies, indexing,
+    Python).  An exact change must draw the same random numbers (the loss curve stays equal) and,
+    at today's FLOPs, cannot multiply faster than the machine's peak: that is the floor
+    :func:`exact_floor` reports."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(passes):
+            model.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16-mixed"):
+                terms = model.training_loss(batch)
+                torch.stack(list(terms.values())).sum().backward()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    share = lambda names: sum(e.self_cpu_time_total for e in events if e.key in names) / total  # noqa: E731
+    return {"rng_share": share(RNG_OPS), "matmul_share": share(MATMUL_OPS)}
+
+
+def exact_floor(c: dict[str, float], peak: float) -> float | None:
+    """The least CPU s/step an exact change could reach: this step's random draws (the same stream
+    must be drawn) plus its FLOPs at the peak GFLOP/s (everything else free)."""
+    if "rng_share" not in c:
+        return None
+    return c["rng_share"] * c["cpu_per_step"] + c["flops_per_step"] / (peak * 1e9)
 
 
 def peak_matmul_gflops(n: int = 2048, repeats: int = 8) -> float:
@@ -201,10 +241,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, float] | None:
     if not ok:
         return None
     med = lambda k: statistics.median(r[k] for r in ok)  # noqa: E731
-    return {k: med(k) for k in ("sec_per_step", "cpu_per_step", "seq_per_s", "epoch_s", "gflops", "flops_per_step",
-                                "steps_per_epoch", "batch_rows")} | {
-        "n": len(ok)
-    }
+    keys = ("sec_per_step", "cpu_per_step", "seq_per_s", "epoch_s", "gflops", "flops_per_step", "steps_per_epoch",
+            "batch_rows", "rng_share", "matmul_share")
+    return {k: med(k) for k in keys if all(k in r for r in ok)} | {"n": len(ok)}
 
 
 def write_report(args: argparse.Namespace, recipes: list[str], runs: dict, info: dict, peak: float, base_sha: str,
@@ -262,10 +301,49 @@ def write_report(args: argparse.Namespace, recipes: list[str], runs: dict, info:
             f"{spe * b['cpu_per_step']:.0f} s | {spe * c['cpu_per_step']:.0f} s | {c['batch_rows'] / c['cpu_per_step']:.0f} | "
             f"{c['flops_per_step'] / 1e9:.2f} | {gfl:.2f} ({100 * gfl / peak:.1f} %) |"
         )
+    lines += bound_lines(recipes, runs, peak)
     data = {"info": info, "peak_gflops": peak, "baseline": base_sha, "current": cur_sha, "runs": runs}
     body = header_md("Training speed, this checkout vs a baseline commit", command, info, lines)
     write_atomic(args.out, "# Training speed\n\n" + body + "\n")
     dump_json(args.out.with_suffix(".json"), data)
+
+
+def bound_lines(recipes: list[str], runs: dict, peak: float) -> list[str]:
+    """The second table: where the current side's step goes, and the most an exact change could gain."""
+    rows = []
+    for recipe in recipes:
+        b, c = summarise(runs[recipe]["baseline"]), summarise(runs[recipe]["current"])
+        floor = exact_floor(c, peak) if c is not None else None
+        if floor is None:
+            continue
+        rng, mm = c["rng_share"] * c["cpu_per_step"], c["matmul_share"] * c["cpu_per_step"]
+        mm_rate = c["flops_per_step"] / mm / 1e9 if mm > 0 else float("nan")
+        rest = c["cpu_per_step"] - rng - mm
+        ceiling = f"**{b['cpu_per_step'] / floor:.2f}x**" if b is not None else "no baseline"
+        rows.append(
+            f"| {recipe} | {c['cpu_per_step']:.3f} | {rng:.3f} ({100 * c['rng_share']:.0f} %) | "
+            f"{mm:.3f} ({100 * c['matmul_share']:.0f} %) at {mm_rate:.0f} GFLOP/s | {rest:.3f} | "
+            f"{floor:.3f} | {c['cpu_per_step'] / floor:.2f}x | {ceiling} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "### Where the current step goes, and the most an exact change could gain",
+        "",
+        "Shares of a step's self CPU time under `torch.profiler` (forward + backward of the training loss, "
+        "2 passes, optimizer excluded), times the CPU s/step above. **Random draws**: dropout masks, "
+        "gate noise, sampled negatives (`uniform_`, `normal_`, `bernoulli_`, ...). An exact change keeps "
+        "the loss curve, so it draws the same random numbers; at today's FLOPs it cannot multiply "
+        f"faster than the peak ({peak:.1f} GFLOP/s). **Exact floor** = random draws + GFLOP/step / peak "
+        "(everything else free); **exact ceiling** = baseline CPU s/step / exact floor: the most any "
+        "exact change to today's computation could reach against the baseline (fewer FLOPs aside).",
+        "",
+        "| recipe | current CPU s/step | random draws (share) | matrix products (share) at | rest | "
+        "exact floor | left for exact changes | **exact ceiling vs baseline** |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
