@@ -215,3 +215,32 @@ def test_speed_train_exact_ceiling_is_baseline_over_random_draws_plus_flops_at_p
     runs = {"horae": {"baseline": [base], "current": [{k: v for k, v in cur.items() if "share" not in k}]}}
     st.write_report(args, ["horae"], runs, info, 20.0, "b5b8ccd", "c", "", [], time.time(), "cmd", True)
     assert "exact ceiling" not in args.out.read_text()
+
+
+def test_timirec_predictor_dense_gru_equals_the_packed_one():
+    """TiMiRec's target-interest predictor (Eq. 14) runs its GRU as one dense recurrence over the
+    right-padded rows: its final states and gradients equal the packed GRU's (an empty row reads
+    its first position in both)."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from zoo.modules.multi_interest import TargetInterestPredictor, oldest_first
+
+    torch.manual_seed(0)
+    pred = TargetInterestPredictor(num_items=30, d=8, K=3)
+    seq = torch.randint(1, 31, (6, 9))
+    for row, n in enumerate([9, 1, 4, 0, 2, 7]):
+        seq[row, : 9 - n] = 0  # left-padded
+    results = []
+    for dense in (False, True):
+        pred.zero_grad()
+        if dense:
+            s = pred.summary(seq)
+        else:
+            pad = seq > 0
+            x = oldest_first(pred.item_emb(seq), pad)
+            _, h = pred.gru(pack_padded_sequence(x, pad.sum(1).clamp(min=1), batch_first=True, enforce_sorted=False))
+            s = h[-1]
+        s.sin().sum().backward()
+        results.append((s.detach(), *[p.grad.clone() for p in pred.gru.parameters()], pred.item_emb.weight.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)

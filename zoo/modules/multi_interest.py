@@ -22,11 +22,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from zoo.modules.capsules import dynamic_routing
 from zoo.modules.dropout import Dropout
 from zoo.modules.embeddings import LearnedPositions
+from zoo.modules.rnn import gru_right_padded
 from zoo.modules.transformer import NEG_INF, TransformerEncoder
 
 
@@ -224,9 +224,8 @@ class TargetInterestPredictor(nn.Module):
         """s_{u,t}: item_seq ``[B, L]`` (left-padded) -> ``[B, d]`` GRU state after the last item."""
         pad_mask = item_seq > 0
         x = oldest_first(self.item_emb(item_seq), pad_mask)  # [B, L, d] right-padded
-        lengths = pad_mask.sum(1).clamp(min=1).cpu()
-        _, h = self.gru(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
-        return h[-1]  # [B, d]
+        lengths = pad_mask.sum(1).clamp(min=1)  # [B] (an empty row reads its first position, as packed)
+        return gru_right_padded(self.gru, x, lengths)[1]  # [B, d]: the packed GRU's final state, one dense pass
 
     def forward(self, item_seq: Tensor) -> Tensor:
         """Predicted interest logits z^q ``[B, K]`` (Eq. 15)."""

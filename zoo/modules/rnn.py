@@ -7,6 +7,22 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 
+def gru_right_padded(gru: nn.GRU, x_right: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """A GRU over right-padded rows as one dense recurrence: x_right ``[B, L, d_in]``, lengths
+    ``[B]`` (>= 1) -> (outputs ``[B, L, h]``, state after each row's last real item ``[B, h]``).
+
+    The GRU is causal, so positions < length equal the packed GRU's outputs and ``out[length - 1]``
+    its final state (exact up to float rounding; the positions after it are the caller's to drop).
+    Against ``pack_padded_sequence``: no host sync (``lengths.cpu()``) and a backward without the
+    packed form's zero-filled ``[sum(lengths), 3h]`` buffer per time step (on CPU, most of
+    TiMiRec's step).  Only for GRUs without inter-layer dropout, whose packed form draws one mask
+    per packed row.
+    """
+    out, _ = gru(x_right)  # [B, L, h]
+    last = out.gather(1, (lengths - 1)[:, None, None].expand(out.shape[0], 1, out.shape[-1])).squeeze(1)  # [B, h]
+    return out, last
+
+
 class GRUEncoder(nn.Module):
     """GRU over the real items only: padding never enters the recurrence.
 
@@ -32,12 +48,8 @@ class GRUEncoder(nn.Module):
             out, _ = pad_packed_sequence(out, batch_first=True, total_length=L)  # [B, L, h] right-padded
             last = h[-1]
         else:
-            # right-padded, the GRU is causal: positions < length are the packed GRU's outputs and the
-            # state after the last real item is out[length - 1]; the positions after it are dropped
-            # below.  One dense recurrence: no packing, no host sync (lengths.cpu()), and a backward
-            # without the packed form's per-step zero-filled buffers (TiMiRec's step: -40 %).
-            out, _ = self.gru(x_right)  # [B, L, h]
-            last = out.gather(1, (lengths - 1)[:, None, None].expand(B, 1, out.shape[-1])).squeeze(1)  # [B, h]
+            # right-padded (gru_right_padded); the positions after each length are dropped below
+            out, last = gru_right_padded(self.gru, x_right, lengths)  # [B, L, h], [B, h]
         back = (torch.arange(L, device=x.device)[None, :] - (L - lengths)[:, None]) % L  # right -> left
         out = out.gather(1, back[:, :, None].expand(B, L, out.shape[-1]))
         out = out * pad_mask[:, :, None]
