@@ -244,37 +244,3 @@ def test_timirec_predictor_dense_gru_equals_the_packed_one():
         results.append((s.detach(), *[p.grad.clone() for p in pred.gru.parameters()], pred.item_emb.weight.grad.clone()))
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
-
-
-def test_per_capsule_routing_equals_the_einsum_form():
-    """dynamic_routing with per-capsule u_hat (ComiRec-DR, HPCL4SR) computes its matrix-vector
-    products as broadcast products and sums: equal to the einsum form, forward and backward."""
-    from zoo.modules.capsules import dynamic_routing, squash
-
-    def einsum_form(u_hat, pad_mask, iters, capsule_mask, item_weights):
-        B, K, L, _ = u_hat.shape
-        b = u_hat.new_zeros(B, K, L)
-        pad = ~pad_mask[:, None, :]
-        for t in range(iters):
-            last = t == iters - 1
-            c = torch.softmax(b.masked_fill(~capsule_mask[:, :, None], -1e9), dim=1).masked_fill(pad, 0.0)
-            c = c * item_weights[:, None, :]
-            uh = u_hat if last else u_hat.detach()
-            v = squash(torch.einsum("bkl,bkld->bkd", c, uh))
-            if not last:
-                b = b + torch.einsum("bkld,bkd->bkl", uh, v)
-        return v
-
-    torch.manual_seed(0)
-    u_hat = torch.randn(5, 3, 7, 4, requires_grad=True)
-    pad_mask = torch.arange(7)[None] >= torch.tensor([0, 3, 6, 2, 5])[:, None]
-    capsule_mask = torch.rand(5, 3) > 0.3
-    weights = torch.rand(5, 7)
-    grads = []
-    for form in (einsum_form, lambda *a: dynamic_routing(a[0], a[1], iters=a[2], capsule_mask=a[3], item_weights=a[4])):
-        u_hat.grad = None
-        v = form(u_hat, pad_mask, 3, capsule_mask, weights)
-        v.sin().sum().backward()
-        grads.append((v.detach(), u_hat.grad.clone()))
-    for a, b in zip(*grads):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)

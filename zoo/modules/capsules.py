@@ -87,10 +87,9 @@ def dynamic_routing(
             v = squash(torch.einsum("bkl,bld->bkd", c, uh))  # [B, K, d]
             x = uh if agreement_vectors is None else agreement_vectors  # [B, L, d]
             agreement = torch.einsum("bld,bkd->bkl", x, v) if not last else None
-        else:  # per-capsule u_hat: matrix-vector products, as broadcast products and sums (a bmm of
-            # [B*K, 1, L] @ [B*K, L, d] runs at a few GFLOP/s on CPU: 2.5x slower, backward included)
-            v = squash((c[..., None] * uh).sum(2))  # [B, K, d]
-            agreement = (uh * v[:, :, None, :]).sum(-1) if not last else None  # [B, K, L]
+        else:
+            v = squash(torch.einsum("bkl,bkld->bkd", c, uh))  # [B, K, d]
+            agreement = torch.einsum("bkld,bkd->bkl", uh, v) if not last else None
         if agreement is not None:
             b = b + agreement  # [B, K, L]
     assert v is not None, "iters must be >= 1"
