@@ -154,13 +154,10 @@ def test_cpu_dropout_equals_the_mask_times_scale_form_bit_for_bit():
     assert torch.equal(x.grad, g * (1.0 / 0.7) * keep)
 
 
-def test_speed_train_report_shows_the_current_side_alone_when_the_baseline_failed(tmp_path):
-    """A recipe the baseline commit lacks (its worker fails) keeps this checkout's figures, with no
-    ratio; a recipe that failed on both sides says so."""
-    import argparse
+def _speed_train():
+    """benchmarks/speed_train.py as a module (it is a script, not a package member)."""
     import importlib.util
     import sys
-    import time
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
@@ -168,14 +165,29 @@ def test_speed_train_report_shows_the_current_side_alone_when_the_baseline_faile
     spec = importlib.util.spec_from_file_location("speed_train", root / "benchmarks" / "speed_train.py")
     st = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(st)
+    return st
+
+
+def report(recipes: list[str], runs: dict, peak: float, tmp_path):  # noqa: ANN001, ANN201
+    """speed_train's report of ``runs`` (fixed machine info) in ``tmp_path/s.md``; returns its args."""
+    import argparse
+    import time
+
+    args = argparse.Namespace(baseline="b5b8ccd", warmup=1, seconds=4.0, min_steps=3, repeats=1, out=tmp_path / "s.md")
+    info = {"date": "d", "git_commit": "c", "nproc": "2", "cpu": "cpu", "platform": "p", "python": "3",
+            "torch": "t", "torch_threads": 1, "loadavg": "0 0 0", "machine_free_flag": True, "free_g": ""}
+    _speed_train().write_report(args, recipes, runs, info, peak, "b5b8ccd", "c", "", [], time.time(), "cmd", True)
+    return args
+
+
+def test_speed_train_report_shows_the_current_side_alone_when_the_baseline_failed(tmp_path):
+    """A recipe the baseline commit lacks (its worker fails) keeps this checkout's figures, with no
+    ratio; a recipe that failed on both sides says so."""
     ok = {"sec_per_step": 2.0, "cpu_per_step": 1.5, "seq_per_s": 100.0, "epoch_s": 600.0, "gflops": 10.0,
           "flops_per_step": 3.0e10, "steps_per_epoch": 400, "batch_rows": 256}
     runs = {"tisasrec": {"baseline": [{"failed": True, "rc": 1}], "current": [ok]},
             "sasrec": {"baseline": [{"failed": True, "rc": 1}], "current": [{"failed": True, "rc": 1}]}}
-    args = argparse.Namespace(baseline="b5b8ccd", warmup=1, seconds=4.0, min_steps=3, repeats=1, out=tmp_path / "s.md")
-    info = {"date": "d", "git_commit": "c", "nproc": "2", "cpu": "cpu", "platform": "p", "python": "3",
-            "torch": "t", "torch_threads": 1, "loadavg": "0 0 0", "machine_free_flag": True, "free_g": ""}
-    st.write_report(args, ["tisasrec", "sasrec"], runs, info, 100.0, "b5b8ccd", "c", "", [], time.time(), "cmd", True)
+    args = report(["tisasrec", "sasrec"], runs, 100.0, tmp_path)
     rows = {line.split("|")[1].strip(): line for line in args.out.read_text().splitlines() if line.startswith("| ")}
     cells = [c.strip() for c in rows["tisasrec"].split("|")[1:-1]]
     assert cells[:5] == ["tisasrec", "400", "failed (see the log)", "1.500", "no ratio"]
@@ -185,36 +197,20 @@ def test_speed_train_report_shows_the_current_side_alone_when_the_baseline_faile
 
 def test_speed_train_exact_ceiling_is_baseline_over_random_draws_plus_flops_at_peak(tmp_path):
     """The second table: floor = rng share x CPU s/step + FLOPs / peak; ceiling = baseline / floor."""
-    import argparse
-    import importlib.util
-    import sys
-    import time
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root))
-    spec = importlib.util.spec_from_file_location("speed_train", root / "benchmarks" / "speed_train.py")
-    st = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(st)
     base = {"sec_per_step": 3.0, "cpu_per_step": 3.0, "seq_per_s": 1.0, "epoch_s": 1.0, "gflops": 1.0,
             "flops_per_step": 1.0e10, "steps_per_epoch": 10, "batch_rows": 256, "rng_share": 0.3, "matmul_share": 0.5}
     cur = dict(base, cpu_per_step=2.0, sec_per_step=2.0, rng_share=0.25, matmul_share=0.5)
     # floor = 0.25 * 2.0 + 1e10 / (20 GFLOP/s) = 0.5 + 0.5 = 1.0 s; ceiling = 3.0 / 1.0
-    assert st.exact_floor(cur, 20.0) == 1.0
+    assert _speed_train().exact_floor(cur, 20.0) == 1.0
     runs = {"horae": {"baseline": [base], "current": [cur]}}
-    args = argparse.Namespace(baseline="b5b8ccd", warmup=1, seconds=4.0, min_steps=3, repeats=1, out=tmp_path / "s.md")
-    info = {"date": "d", "git_commit": "c", "nproc": "2", "cpu": "cpu", "platform": "p", "python": "3",
-            "torch": "t", "torch_threads": 1, "loadavg": "0 0 0", "machine_free_flag": True, "free_g": ""}
-    st.write_report(args, ["horae"], runs, info, 20.0, "b5b8ccd", "c", "", [], time.time(), "cmd", True)
-    text = args.out.read_text()
+    text = report(["horae"], runs, 20.0, tmp_path).out.read_text()
     row = [line for line in text.splitlines() if line.startswith("| horae | 2.000")][0]
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[2] == "0.500 (25 %)" and cells[3] == "1.000 (50 %) at 10 GFLOP/s" and cells[4] == "0.500"
     assert cells[5] == "1.000" and cells[6] == "2.00x" and cells[7] == "**3.00x**"
     # without the profile (an older JSON) the second table is left out
     runs = {"horae": {"baseline": [base], "current": [{k: v for k, v in cur.items() if "share" not in k}]}}
-    st.write_report(args, ["horae"], runs, info, 20.0, "b5b8ccd", "c", "", [], time.time(), "cmd", True)
-    assert "exact ceiling" not in args.out.read_text()
+    assert "exact ceiling" not in report(["horae"], runs, 20.0, tmp_path).out.read_text()
 
 
 def test_timirec_predictor_dense_gru_equals_the_packed_one():
