@@ -212,6 +212,8 @@ def test_seeds_saved_before_and_after_a_new_argument_form_one_model(tmp_path):
     # a run option added later (matmul_precision), at its default, is the same model; another value is not
     assert run("SASRec-s4", 4, {}, matmul_precision="highest").group_key() == old.group_key()
     assert run("SASRec-s5", 5, {}, matmul_precision="high").group_key() != old.group_key()
+    # a mid-epoch last.ckpt every N steps is run management: the same model at any N
+    assert run("SASRec-s6", 6, {}, last_every_n_steps=100).group_key() == old.group_key()
     assert [len(m.runs) for m in group_runs([old, new, grouped, other])] == [2, 1, 1]
     # defaults of the class's signature, its bases' through **kwargs included (lr is
     # SequentialRecommender's); a class that does not import keeps everything

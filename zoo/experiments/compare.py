@@ -49,13 +49,14 @@ from zoo.ranks import Ranks, load_ranks, parse_metric, per_user
 PAPER_MODULES = ("horae", "miracle", "timirec", "hpcl4sr", "hm4sr")  # zoo.models.<module>: the papers' models
 SEED_SUFFIX = re.compile(r"[-_](?:s|seed)\d+$")
 # config keys that are not the model/config itself: seeds, where the run went, how it was launched
+# run management, not the model or its training: never splits seeds (a mid-epoch last.ckpt every N
+# steps changes neither the random stream nor the updates)
 NOT_CONFIG = ("seed_everything", "run_dir", "ckpt_path", "config", "wandb", "test_after_fit", "print_config", "weights_only",
-              "overwrite")
+              "overwrite", "last_every_n_steps")
 # `zoo fit` options added after runs were saved without them: such a run behaved as the option's
 # default, so a run AT that default is compared as if the key were absent (as drop_defaults does for
 # class arguments).  zoo/cli.py's parser defaults must equal these (tests/test_cli.py checks).
-LATER_RUN_OPTIONS: dict[str, Any] = {"last_every_n_steps": 0, "compile": "off", "compile_backend": "inductor",
-                                     "matmul_precision": "highest"}
+LATER_RUN_OPTIONS: dict[str, Any] = {"compile": "off", "compile_backend": "inductor", "matmul_precision": "highest"}
 
 
 @functools.lru_cache(maxsize=None)
