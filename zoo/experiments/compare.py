@@ -252,9 +252,9 @@ class Run:
         trainer = cfg.get("trainer") or {}
         for k in ("logger", "callbacks", "default_root_dir"):
             trainer.pop(k, None)
-        for k, default in TRAINER_DEFAULTS.items():  # unset and the Trainer's default are one config
-            if k in trainer and str(trainer[k]) in (str(default), "None", *TRAINER_ALIASES.get(k, ())):
-                trainer.pop(k)
+        for k, spellings in TRAINER_DEFAULTS.items():  # unset and the Trainer's default are one config
+            if k in trainer and trainer[k] in spellings:
+                trainer[k] = spellings[0]  # one spelling: equal group keys, and labels name the value
         return drop_defaults(cfg)
 
     def group_key(self) -> str:
@@ -331,10 +331,10 @@ class Model:
         return sorted(notes)
 
 
-#: Lightning ``Trainer`` arguments whose unset value (``null`` in a saved config) means this
-#: default, and the spellings of it: a run that leaves it unset and one that names it are one model
-TRAINER_DEFAULTS: dict[str, Any] = {"precision": "32-true"}
-TRAINER_ALIASES: dict[str, tuple[str, ...]] = {"precision": ("32", "32-true")}
+#: Lightning ``Trainer`` arguments whose unset value (``null`` in a saved config) means their
+#: default, with the spellings of that default (the first is the one shown): a run that leaves it
+#: unset and one that names it are one model
+TRAINER_DEFAULTS: dict[str, tuple[Any, ...]] = {"precision": ("32-true", None, "32", 32)}
 
 
 def group_runs(runs: list[Run]) -> list[Model]:
@@ -379,8 +379,6 @@ def config_tags(runs: list[Run], most: int = 3) -> list[str]:
     def value(f: dict[str, Any], key: str) -> str:
         if key in f:
             v = f[key]
-        elif key.startswith("trainer.") and key[len("trainer."):] in TRAINER_DEFAULTS:
-            v = TRAINER_DEFAULTS[key[len("trainer."):]]
         else:  # dropped as its class's default (drop_defaults), or absent from this config
             section, _, name = key.rpartition(".init_args.")
             v = _signature_defaults(str(f.get(f"{section}.class_path", ""))).get(name, "—") if section else "—"

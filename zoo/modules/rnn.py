@@ -14,8 +14,8 @@ def gru_right_padded(gru: nn.GRU, x_right: Tensor, lengths: Tensor) -> tuple[Ten
     The GRU is causal, so positions < length equal the packed GRU's outputs and ``out[length - 1]``
     its final state (exact up to float rounding; the positions after it are the caller's to drop).
     Against ``pack_padded_sequence``: no host sync (``lengths.cpu()``) and a backward without the
-    packed form's zero-filled ``[sum(lengths), 3h]`` buffer per time step (on CPU, most of
-    TiMiRec's step).  Only for GRUs without inter-layer dropout, whose packed form draws one mask
+    packed form's zero-filled ``[sum(lengths), 3h]`` buffer per time step (TiMiRec's CPU step:
+    1.19x faster, benchmarks/results/speed_train_2026-12-02.md).  Only for GRUs without inter-layer dropout, whose packed form draws one mask
     per packed row.
     """
     out, _ = gru(x_right)  # [B, L, h]
