@@ -213,6 +213,25 @@ def test_speed_train_exact_ceiling_is_baseline_over_random_draws_plus_flops_at_p
     assert "exact ceiling" not in report(["horae"], runs, 20.0, tmp_path).out.read_text()
 
 
+def test_speed_train_main_job_floor_spreads_products_over_cores_but_not_random_draws(tmp_path):
+    """The third section: the README's main job (3 pre-training + 7 fine-tuning epochs) at each
+    step's exact floor, products over 2 cores, random draws on one (torch's CPU generator is serial)."""
+    st = _speed_train()
+    step = {"sec_per_step": 1.0, "cpu_per_step": 1.0, "seq_per_s": 1.0, "epoch_s": 1.0, "gflops": 1.0,
+            "batch_rows": 256, "matmul_share": 0.5}
+    pre = dict(step, steps_per_epoch=100, rng_share=0.2, flops_per_step=4.0e10)   # 0.2 s draws, 2 s of products
+    fine = dict(step, steps_per_epoch=50, rng_share=0.1, flops_per_step=2.0e10)    # 0.1 s draws, 1 s of products
+    runs = {"horae_pretrain": {"baseline": [], "current": [pre]}, "horae": {"baseline": [], "current": [fine]}}
+    f = st.main_job_floor(runs, peak=20.0, cores=2)
+    # draws: 3 * 100 * 0.2 + 7 * 50 * 0.1 = 95 s; products: (300 * 2 + 350 * 1) / 2 = 475 s
+    assert f == {"rng_s": 95.0, "matmul_s": 475.0, "floor_s": 570.0}
+    text = "\n".join(st.main_job_lines(runs, 20.0))
+    assert "| 1.6 min | 7.9 min | **9.5 min** | 10 min: the floor is within it |" in text
+    # a stage without its profile: no estimate
+    assert st.main_job_floor({"horae_pretrain": runs["horae_pretrain"]}, 20.0) is None
+    assert st.main_job_lines({"horae": runs["horae"]}, 20.0) == []
+
+
 def test_timirec_predictor_dense_gru_equals_the_packed_one():
     """TiMiRec's target-interest predictor (Eq. 14) runs its GRU as one dense recurrence over the
     right-padded rows: its final states and gradients equal the packed GRU's (an empty row reads
