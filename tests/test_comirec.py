@@ -21,8 +21,8 @@ from zoo.modules.multi_interest import (
     CapsuleInterestExtractor,
     SelfAttentivePooling,
     dynamic_interest_number,
-    oldest_first,
 )
+from zoo.modules.padding import newest_last, oldest_first
 from zoo.modules.sampled_softmax import NextItemLoss
 
 N, D, K, L = 50, 16, 2, 10
@@ -90,6 +90,9 @@ def test_oldest_first_rotation() -> None:
     seq = torch.tensor([[0, 0, 7, 8, 9], [1, 2, 3, 4, 5], [0, 0, 0, 0, 6]])
     want = torch.tensor([[7, 8, 9, 0, 0], [1, 2, 3, 4, 5], [6, 0, 0, 0, 0]])
     assert torch.equal(oldest_first(seq, seq > 0), want)
+    assert torch.equal(newest_last(want, seq > 0), seq)  # the inverse, the row of pads only included
+    x = torch.randn(3, 5, 2)
+    assert torch.equal(newest_last(oldest_first(x, seq > 0), seq > 0), x)
 
 
 def test_self_attentive_pooling_masks_pads() -> None:

@@ -82,8 +82,10 @@ def _packed_gru(enc: GRUEncoder, x: torch.Tensor, pad: torch.Tensor) -> tuple[to
 def test_gru_encoder_equals_the_packed_gru():
     torch.manual_seed(0)
     enc = GRUEncoder(6, 5)
-    x = torch.randn(7, 9, 6, requires_grad=True)
-    lengths = torch.tensor([9, 1, 4, 9, 2, 7, 0])  # 0: an empty row (treated as length 1, as before)
+    x = torch.randn(7, 9, 6)
+    x[6] = 0.0  # 0: a row of pads only, zero as GRU4Rec's pad embedding (read as one pad input, as before)
+    x.requires_grad_(True)
+    lengths = torch.tensor([9, 1, 4, 9, 2, 7, 0])
     pad = torch.arange(9)[None] >= (9 - lengths)[:, None]
     results = []
     for forward in (lambda: _packed_gru(enc, x, pad), lambda: enc(x, pad)):
@@ -91,7 +93,8 @@ def test_gru_encoder_equals_the_packed_gru():
         enc.zero_grad()
         out, h = forward()
         (out.sin().sum() + h.cos().sum()).backward()
-        results.append((out.detach(), h.detach(), x.grad.clone(), _grads(enc)))
+        # the gradient at real items; the pads-only row reads its first pad now, its last before
+        results.append((out.detach(), h.detach(), x.grad * pad[:, :, None], _grads(enc)))
     for a, b in zip(results[0][:3], results[1][:3]):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
     for a, b in zip(results[0][3], results[1][3]):
@@ -238,7 +241,8 @@ def test_timirec_predictor_dense_gru_equals_the_packed_one():
     its first position in both)."""
     from torch.nn.utils.rnn import pack_padded_sequence
 
-    from zoo.modules.multi_interest import TargetInterestPredictor, oldest_first
+    from zoo.modules.multi_interest import TargetInterestPredictor
+    from zoo.modules.padding import oldest_first
 
     torch.manual_seed(0)
     pred = TargetInterestPredictor(num_items=30, d=8, K=3)

@@ -83,7 +83,8 @@ from zoo.models.comirec import Interests, MultiInterestRecommender
 from zoo.modules.category_graph import CategoryGraphEncoder, build_propagation
 from zoo.modules.embeddings import LearnedPositions
 from zoo.modules.losses import grad_reverse, info_nce
-from zoo.modules.multi_interest import CapsuleInterestExtractor, SelfAttentivePooling, oldest_first
+from zoo.modules.multi_interest import CapsuleInterestExtractor, SelfAttentivePooling
+from zoo.modules.padding import oldest_first
 from zoo.modules.transformer import NEG_INF
 
 # the paper, read by `zoo models` from the source (zoo/catalog.py) without importing this file

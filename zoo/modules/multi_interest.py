@@ -14,7 +14,7 @@ and HPCL4SR.
 
 Sequences arrive LEFT-padded (zoo batch contract); where a paper indexes positions from the
 oldest item of a right-padded window (ComiRec-DR's per-position weights, HPCL4SR Eq. 6), use
-:func:`oldest_first` to rotate each row so that slot 0 holds the oldest real item.
+:func:`zoo.modules.padding.oldest_first` to rotate each row so that slot 0 holds the oldest real item.
 """
 
 from __future__ import annotations
@@ -26,23 +26,9 @@ from torch import Tensor, nn
 from zoo.modules.capsules import dynamic_routing
 from zoo.modules.dropout import Dropout
 from zoo.modules.embeddings import LearnedPositions
+from zoo.modules.padding import oldest_first
 from zoo.modules.rnn import gru_right_padded
 from zoo.modules.transformer import NEG_INF, TransformerEncoder
-
-
-def oldest_first(x: Tensor, pad_mask: Tensor) -> Tensor:
-    """Rotate LEFT-padded rows so the oldest real item sits at slot 0 (right padding).
-
-    x: ``[B, L, ...]`` (or ``[B, L]``); pad_mask: ``[B, L]`` bool, True at real items, pads
-    first.  Returns the same shape; row b becomes ``[x_oldest, ..., x_newest, pads...]``.
-    """
-    B, L = pad_mask.shape
-    n_pad = (~pad_mask).sum(1, keepdim=True)  # [B, 1]
-    idx = (torch.arange(L, device=x.device) + n_pad) % L  # [B, L]
-    if x.dim() == 2:
-        return x.gather(1, idx)
-    idx = idx.view(B, L, *([1] * (x.dim() - 2))).expand_as(x)
-    return x.gather(1, idx)
 
 
 class SelfAttentivePooling(nn.Module):
@@ -244,7 +230,6 @@ def dynamic_interest_number(seq_len: Tensor, K: int) -> Tensor:
 
 
 __all__ = [
-    "oldest_first",
     "SelfAttentivePooling",
     "SelfAttentiveExtractor",
     "CapsuleInterestExtractor",

@@ -6,6 +6,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from zoo.modules.padding import newest_last, oldest_first
+
 
 def gru_right_padded(gru: nn.GRU, x_right: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
     """A GRU over right-padded rows as one dense recurrence: x_right ``[B, L, d_in]``, lengths
@@ -26,8 +28,11 @@ def gru_right_padded(gru: nn.GRU, x_right: Tensor, lengths: Tensor) -> tuple[Ten
 class GRUEncoder(nn.Module):
     """GRU over the real items only: padding never enters the recurrence.
 
-    Left-padded input is packed by length, so the final hidden state is exactly the GRU's
-    state after the most recent item (what RecBole's right-padded gather computes).
+    Left-padded rows are rotated oldest-first and run as one dense recurrence
+    (:func:`gru_right_padded`; packed by length when inter-layer dropout is on), so the final
+    hidden state is exactly the GRU's state after the most recent item (what RecBole's
+    right-padded gather computes).  A row of pads only gives the state after one pad input (the
+    pad embedding, zero in GRU4Rec).
     """
 
     def __init__(self, d_in: int, d_hidden: int, n_layers: int = 1, dropout: float = 0.0) -> None:
@@ -37,10 +42,9 @@ class GRUEncoder(nn.Module):
     def forward(self, x: Tensor, pad_mask: Tensor) -> tuple[Tensor, Tensor]:
         """x ``[B, L, d_in]`` left-padded, pad_mask ``[B, L]`` ->
         (outputs ``[B, L, d_hidden]`` left-padded with zeros, last hidden state ``[B, d_hidden]``)."""
-        B, L, _ = x.shape
-        lengths = pad_mask.sum(1).clamp(min=1)  # [B]
-        shift = (torch.arange(L, device=x.device)[None, :] + (L - lengths)[:, None]) % L  # left -> right padded
-        x_right = x.gather(1, shift[:, :, None].expand_as(x))
+        L = x.shape[1]
+        lengths = pad_mask.sum(1).clamp(min=1)  # [B] (a row of pads only reads its first pad, the state after one pad)
+        x_right = oldest_first(x, pad_mask)  # [B, L, d_in] right-padded
         if self.gru.num_layers > 1 and self.gru.dropout > 0 and self.training:
             # inter-layer dropout draws one mask per packed row: keep the packed form (same stream)
             packed = pack_padded_sequence(x_right, lengths.cpu(), batch_first=True, enforce_sorted=False)
@@ -48,9 +52,7 @@ class GRUEncoder(nn.Module):
             out, _ = pad_packed_sequence(out, batch_first=True, total_length=L)  # [B, L, h] right-padded
             last = h[-1]
         else:
-            # right-padded (gru_right_padded); the positions after each length are dropped below
+            # right-padded (gru_right_padded); the positions after each length are zeroed below
             out, last = gru_right_padded(self.gru, x_right, lengths)  # [B, L, h], [B, h]
-        back = (torch.arange(L, device=x.device)[None, :] - (L - lengths)[:, None]) % L  # right -> left
-        out = out.gather(1, back[:, :, None].expand(B, L, out.shape[-1]))
-        out = out * pad_mask[:, :, None]
+        out = newest_last(out, pad_mask) * pad_mask[:, :, None]  # [B, L, h] left-padded, pads zero
         return out, last
