@@ -31,8 +31,9 @@ recipe's ``freeze`` list kept), which costs the same per step.  The processed da
 Writes ``benchmarks/results/speed_train.md`` (``--out``) and a JSON of every run beside it.
 
 A recipe may carry switches for the CURRENT side only, ``recipe:key=value+key=value``: keys are
-the model's ``init_args`` (``adaptor_masks=item``) or ``precision`` (the Trainer's, e.g.
-``bf16-mixed``); the baseline side runs the plain recipe, so the ratio is the switch's speed-up
+the model's ``init_args`` (``adaptor_masks=item``), ``precision`` (the Trainer's, e.g.
+``bf16-mixed``) or ``cpu_allocator`` (``zoo fit``'s, default ``retain``: ``system`` measures
+without ``zoo/allocator.py``); the baseline side runs the plain recipe, so the ratio is the switch's speed-up
 over the baseline's default (approximate switches: see the model docstrings)::
 
     python benchmarks/speed_train.py --recipes horae_pretrain:adaptor_masks=item,horae:precision=bf16-mixed \
@@ -110,6 +111,7 @@ def worker(spec: str, warmup: int, seconds: float, min_steps: int, out: Path) ->
     torch.set_num_threads(1)
     recipe, switches = parse_spec(spec)
     precision = switches.pop("precision", None)
+    allocator = switches.pop("cpu_allocator", "retain")
     root = Path.cwd()
     cfg = yaml.safe_load((root / "recipes" / f"{recipe}.yaml").read_text(encoding="utf-8"))
     L.seed_everything(int(cfg.get("seed_everything", 0)), verbose=False)
@@ -139,11 +141,19 @@ def worker(spec: str, warmup: int, seconds: float, min_steps: int, out: Path) ->
                 trainer.should_stop = True
 
     clock = Clock()
+    callbacks: list[L.Callback] = [clock]
+    if allocator == "retain":
+        try:  # what this side's `zoo fit` does by default (from 2026-12-02; older commits lack it)
+            from zoo.cli import RetainFreedMemory
+
+            callbacks.append(RetainFreedMemory())
+        except ImportError:
+            pass
     tr_cfg = cfg.get("trainer", {}) or {}
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-        use_distributed_sampler=False, gradient_clip_val=tr_cfg.get("gradient_clip_val"), callbacks=[clock],
+        use_distributed_sampler=False, gradient_clip_val=tr_cfg.get("gradient_clip_val"), callbacks=callbacks,
         **({"precision": precision} if precision else {}),
     )
     trainer.fit(model, datamodule=dm)

@@ -94,6 +94,8 @@ def test_matmul_precision_switch(ml_folder, tmp_path):
     assert json.loads((tmp_path / "tf32" / "test_metrics.json").read_text())["test"]
     bad = zoo("fit", "--config", "recipes/sasrec.yaml", "--matmul_precision", "tf32")
     assert bad.returncode != 0 and "matmul_precision" in bad.stderr and "highest" in bad.stderr, bad.stderr[-2000:]
+    bad = zoo("fit", "--config", "recipes/sasrec.yaml", "--cpu_allocator", "jemalloc")
+    assert bad.returncode != 0 and "cpu_allocator" in bad.stderr and "retain" in bad.stderr, bad.stderr[-2000:]
 
 
 def test_compile_switch_traces_the_model_and_keeps_checkpoints_interchangeable(sasrec_run, ml_folder):

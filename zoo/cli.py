@@ -13,7 +13,7 @@
 ``data.num_items`` and ``data.info`` (the processed cache's stats) are linked into the model when
 it is built.  Top-level recipe keys beyond Lightning's: ``monitor``, ``monitor_mode``,
 ``patience``, ``test_after_fit``, ``run_dir``, ``overwrite``, ``wandb``, ``last_every_n_steps``, ``compile``,
-``compile_backend``, ``matmul_precision``, ``tune`` (the ``zoo tune`` search space; fit ignores it).  Run-folder rules (lock, no
+``compile_backend``, ``matmul_precision``, ``cpu_allocator``, ``tune`` (the ``zoo tune`` search space; fit ignores it).  Run-folder rules (lock, no
 overwriting, stamped outputs): ``zoo/runfiles.py`` and docs/reliability.md.
 """
 
@@ -37,6 +37,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from datamodules.base import SequentialDataModule
+from zoo.allocator import release_freed_memory, retain_freed_memory
 from zoo.models.base import SequentialRecommender
 from zoo.provenance import emulated_bf16_note, run_environment
 from zoo.runfiles import (RunFolderBusy, RunLock, atomic_write, check_fit_folder, remove_fit_files, remove_if_no_results,
@@ -279,6 +280,25 @@ class StepLastCheckpoint(FollowsRunFolder):
         return self._generate_state_key(kind="step_last", every_n_train_steps=self._every_n_train_steps)
 
 
+class RetainFreedMemory(Callback):
+    """``--cpu_allocator retain``: while a run trains or evaluates on the CPU (after the data is
+    set up), glibc keeps freed memory for the next step instead of unmapping it
+    (``zoo/allocator.py``: the same numbers, no page faults on every large tensor); released at
+    teardown."""
+
+    def __init__(self) -> None:
+        self.active = False
+
+    def setup(self, trainer, pl_module, stage: str) -> None:  # noqa: ANN001
+        if trainer.strategy.root_device.type == "cpu":
+            self.active = retain_freed_memory()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:  # noqa: ANN001
+        if self.active:
+            release_freed_memory()
+            self.active = False
+
+
 class ReplaceOldRun(Callback):
     """``--overwrite true``: the previous run's test metrics/ranks are removed when this fit writes its
     first checkpoint (a fit that fails before that leaves the old run untouched)."""
@@ -356,6 +376,10 @@ class ZooCLI(LightningCLI):
                             help="torch.set_float32_matmul_precision: highest (exact fp32, PyTorch's default) | high "
                                  "(TF32 tensor cores on NVIDIA GPUs: several times faster fp32 matmuls, ~1e-3 relative "
                                  "error) | medium")
+        parser.add_argument("--cpu_allocator", type=Literal["retain", "system"], default="retain",
+                            help="CPU runs: retain (glibc keeps freed memory for reuse: no page faults on every large "
+                                 "tensor, same numbers, TiSASRec 2.4x faster; peak memory up to a third higher) | "
+                                 "system (glibc's defaults)")
         parser.add_argument("--run_dir", type=str | None, default=None, help="output folder (default runs/<recipe name>)")
         parser.add_argument("--wandb", type=str, default="off", help="W&B logging: off, offline or online (WANDB_MODE overrides)")
         parser.add_argument("--overwrite", type=bool, default=False,
@@ -497,6 +521,8 @@ class ZooCLI(LightningCLI):
                 callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg["patience"]))
         if self.subcommand == "predict":
             callbacks.append(TopKWriter(run_dir))
+        if cfg.get("cpu_allocator", "retain") == "retain":
+            callbacks.append(RetainFreedMemory())
         trainer_cfg = cfg["trainer"]
         if note := emulated_bf16_note(trainer_cfg.get("precision"), trainer_cfg.get("accelerator")):
             print(f"[zoo] note: {note}")

@@ -52,7 +52,7 @@ SEED_SUFFIX = re.compile(r"[-_](?:s|seed)\d+$")
 # run management, not the model or its training: never splits seeds (a mid-epoch last.ckpt every N
 # steps changes neither the random stream nor the updates)
 NOT_CONFIG = ("seed_everything", "run_dir", "ckpt_path", "config", "wandb", "test_after_fit", "print_config", "weights_only",
-              "overwrite", "last_every_n_steps")
+              "overwrite", "last_every_n_steps", "cpu_allocator")
 # `zoo fit` options added after runs were saved without them: such a run behaved as the option's
 # default, so a run AT that default is compared as if the key were absent (as drop_defaults does for
 # class arguments).  zoo/cli.py's parser defaults must equal these (tests/test_cli.py checks).
