@@ -32,8 +32,10 @@ Writes ``benchmarks/results/speed_train.md`` (``--out``) and a JSON of every run
 
 A recipe may carry switches for the CURRENT side only, ``recipe:key=value+key=value``: keys are
 the model's ``init_args`` (``adaptor_masks=item``), ``precision`` (the Trainer's, e.g.
-``bf16-mixed``) or ``cpu_allocator`` (``zoo fit``'s, default ``retain``: ``system`` measures
-without ``zoo/allocator.py``); the baseline side runs the plain recipe, so the ratio is the switch's speed-up
+``bf16-mixed``), ``cpu_allocator`` (``zoo fit``'s, default ``retain``: ``system`` measures
+without ``zoo/allocator.py``) or ``compile`` / ``compile_scope`` / ``compile_backend`` (``zoo
+fit``'s; a recipe's own top-level ``compile`` applies as in ``zoo fit``, and the untimed warm-up
+steps include its compilation); the baseline side runs the plain recipe, so the ratio is the switch's speed-up
 over the baseline's default (approximate switches: see the model docstrings)::
 
     python benchmarks/speed_train.py --recipes horae_pretrain:adaptor_masks=item,horae:precision=bf16-mixed \
@@ -114,6 +116,8 @@ def worker(spec: str, warmup: int, seconds: float, min_steps: int, out: Path) ->
     allocator = switches.pop("cpu_allocator", "retain")
     root = Path.cwd()
     cfg = yaml.safe_load((root / "recipes" / f"{recipe}.yaml").read_text(encoding="utf-8"))
+    # torch.compile as `zoo fit` applies it: the recipe's own setting, unless a switch overrides it
+    compile_cfg = {k: switches.pop(k, cfg.get(k)) for k in ("compile", "compile_backend", "compile_scope")}
     L.seed_everything(int(cfg.get("seed_everything", 0)), verbose=False)
     dm = _cls(cfg["data"]["class_path"])(**cfg["data"].get("init_args", {}))
     m_init = dict(cfg["model"].get("init_args", {}))
@@ -121,6 +125,10 @@ def worker(spec: str, warmup: int, seconds: float, min_steps: int, out: Path) ->
         m_init["pretrained_ckpt"] = None  # same cost per step; the recipe's freeze list is kept
     m_init.update(switches)
     model = _cls(cfg["model"]["class_path"])(num_items=dm.num_items, data_info=dm.info, **m_init)
+    if compile_cfg["compile"] not in (None, "off", False):
+        os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")  # as zoo fit does (zoo/cli.py)
+        kw = {"scope": compile_cfg["compile_scope"]} if compile_cfg["compile_scope"] else {}
+        model.compile_modules(str(compile_cfg["compile"]), compile_cfg["compile_backend"] or "inductor", **kw)
 
     times: list[float] = []
     cpu: list[float] = []  # this process's CPU seconds (one thread): robust to other jobs sharing the cores

@@ -38,7 +38,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from datamodules.base import SequentialDataModule
 from zoo.allocator import release_freed_memory, retain_freed_memory
-from zoo.models.base import SequentialRecommender
+from zoo.models.base import SequentialRecommender, missing_compiler
 from zoo.provenance import emulated_bf16_note, run_environment
 from zoo.runfiles import (RunFolderBusy, RunLock, atomic_write, check_fit_folder, remove_fit_files, remove_if_no_results,
                           stamped_path, write_new)
@@ -372,6 +372,9 @@ class ZooCLI(LightningCLI):
         parser.add_argument("--compile", type=str, default="off",
                             help="torch.compile the model's sub-networks: off | default | reduce-overhead | max-autotune")
         parser.add_argument("--compile_backend", type=str, default="inductor", help="torch.compile backend")
+        parser.add_argument("--compile_scope", type=Literal["modules", "loss"], default="modules",
+                            help="what --compile compiles: modules (each sub-network) | loss (the whole training "
+                                 "objective in one graph; evaluation stays eager)")
         parser.add_argument("--matmul_precision", type=Literal["highest", "high", "medium"], default="highest",
                             help="torch.set_float32_matmul_precision: highest (exact fp32, PyTorch's default) | high "
                                  "(TF32 tensor cores on NVIDIA GPUs: several times faster fp32 matmuls, ~1e-3 relative "
@@ -498,8 +501,16 @@ class ZooCLI(LightningCLI):
             torch.set_float32_matmul_precision(precision)
             print(f"[zoo] float32 matmul precision: {precision}")
         if cfg.get("compile", "off") not in ("off", None, False):
-            compiled = self.model.compile_modules(str(cfg["compile"]), cfg.get("compile_backend", "inductor"))
-            print(f"[zoo] torch.compile ({cfg['compile']}, {cfg.get('compile_backend', 'inductor')}): {', '.join(compiled)}")
+            backend, scope = cfg.get("compile_backend", "inductor"), cfg.get("compile_scope", "modules")
+            missing = missing_compiler(backend)
+            if missing:  # a speed-only switch (same numerics within float tolerance): train eager
+                print(f"[zoo] torch.compile skipped, training eager: {missing}")
+            else:
+                # inductor's C++ builder imports setuptools, whose distutils shim asserts once the standard
+                # library's distutils has been imported (by a logger's dependency, say): keep the stdlib's
+                os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
+                compiled = self.model.compile_modules(str(cfg["compile"]), backend, scope)
+                print(f"[zoo] torch.compile ({cfg['compile']}, {backend}, scope {scope}): {', '.join(compiled)}")
         # the recipe's / command line's trainer.callbacks come first (passing callbacks= here would replace them)
         configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
         callbacks = [*(configured if isinstance(configured, list) else [configured]), *(kwargs.pop("callbacks", None) or [])]

@@ -32,6 +32,7 @@ history_items    [B, H]      eval only: every item before the target (for histor
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,22 @@ import torch
 from torch import Tensor, nn
 
 from zoo.metrics import MultiTargetMetrics, RankingMetrics, factored_target_rank, masked_target_rank
+
+COMPILE_SCOPES: tuple[str, ...] = ("modules", "loss")  # what compile_modules compiles
+
+
+def missing_compiler(backend: str = "inductor") -> str | None:
+    """Why ``torch.compile`` with ``backend`` cannot run here (inductor's CPU code generation needs a
+    C++ compiler on PATH), or None when it can."""
+    if backend != "inductor":
+        return None
+    if not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
+        return "no C++ compiler (g++/c++/clang++) on PATH: inductor's CPU backend needs one"
+    try:
+        import torch._inductor  # noqa: F401
+    except Exception as e:  # pragma: no cover - broken install
+        return f"torch._inductor does not import ({e})"
+    return None
 
 
 class SequentialRecommender(L.LightningModule):
@@ -214,17 +231,26 @@ class SequentialRecommender(L.LightningModule):
             for p in module.parameters():
                 p.requires_grad_(False)
 
-    def compile_modules(self, mode: str = "default", backend: str = "inductor") -> list[str]:
-        """``torch.compile`` every sub-network in place (the CLI's ``compile`` switch).
+    def compile_modules(self, mode: str = "default", backend: str = "inductor", scope: str = "modules") -> list[str]:
+        """``torch.compile`` the model in place (the CLI's ``compile`` and ``compile_scope`` switches).
 
-        ``nn.Module.compile`` keeps parameter names, so compiled and eager checkpoints are
-        interchangeable; the metrics are left eager.  Returns the compiled children's names.
+        ``scope="modules"``: every sub-network (``nn.Module.compile``), each a graph of its own;
+        ``scope="loss"``: the whole training objective, :meth:`training_loss` (sub-networks and
+        loss terms in one graph, so the small element-wise ops between them fuse too; evaluation
+        stays eager).  Parameter names are kept either way, so compiled and eager checkpoints are
+        interchangeable; the metrics are left eager.  Returns what was compiled.
         """
+        mode_arg = None if mode == "default" else mode
+        if scope == "loss":
+            self.training_loss = torch.compile(self.training_loss, mode=mode_arg, backend=backend)
+            return ["training_loss"]
+        if scope != "modules":
+            raise ValueError(f"compile_scope must be one of {COMPILE_SCOPES}, got {scope!r}")
         names = []
         for name, child in self.named_children():
             if name == "metrics" or next(child.parameters(), None) is None:
                 continue
-            child.compile(mode=None if mode == "default" else mode, backend=backend)
+            child.compile(mode=mode_arg, backend=backend)
             names.append(name)
         return names
 
