@@ -170,7 +170,7 @@ def run_cell(model: str, setting: Setting, args: argparse.Namespace, work: Path)
         "--trainer.accelerator", "cpu" if args.cpu_smoke else "gpu", "--trainer.devices", str(setting.devices),
         "--trainer.precision", setting.precision, "--trainer.enable_progress_bar", "false",
         "--trainer.callbacks+=benchmarks.gpu_check.Probe",
-        *(["--compile", "default"] if setting.compile else []),
+        "--compile", "default" if setting.compile else "off",  # eager cells stay eager whatever the recipe says
         *(["--trainer.strategy", "ddp"] if setting.devices > 1 else []),
         *args.extra,
     ]

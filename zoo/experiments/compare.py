@@ -56,7 +56,8 @@ NOT_CONFIG = ("seed_everything", "run_dir", "ckpt_path", "config", "wandb", "tes
 # `zoo fit` options added after runs were saved without them: such a run behaved as the option's
 # default, so a run AT that default is compared as if the key were absent (as drop_defaults does for
 # class arguments).  zoo/cli.py's parser defaults must equal these (tests/test_cli.py checks).
-LATER_RUN_OPTIONS: dict[str, Any] = {"compile": "off", "compile_backend": "inductor", "matmul_precision": "highest"}
+LATER_RUN_OPTIONS: dict[str, Any] = {"compile": "off", "compile_backend": "inductor", "compile_scope": "modules",
+                                     "matmul_precision": "highest"}
 
 
 @functools.lru_cache(maxsize=None)
