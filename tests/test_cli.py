@@ -103,7 +103,7 @@ def test_compile_switch_traces_the_model_and_keeps_checkpoints_interchangeable(s
     keeps the test free of a C++ toolchain): same metrics as the eager run, same checkpoint keys."""
     out, _ = sasrec_run
     r = tiny_sasrec_fit(ml_folder, out, "compiled", "--compile", "default", "--compile_backend", "eager")
-    assert "[zoo] torch.compile (default, eager): " in r.stdout and "encoder" in r.stdout
+    assert "[zoo] torch.compile (default, eager, scope modules): " in r.stdout and "encoder" in r.stdout
     eager = json.loads((out / "sasrec" / "test_metrics.json").read_text())["test"]
     compiled = json.loads((out / "compiled" / "test_metrics.json").read_text())["test"]
     assert compiled.keys() == eager.keys()
