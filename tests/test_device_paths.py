@@ -249,6 +249,15 @@ def test_metrics_accumulate_in_float64_from_bf16_scores() -> None:
     assert all(v == m32.compute()[k] for k, v in m.compute().items())
 
 
+def test_missing_compiler_names_why_inductor_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a C++ compiler on PATH, ``zoo fit --compile`` trains eager and says why (zoo/cli.py)."""
+    import zoo.models.base as base
+
+    monkeypatch.setattr(base.shutil, "which", lambda name: None)
+    assert "no C++ compiler" in base.missing_compiler("inductor")
+    assert base.missing_compiler("eager") is None  # TorchDynamo's eager backend generates no code
+
+
 @pytest.mark.slow  # cold inductor compile: ~30 s (SASRec) + ~60 s (HORAE) + ~20 s (HPCL4SR) of CPU
 @pytest.mark.parametrize("name, scope", [("SASRec-CE", "modules"), ("HORAE-transductive", "modules"),
                                          ("HPCL4SR", "loss")])
