@@ -126,7 +126,7 @@ def worker(spec: str, warmup: int, seconds: float, min_steps: int, out: Path) ->
     m_init.update(switches)
     model = _cls(cfg["model"]["class_path"])(num_items=dm.num_items, data_info=dm.info, **m_init)
     if compile_cfg["compile"] not in (None, "off", False):
-        os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")  # as zoo fit does (zoo/cli.py)
+        # scope only when asked: a baseline commit's compile_modules may predate it
         kw = {"scope": compile_cfg["compile_scope"]} if compile_cfg["compile_scope"] else {}
         model.compile_modules(str(compile_cfg["compile"]), compile_cfg["compile_backend"] or "inductor", **kw)
 

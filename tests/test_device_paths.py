@@ -267,8 +267,8 @@ def test_compile_inductor_trains_a_few_steps(name: str, scope: str, monkeypatch:
     reason = missing_compiler("inductor")
     if reason:
         pytest.skip(reason)
-    # inductor's C++ builder imports setuptools; once an earlier test of the session has imported the
-    # standard library's distutils, setuptools' distutils shim asserts ("distutils/core.py"): keep stdlib's
+    # compile_modules sets SETUPTOOLS_USE_DISTUTILS=stdlib for inductor's C++ builder (zoo/models/base.py);
+    # set here first so that the test session gets its environment back afterwards
     monkeypatch.setenv("SETUPTOOLS_USE_DISTUTILS", "stdlib")
     torch._dynamo.reset()
     eager, compiled = build(name), build(name)

@@ -506,9 +506,6 @@ class ZooCLI(LightningCLI):
             if missing:  # a speed-only switch (same numerics within float tolerance): train eager
                 print(f"[zoo] torch.compile skipped, training eager: {missing}")
             else:
-                # inductor's C++ builder imports setuptools, whose distutils shim asserts once the standard
-                # library's distutils has been imported (by a logger's dependency, say): keep the stdlib's
-                os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
                 compiled = self.model.compile_modules(str(cfg["compile"]), backend, scope)
                 print(f"[zoo] torch.compile ({cfg['compile']}, {backend}, scope {scope}): {', '.join(compiled)}")
         # the recipe's / command line's trainer.callbacks come first (passing callbacks= here would replace them)

@@ -32,6 +32,7 @@ history_items    [B, H]      eval only: every item before the target (for histor
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -240,6 +241,10 @@ class SequentialRecommender(L.LightningModule):
         stays eager).  Parameter names are kept either way, so compiled and eager checkpoints are
         interchangeable; the metrics are left eager.  Returns what was compiled.
         """
+        if backend == "inductor":
+            # inductor's C++ builder imports setuptools, whose distutils shim asserts once the standard
+            # library's distutils has been imported (by a logger's dependency, say): keep the stdlib's
+            os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
         mode_arg = None if mode == "default" else mode
         if scope == "loss":
             self.training_loss = torch.compile(self.training_loss, mode=mode_arg, backend=backend)
