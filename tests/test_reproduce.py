@@ -1185,3 +1185,27 @@ def test_a_resumed_fit_is_estimated_for_the_epochs_it_has_left(tmp_path):
     assert upper == pytest.approx(R.STARTUP_S + 10 * 60.0) and likely == pytest.approx(R.STARTUP_S + 5 * 60.0)
     assert basis.startswith("10 of 20 epochs left")
     assert R.estimate(Run(cfg, run_dir, 0, "h"), measured, done=25)[0] == pytest.approx(R.STARTUP_S + 60.0)
+
+
+@pytest.mark.parametrize("rc, restarted", [(143, False), (-9, False), (1, True)], ids=["sigterm", "sigkill", "error"])
+def test_a_resume_ended_by_a_signal_is_not_restarted_from_scratch(tmp_path, monkeypatch, rc, restarted):
+    """A resumed fit that fails to start (its checkpoint cut off by an earlier kill) starts again from
+    scratch; one ended by a signal (a scheduler's SIGTERM: zoo fit exits 143 with last.ckpt at the step
+    it reached; SIGKILL) keeps its folder for the next resume."""
+    import types
+
+    import zoo.experiments.reproduce as R
+
+    resumes: list[bool] = []
+
+    def fake_fit_command(run, opts, resume):
+        resumes.append(resume)
+        code = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)" if rc == -9 else f"raise SystemExit({rc})"
+        return [sys.executable, "-c", code]
+
+    monkeypatch.setattr(R, "fit_command", fake_fit_command)
+    run = R.Run({"model": {"class_path": "zoo.models.sasrec.SASRec"}}, tmp_path / "SASRec-s0", 0, "g")
+    step = types.SimpleNamespace(run=run, action="resume", source=None, index=1, label="SASRec seed 0", estimate_s=1.0)
+    meta = R.fit(step, 1, R.Options(out=tmp_path, quiet=True))
+    assert resumes == ([True, False] if restarted else [True])
+    assert meta["status"] == "failed" and meta["returncode"] == rc

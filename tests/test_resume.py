@@ -98,6 +98,36 @@ def test_sigkill_mid_epoch_then_resume_last_is_exact(uninterrupted, ml_folder, l
     assert same_weights(straight / "last.ckpt", run / "last.ckpt")
 
 
+def test_sigterm_mid_epoch_writes_last_there_and_resume_is_exact(uninterrupted, ml_folder):
+    """SIGTERM (a scheduler's pre-emption, ``zoo reproduce`` stopping a fit) ends the fit at the next
+    batch boundary and ``LastAtStop`` writes ``last.ckpt`` there, without ``--last_every_n_steps``:
+    the resume starts inside the epoch and still ends exactly where the uninterrupted run ends."""
+    out, straight, spe = uninterrupted
+    run = out / "sigterm"
+    args = fit_args(ml_folder, out / "cache", run)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([ZOO, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    mid = run / "steps" / f"{mid_step(spe)}.ckpt"
+    deadline = time.monotonic() + 300
+    while not mid.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0, "a fit stopped by SIGTERM must not exit as if it had finished"
+    stopped = load(run / "last.ckpt")["global_step"]
+    assert mid_step(spe) <= stopped < 2 * spe, (stopped, spe, log[-2000:])  # inside epoch 1, past the mid checkpoint
+    assert f"stopped by SIGTERM at step {stopped}" in log
+    assert not (run / "test_metrics.json").exists()
+
+    r = zoo(*args, "--ckpt_path", "last")
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = json.loads((straight / "test_metrics.json").read_text())
+    b = json.loads((run / "test_metrics.json").read_text())
+    assert a["test"] == b["test"] and a["best_val"] == b["best_val"] and a["epochs"] == b["epochs"] == 3
+    assert load(run / "last.ckpt")["global_step"] == 3 * spe
+    assert same_weights(straight / "last.ckpt", run / "last.ckpt")
+
+
 def test_resume_from_mid_epoch_checkpoint_is_exact(uninterrupted, ml_folder):
     out, straight, spe = uninterrupted
     run = out / "from_mid"

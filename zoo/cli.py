@@ -24,6 +24,7 @@ import logging
 import os
 import pickle
 import re
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -34,7 +35,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from datamodules.base import SequentialDataModule
 from zoo.allocator import release_freed_memory, retain_freed_memory
@@ -280,6 +281,29 @@ class StepLastCheckpoint(FollowsRunFolder):
         return self._generate_state_key(kind="step_last", every_n_train_steps=self._every_n_train_steps)
 
 
+class LastAtStop(Callback):
+    """``last.ckpt`` at the step where SIGTERM stopped the fit (a scheduler's pre-emption or time
+    limit, ``kill``, ``zoo reproduce`` stopping its fits), so ``--ckpt_path last`` resumes there
+    exactly, inside the epoch (``ResumableLoader``, :class:`EpochSeed`), instead of at the last
+    epoch end.  Lightning turns SIGTERM into ``SIGTERMException`` at the next boundary between two
+    training batches (all ranks together under DDP) or inside validation; only the first is a
+    consistent mid-epoch state, so a stop during validation keeps the epoch-end ``last.ckpt``, as
+    does Ctrl-C (SIGINT interrupts wherever it lands, an optimiser step included)."""
+
+    def __init__(self, dirpath: Path) -> None:
+        self.path = Path(dirpath) / "last.ckpt"
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:  # noqa: ANN001
+        if not isinstance(exception, SIGTERMException) or not trainer.training:
+            return
+        if trainer.fit_loop.epoch_loop._num_ready_batches_reached():
+            return  # the epoch's last batch: its epoch-end last.ckpt is (or is about to be) the resume point
+        trainer.save_checkpoint(self.path)
+        if trainer.is_global_zero:
+            print(f"[zoo] stopped by SIGTERM at step {trainer.global_step} (epoch {trainer.current_epoch}): "
+                  f"wrote {self.path}; --ckpt_path last resumes here", file=sys.stderr)
+
+
 class RetainFreedMemory(Callback):
     """``--cpu_allocator retain``: while a run trains or evaluates on the CPU (after the data is
     set up), glibc keeps freed memory for the next step instead of unmapping it
@@ -523,6 +547,7 @@ class ZooCLI(LightningCLI):
                                                     every_n_train_steps=cfg["last_every_n_steps"],
                                                     enable_version_counter=False))
             callbacks.append(EpochSeed())
+            callbacks.append(LastAtStop(run_dir))
             if getattr(self, "_stale", None):
                 callbacks.append(ReplaceOldRun(self._stale))
             if cfg.get("patience", 0) > 0:
@@ -670,6 +695,10 @@ def main(argv: list[str] | None = None) -> int:
             argv, explicit = expand_run_flag(argv), True
         run_cli(argv if explicit else None)
         ok = True
+    except SIGTERMException:  # a SystemExit without a code: it would exit 0, as if the fit had finished
+        print("zoo: stopped by SIGTERM (a fit keeps last.ckpt at the step it reached: `--ckpt_path last` resumes it)",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM
     except (ArgumentError, RunFolderBusy, *CLEAR_ERRORS) as e:
         if os.environ.get("ZOO_DEBUG"):
             raise

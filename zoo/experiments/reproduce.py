@@ -784,6 +784,9 @@ def _remove_empty_dirs(folder: Path, stop: Path) -> None:
 
 
 TERM_GRACE_S = 60.0  # how long a stopped fit child may take to end its step before it is killed
+# exit codes of a fit ended by a signal (zoo fit exits 143 after SIGTERM, having written last.ckpt):
+# its checkpoint is sound, so a resume that ends so is never restarted from scratch
+STOPPED_BY_SIGNAL = frozenset({128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT, -signal.SIGKILL})
 _CHILDREN: set[subprocess.Popen] = set()  # the zoo fit processes running now (several under --jobs)
 _CHILDREN_LOCK = threading.Lock()
 _STOPPING = threading.Event()  # set when a --jobs invocation is interrupted: its workers stop
@@ -809,8 +812,8 @@ def _sigterm_raises() -> Iterator[None]:
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM to fit children, all at once (Lightning ends each at its next step; its folder keeps
-    ``last.ckpt`` and resumes), SIGKILL for those still running after :data:`TERM_GRACE_S`."""
+    """SIGTERM to fit children, all at once (Lightning ends each at its next step, where the fit
+    writes ``last.ckpt``: the next plan resumes there), SIGKILL for those still running after :data:`TERM_GRACE_S`."""
     procs = [p for p in procs if p.poll() is None]
     for p in procs:
         p.terminate()
@@ -920,7 +923,7 @@ def fit(step: Step, n: int, opts: Options) -> dict[str, Any]:
         logf.write(f"\n$ {' '.join(cmd)}\n")
         logf.flush()
         rc = _watch(cmd, logf, env, step, n, opts, t0)
-        if rc != 0 and resume:  # a checkpoint cut off by a kill: start the run again
+        if rc != 0 and resume and rc not in STOPPED_BY_SIGNAL:  # a checkpoint cut off by a kill: start again
             logf.write("\n[reproduce] resuming failed; starting again from scratch\n")
             before = 0
             cmd = fit_command(run, opts, False)
@@ -1801,8 +1804,9 @@ def common_parser(prog: str, description: str, default_out: Path) -> argparse.Ar
                          "it instead of starting again")
     ap.add_argument("--last-every-n-steps", type=int, default=0, metavar="N",
                     help="each zoo fit also refreshes last.ckpt every N training steps (zoo fit's "
-                         "--last_every_n_steps), so that a stopped or killed plan resumes inside an epoch "
-                         "instead of at its start; the resume is exact (default 0: at epoch ends only)")
+                         "--last_every_n_steps), so that a plan killed without warning (SIGKILL) resumes inside "
+                         "an epoch instead of at its start; a stopped one (SIGTERM) does so anyway, the resume is "
+                         "exact either way (default 0: at epoch ends only)")
     ap.add_argument("--force", action="store_true", help="re-run finished runs (and ignore --archive's records)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="fit up to N cells at once (a cell still waits for its pre-training); each zoo fit gets "
