@@ -177,3 +177,48 @@ def test_a_run_folder_moved_to_another_machine_resumes_with_its_best_checkpoint_
     last_state = EpochLastCheckpoint(old).state_dict() | {"last_model_path": str(old / "last.ckpt")}
     last.load_state_dict(last_state)
     assert last.last_model_path == str(new / "last.ckpt")
+
+
+def test_checkpoints_are_staged_beside_their_target_and_published_whole(ml_folder, tmp_path, monkeypatch):
+    """Every checkpoint a fit writes is staged in the run folder and renamed into place: never in the
+    system temporary folder (Lightning's own writer stages there and, across file systems, copies into
+    the target, so a kill mid-copy truncates last.ckpt). A write that fails half-way leaves the
+    previous checkpoint byte-identical and no temporary file."""
+    import tempfile
+
+    import zoo.cli as C
+    import zoo.runfiles as RF
+
+    systmp = tmp_path / "systmp"
+    systmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(systmp))
+    moves: list[tuple[Path, Path]] = []
+    real_replace = os.replace
+
+    def recording_replace(src, dst):
+        moves.append((Path(src), Path(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(RF.os, "replace", recording_replace)
+    run = tmp_path / "run"
+    cli = C.run_cli(["fit", "--config", str(ROOT / "recipes" / "sasrec.yaml"), *tiny_data_args(ml_folder, tmp_path / "cache"),
+                     "--model.init_args.d", "8", "--model.init_args.max_len", "10", "--trainer.max_epochs", "2", "--patience", "0",
+                     "--test_after_fit", "false", "--run_dir", str(run)])
+    assert isinstance(cli.trainer.strategy.checkpoint_io, C.AtomicCheckpointIO)
+    published = [(src, dst) for src, dst in moves if dst.suffix == ".ckpt"]
+    assert {dst.name for _, dst in published} == {"best.ckpt", "last.ckpt"}
+    assert all(src.parent == dst.parent == run for src, dst in published)
+    assert not list(systmp.iterdir())
+    load(run / "last.ckpt")  # whole
+
+    before = (run / "last.ckpt").read_bytes()
+
+    def torch_save_then_disk_full(obj, f):
+        f.write(b"\0" * 1000)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(C.torch, "save", torch_save_then_disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        cli.trainer.save_checkpoint(run / "last.ckpt")
+    assert (run / "last.ckpt").read_bytes() == before
+    assert sorted(p.name for p in run.iterdir() if p.name.endswith(".tmp")) == []

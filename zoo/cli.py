@@ -35,6 +35,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from datamodules.base import SequentialDataModule
@@ -243,6 +244,22 @@ class FollowsRunFolder(ModelCheckpoint):
         if isinstance(old, str) and self.dirpath and os.path.normpath(old) != os.path.normpath(self.dirpath):
             state_dict = moved_checkpoint_state(state_dict, old, self.dirpath)
         super().load_state_dict(state_dict)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints published whole or not at all, staged in their own folder
+    (:func:`~zoo.runfiles.atomic_write`: a temporary file beside the target, then ``os.replace``).
+    Lightning's writer stages a local checkpoint in the system temporary folder and moves it into
+    place; where that folder is on another file system (a node-local ``/tmp`` beside a shared run
+    folder, as on most clusters) the move is a copy into the target itself, so a kill or a full disk
+    during it leaves a truncated ``last.ckpt`` and the previous one is gone.  Remote paths
+    (``s3://``...) and ``storage_options`` keep Lightning's writer."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
+        return None
 
 
 class BestCheckpoint(FollowsRunFolder):
@@ -556,6 +573,12 @@ class ZooCLI(LightningCLI):
             callbacks.append(TopKWriter(run_dir))
         if cfg.get("cpu_allocator", "retain") == "retain":
             callbacks.append(RetainFreedMemory())
+        configured_plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        plugins = [*(configured_plugins if isinstance(configured_plugins, list) else [configured_plugins]),
+                   *(kwargs.pop("plugins", None) or [])]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):  # a user's own CheckpointIO wins
+            plugins.append(AtomicCheckpointIO())
+        kwargs["plugins"] = plugins
         trainer_cfg = cfg["trainer"]
         if note := emulated_bf16_note(trainer_cfg.get("precision"), trainer_cfg.get("accelerator")):
             print(f"[zoo] note: {note}")
