@@ -222,3 +222,23 @@ def test_checkpoints_are_staged_beside_their_target_and_published_whole(ml_folde
         cli.trainer.save_checkpoint(run / "last.ckpt")
     assert (run / "last.ckpt").read_bytes() == before
     assert sorted(p.name for p in run.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_a_configured_checkpoint_io_and_callback_are_kept(ml_folder, tmp_path):
+    """A recipe's own ``trainer.plugins`` CheckpointIO replaces the zoo's atomic writer, and its
+    ``trainer.callbacks`` stay beside the zoo's (the zoo appends its own; it never replaces them)."""
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.plugins import TorchCheckpointIO
+
+    import zoo.cli as C
+
+    cli = C.run_cli(["fit", "--config", str(ROOT / "recipes" / "sasrec.yaml"), *tiny_data_args(ml_folder, tmp_path / "cache"),
+                     "--model.init_args.d", "8", "--model.init_args.max_len", "10", "--trainer.max_epochs", "1",
+                     "--patience", "0", "--test_after_fit", "false", "--run_dir", str(tmp_path / "run"),
+                     "--trainer.plugins=lightning.pytorch.plugins.TorchCheckpointIO",
+                     "--trainer.callbacks+=lightning.pytorch.callbacks.LearningRateMonitor"])
+    io = cli.trainer.strategy.checkpoint_io
+    assert isinstance(io, TorchCheckpointIO) and not isinstance(io, C.AtomicCheckpointIO)
+    kinds = [type(c) for c in cli.trainer.callbacks]
+    assert LearningRateMonitor in kinds and C.LastAtStop in kinds and C.EpochSeed in kinds
+    assert (tmp_path / "run" / "last.ckpt").exists()

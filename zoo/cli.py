@@ -533,6 +533,15 @@ class ZooCLI(LightningCLI):
             kwargs["weights_only"] = True
         return kwargs
 
+    def _trainer_list(self, key: str, kwargs: dict[str, Any]) -> list[Any]:
+        """The recipe's / command line's ``trainer.<key>`` (callbacks, plugins), then the caller's ``kwargs[key]``.
+
+        Passing ``callbacks=`` or ``plugins=`` to the trainer replaces the configured ones, so the zoo's
+        own are appended to this list instead; a single configured object counts as a list of one.
+        """
+        configured = self._get(self.config_init, "trainer", default={}).get(key) or []
+        return [*(configured if isinstance(configured, list) else [configured]), *(kwargs.pop(key, None) or [])]
+
     def instantiate_trainer(self, **kwargs: Any):
         cfg = self._cfg()
         run_dir = self.run_dir()
@@ -549,9 +558,7 @@ class ZooCLI(LightningCLI):
             else:
                 compiled = self.model.compile_modules(str(cfg["compile"]), backend, scope)
                 print(f"[zoo] torch.compile ({cfg['compile']}, {backend}, scope {scope}): {', '.join(compiled)}")
-        # the recipe's / command line's trainer.callbacks come first (passing callbacks= here would replace them)
-        configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
-        callbacks = [*(configured if isinstance(configured, list) else [configured]), *(kwargs.pop("callbacks", None) or [])]
+        callbacks = self._trainer_list("callbacks", kwargs)
         monitor, mode = cfg.get("monitor"), cfg.get("monitor_mode", "max")
         if self.subcommand == "fit":
             callbacks.append(
@@ -573,9 +580,7 @@ class ZooCLI(LightningCLI):
             callbacks.append(TopKWriter(run_dir))
         if cfg.get("cpu_allocator", "retain") == "retain":
             callbacks.append(RetainFreedMemory())
-        configured_plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
-        plugins = [*(configured_plugins if isinstance(configured_plugins, list) else [configured_plugins]),
-                   *(kwargs.pop("plugins", None) or [])]
+        plugins = self._trainer_list("plugins", kwargs)
         if not any(isinstance(p, CheckpointIO) for p in plugins):  # a user's own CheckpointIO wins
             plugins.append(AtomicCheckpointIO())
         kwargs["plugins"] = plugins
