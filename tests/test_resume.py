@@ -98,12 +98,14 @@ def test_sigkill_mid_epoch_then_resume_last_is_exact(uninterrupted, ml_folder, l
     assert same_weights(straight / "last.ckpt", run / "last.ckpt")
 
 
-def test_sigterm_mid_epoch_writes_last_there_and_resume_is_exact(uninterrupted, ml_folder):
-    """SIGTERM (a scheduler's pre-emption, ``zoo reproduce`` stopping a fit) ends the fit at the next
-    batch boundary and ``LastAtStop`` writes ``last.ckpt`` there, without ``--last_every_n_steps``:
-    the resume starts inside the epoch and still ends exactly where the uninterrupted run ends."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_sigterm_or_ctrl_c_mid_epoch_writes_last_there_and_resume_is_exact(uninterrupted, ml_folder, sig):
+    """SIGTERM (a scheduler's pre-emption, ``zoo reproduce`` stopping a fit) or a first Ctrl-C ends the
+    fit at the next batch boundary and ``LastAtStop`` writes ``last.ckpt`` there, without
+    ``--last_every_n_steps``: the resume starts inside the epoch and still ends exactly where the
+    uninterrupted run ends.  The exit status is the signal's (143, 130), never 0."""
     out, straight, spe = uninterrupted
-    run = out / "sigterm"
+    run = out / sig.name
     args = fit_args(ml_folder, out / "cache", run)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([ZOO, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -111,12 +113,12 @@ def test_sigterm_mid_epoch_writes_last_there_and_resume_is_exact(uninterrupted, 
     deadline = time.monotonic() + 300
     while not mid.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     log, _ = proc.communicate(timeout=300)
-    assert proc.returncode != 0, "a fit stopped by SIGTERM must not exit as if it had finished"
+    assert proc.returncode == 128 + sig, (proc.returncode, log[-2000:])  # not 0: the fit did not finish
     stopped = load(run / "last.ckpt")["global_step"]
     assert mid_step(spe) <= stopped < 2 * spe, (stopped, spe, log[-2000:])  # inside epoch 1, past the mid checkpoint
-    assert f"stopped by SIGTERM at step {stopped}" in log
+    assert f"stopped by {'SIGTERM' if sig == signal.SIGTERM else 'Ctrl-C'} at step {stopped}" in log
     assert not (run / "test_metrics.json").exists()
 
     r = zoo(*args, "--ckpt_path", "last")
@@ -242,3 +244,27 @@ def test_a_configured_checkpoint_io_and_callback_are_kept(ml_folder, tmp_path):
     kinds = [type(c) for c in cli.trainer.callbacks]
     assert LearningRateMonitor in kinds and C.LastAtStop in kinds and C.EpochSeed in kinds
     assert (tmp_path / "run" / "last.ckpt").exists()
+
+
+def test_a_second_ctrl_c_interrupts_at_once_and_the_handler_is_restored(tmp_path):
+    """LastAtStop's SIGINT handler: the first Ctrl-C sets Lightning's stop flag (the fit ends at the next
+    batch boundary), the second raises KeyboardInterrupt on the spot; teardown puts back the handler
+    that was there before the fit."""
+    from types import SimpleNamespace
+
+    import zoo.cli as C
+
+    before = signal.getsignal(signal.SIGINT)
+    trainer = SimpleNamespace(_signal_connector=SimpleNamespace(received_sigterm=False), is_global_zero=True)
+    cb = C.LastAtStop(tmp_path)
+    cb.on_fit_start(trainer, None)
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        assert trainer._signal_connector.received_sigterm and C.STOP_REQUESTED_BY == "Ctrl-C"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+    finally:
+        cb.teardown(trainer, None, "fit")
+    assert signal.getsignal(signal.SIGINT) is before

@@ -26,6 +26,7 @@ import pickle
 import re
 import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -299,16 +300,44 @@ class StepLastCheckpoint(FollowsRunFolder):
 
 
 class LastAtStop(Callback):
-    """``last.ckpt`` at the step where SIGTERM stopped the fit (a scheduler's pre-emption or time
-    limit, ``kill``, ``zoo reproduce`` stopping its fits), so ``--ckpt_path last`` resumes there
-    exactly, inside the epoch (``ResumableLoader``, :class:`EpochSeed`), instead of at the last
-    epoch end.  Lightning turns SIGTERM into ``SIGTERMException`` at the next boundary between two
-    training batches (all ranks together under DDP) or inside validation; only the first is a
-    consistent mid-epoch state, so a stop during validation keeps the epoch-end ``last.ckpt``, as
-    does Ctrl-C (SIGINT interrupts wherever it lands, an optimiser step included)."""
+    """``last.ckpt`` at the step where SIGTERM or a first Ctrl-C stopped the fit (a scheduler's
+    pre-emption or time limit, ``kill``, ``zoo reproduce`` stopping its fits, a user at the
+    terminal), so ``--ckpt_path last`` resumes there exactly, inside the epoch (``ResumableLoader``,
+    :class:`EpochSeed`), instead of at the last epoch end.  Lightning turns SIGTERM into
+    ``SIGTERMException`` at the next boundary between two training batches (all ranks together under
+    DDP) or inside validation; only the first is a consistent mid-epoch state, so a stop during
+    validation keeps the epoch-end ``last.ckpt``.
+
+    Ctrl-C: while the fit trains, the first SIGINT asks for the same stop (Lightning's SIGTERM flag)
+    instead of raising ``KeyboardInterrupt`` wherever it lands (an optimiser step included, leaving
+    nothing consistent to save); a second Ctrl-C interrupts at once, as before (main thread only).
+    """
 
     def __init__(self, dirpath: Path) -> None:
         self.path = Path(dirpath) / "last.ckpt"
+        self._previous_sigint: Any = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        global STOP_REQUESTED_BY
+        STOP_REQUESTED_BY = None
+        if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            return  # a worker thread cannot take signals; an ignored Ctrl-C stays ignored
+
+        def stop_at_next_step(signum: int, frame: Any) -> None:
+            global STOP_REQUESTED_BY
+            STOP_REQUESTED_BY = "Ctrl-C"
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl-C interrupts at once
+            trainer._signal_connector.received_sigterm = True
+            if trainer.is_global_zero:
+                print("\n[zoo] Ctrl-C: stopping after this training step and writing last.ckpt "
+                      "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+        self._previous_sigint = signal.signal(signal.SIGINT, stop_at_next_step)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:  # noqa: ANN001
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:  # noqa: ANN001
         if not isinstance(exception, SIGTERMException) or not trainer.training:
@@ -317,8 +346,11 @@ class LastAtStop(Callback):
             return  # the epoch's last batch: its epoch-end last.ckpt is (or is about to be) the resume point
         trainer.save_checkpoint(self.path)
         if trainer.is_global_zero:
-            print(f"[zoo] stopped by SIGTERM at step {trainer.global_step} (epoch {trainer.current_epoch}): "
-                  f"wrote {self.path}; --ckpt_path last resumes here", file=sys.stderr)
+            print(f"[zoo] stopped by {STOP_REQUESTED_BY or 'SIGTERM'} at step {trainer.global_step} "
+                  f"(epoch {trainer.current_epoch}): wrote {self.path}; --ckpt_path last resumes here", file=sys.stderr)
+
+
+STOP_REQUESTED_BY: str | None = None  # "Ctrl-C" when LastAtStop turned a SIGINT into Lightning's graceful stop
 
 
 class RetainFreedMemory(Callback):
@@ -724,9 +756,10 @@ def main(argv: list[str] | None = None) -> int:
         run_cli(argv if explicit else None)
         ok = True
     except SIGTERMException:  # a SystemExit without a code: it would exit 0, as if the fit had finished
-        print("zoo: stopped by SIGTERM (a fit keeps last.ckpt at the step it reached: `--ckpt_path last` resumes it)",
+        by = STOP_REQUESTED_BY or "SIGTERM"
+        print(f"zoo: stopped by {by} (a fit keeps last.ckpt at the step it reached: `--ckpt_path last` resumes it)",
               file=sys.stderr)
-        return 128 + signal.SIGTERM
+        return 128 + (signal.SIGINT if by == "Ctrl-C" else signal.SIGTERM)
     except (ArgumentError, RunFolderBusy, *CLEAR_ERRORS) as e:
         if os.environ.get("ZOO_DEBUG"):
             raise
