@@ -1187,6 +1187,29 @@ def test_a_resumed_fit_is_estimated_for_the_epochs_it_has_left(tmp_path):
     assert R.estimate(Run(cfg, run_dir, 0, "h"), measured, done=25)[0] == pytest.approx(R.STARTUP_S + 60.0)
 
 
+def test_a_resumed_fit_past_the_median_is_not_called_nearly_done(tmp_path):
+    """A resumed run that improved recently must wait out its early-stopping patience: the likely
+    time is at least those epochs, not one epoch because it has passed the median of finished runs
+    (TiSASRec resumed at epoch 33 with its best at 28 and patience 10 was planned as 'likely 6 min')."""
+    import zoo.experiments.reproduce as R
+
+    run_dir = tmp_path / "x-s0"
+    log = run_dir / "logs" / "version_0" / "metrics.csv"
+    log.parent.mkdir(parents=True)
+    values = [0.10, 0.12, 0.11, 0.15, 0.14, 0.15, 0.13]  # best at epoch 3 (a tie at 5 is no improvement)
+    log.write_text("epoch,step,train/loss,val/ndcg@20\n" + "".join(f"{e},{e},,{v}\n" for e, v in enumerate(values)))
+    cfg = {"model": {"class_path": "zoo.models.sasrec.SASRec"}, "data": {"init_args": {}}, "trainer": {"max_epochs": 20},
+           "monitor": "val/ndcg@20", "monitor_mode": "max", "patience": 10}
+    assert R._patience_left(run_dir, cfg) == 10 - (6 - 3)
+    assert R._patience_left(run_dir, {**cfg, "patience": 0}) == 0 and R._patience_left(tmp_path / "none", cfg) == 0
+    assert R._patience_left(run_dir, {**cfg, "monitor_mode": "min"}) == 10 - 6  # lowest value: epoch 0
+    measured = {R._timing_key(cfg): R.Timing(sec_per_epoch=60.0, epochs=[5, 6])}
+    _, basis, likely = R.estimate(Run(cfg, run_dir, 0, "h"), measured, done=7, min_left=R._patience_left(run_dir, cfg))
+    assert likely == pytest.approx(R.STARTUP_S + 7 * 60.0) and "early stopping waits 7 more epoch(s)" in basis
+    _, _, likely = R.estimate(Run(cfg, run_dir, 0, "h"), measured, done=7)  # without the floor: one epoch
+    assert likely == pytest.approx(R.STARTUP_S + 60.0)
+
+
 @pytest.mark.parametrize("rc, restarted", [(143, False), (-9, False), (1, True)], ids=["sigterm", "sigkill", "error"])
 def test_a_resume_ended_by_a_signal_is_not_restarted_from_scratch(tmp_path, monkeypatch, rc, restarted):
     """A resumed fit that fails to start (its checkpoint cut off by an earlier kill) starts again from

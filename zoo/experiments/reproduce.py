@@ -458,14 +458,17 @@ def measured_timings(roots: Iterable[Path]) -> dict[str, Timing]:
     return {k: Timing(statistics.median(v), sorted(epochs[k])) for k, v in per_epoch.items()}
 
 
-def estimate(run: Run, measured: dict[str, Timing], done: int = 0) -> tuple[float | None, str, float | None]:
+def estimate(run: Run, measured: dict[str, Timing], done: int = 0,
+             min_left: int = 0) -> tuple[float | None, str, float | None]:
     """An upper estimate of one fit's wall time: ``max_epochs`` (capped by ``max_time``) × seconds per
     epoch, from the finished runs of the same config (other seeds) under ``--out`` or ``--archive``,
     else of the same model and data under other settings, when there are some,
     else from the embedded-default timing table (``SECONDS_PER_EPOCH``); and a likely time, the
     median number of epochs those finished runs trained (early stopping included) × seconds per
     epoch, or None without such runs.  ``done``: epochs a resumed run has already trained, taken
-    off both (at least one epoch stays).  Returns ``(upper s, basis, likely s)``."""
+    off both (at least one epoch stays); ``min_left``: epochs its early stopping still has to wait
+    (:func:`_patience_left`), a floor under the likely time (a resumed run past the median epochs is
+    not nearly done).  Returns ``(upper s, basis, likely s)``."""
     cls = _model_class(run.cfg)
     trainer = run.cfg.get("trainer") or {}
     epochs = trainer.get("max_epochs")
@@ -481,8 +484,10 @@ def estimate(run: Run, measured: dict[str, Timing], done: int = 0) -> tuple[floa
     if timing is not None:
         spe = timing.sec_per_epoch
         typical = min(statistics.median(timing.epochs), epochs)
-        likely = STARTUP_S + max(typical - done, 1) * spe
+        likely = STARTUP_S + max(typical - done, min(min_left, left), 1) * spe
         basis += f"; likely {fmt_s(likely)}: median {typical:g} epochs of {len(timing.epochs)} finished run(s) here"
+        if min_left > typical - done:
+            basis += f", and early stopping waits {min_left} more epoch(s) at least"
     else:
         spe = next((v for k, v in SECONDS_PER_EPOCH.items() if cls.startswith(k)), None)
         basis = "embedded-default timing"
@@ -515,6 +520,30 @@ def _epochs_done(run_dir: Path) -> int:
         except (OSError, csv.Error, UnicodeDecodeError):
             continue
     return last + 1
+
+
+def _patience_left(run_dir: Path, cfg: dict[str, Any]) -> int:
+    """Epochs an interrupted run must still train before its early stopping can end it: ``patience``
+    minus the validation rounds since its best ``monitor`` value (from its CSV logs, across the
+    versions a resume starts); 0 without early stopping or logs."""
+    patience, monitor = int(cfg.get("patience") or 0), cfg.get("monitor")
+    if patience <= 0 or not monitor:
+        return 0
+    sign = -1.0 if cfg.get("monitor_mode", "max") == "min" else 1.0
+    values: dict[int, float] = {}
+    for path in run_dir.glob("logs/version_*/metrics.csv"):
+        try:
+            with path.open(newline="", encoding="utf-8") as f:
+                for row in csv.DictReader(f):
+                    if row.get("epoch", "").isdigit() and row.get(monitor):
+                        values[int(row["epoch"])] = sign * float(row[monitor])
+        except (OSError, csv.Error, UnicodeDecodeError, ValueError):
+            continue
+    if not values:
+        return 0
+    best = max(values.values())
+    best_epoch = min(e for e, v in values.items() if v == best)  # EarlyStopping needs a strict improvement
+    return max(0, patience - (max(values) - best_epoch))
 
 
 def fmt_s(seconds: float | None) -> str:
@@ -670,7 +699,8 @@ def make_plan(cells: list[Cell], opts: Options) -> list[Step]:
                 carried = None if resume or pretrain or opts.force else carried_fit(run, opts)
                 step = Step(run, "resume" if resume or carried else "run", label, source=carried)
                 step.estimate_s, step.basis, step.likely_s = estimate(
-                    run, measured, _epochs_done(carried or run.run_dir) if resume or carried else 0)
+                    run, measured, _epochs_done(carried or run.run_dir) if resume or carried else 0,
+                    _patience_left(carried or run.run_dir, run.cfg) if resume or carried else 0)
                 if not pretrain:
                     planned[(share_key(run.cfg, run.seed), run.seed)] = run.run_dir
         by_dir[run.run_dir] = step
