@@ -507,38 +507,38 @@ def estimate(run: Run, measured: dict[str, Timing], done: int = 0,
     return STARTUP_S + train, f"{budget}, {basis}", likely
 
 
-def _epochs_done(run_dir: Path) -> int:
-    """Epochs an interrupted run has finished: one past the last epoch with a validation row in its
-    CSV logs (``logs/version_*/metrics.csv``; a resumed fit starts a new version); 0 when unknown."""
-    last = -1
+def _validation_log(run_dir: Path) -> dict[int, dict[str, float]]:
+    """An interrupted or finished run's validation values per epoch, from its CSV logs
+    (``logs/version_*/metrics.csv``; a resumed fit starts a new version): ``{epoch: {metric: value}}``,
+    only epochs with a validation row; unreadable logs are skipped."""
+    log: dict[int, dict[str, float]] = {}
     for path in run_dir.glob("logs/version_*/metrics.csv"):
         try:
             with path.open(newline="", encoding="utf-8") as f:
                 for row in csv.DictReader(f):
-                    if row.get("epoch", "").isdigit() and any(v for k, v in row.items() if k and k.startswith("val/")):
-                        last = max(last, int(row["epoch"]))
-        except (OSError, csv.Error, UnicodeDecodeError):
+                    vals = {k: float(v) for k, v in row.items() if k and k.startswith("val/") and v}
+                    if row.get("epoch", "").isdigit() and vals:
+                        log.setdefault(int(row["epoch"]), {}).update(vals)
+        except (OSError, csv.Error, UnicodeDecodeError, ValueError):
             continue
-    return last + 1
+    return log
+
+
+def _epochs_done(run_dir: Path) -> int:
+    """Epochs an interrupted run has finished: one past the last epoch with a validation row in its
+    CSV logs; 0 when unknown."""
+    return max(_validation_log(run_dir), default=-1) + 1
 
 
 def _patience_left(run_dir: Path, cfg: dict[str, Any]) -> int:
     """Epochs an interrupted run must still train before its early stopping can end it: ``patience``
-    minus the validation rounds since its best ``monitor`` value (from its CSV logs, across the
-    versions a resume starts); 0 without early stopping or logs."""
+    minus the validation rounds since its best ``monitor`` value (from its CSV logs); 0 without
+    early stopping or logs."""
     patience, monitor = int(cfg.get("patience") or 0), cfg.get("monitor")
     if patience <= 0 or not monitor:
         return 0
     sign = -1.0 if cfg.get("monitor_mode", "max") == "min" else 1.0
-    values: dict[int, float] = {}
-    for path in run_dir.glob("logs/version_*/metrics.csv"):
-        try:
-            with path.open(newline="", encoding="utf-8") as f:
-                for row in csv.DictReader(f):
-                    if row.get("epoch", "").isdigit() and row.get(monitor):
-                        values[int(row["epoch"])] = sign * float(row[monitor])
-        except (OSError, csv.Error, UnicodeDecodeError, ValueError):
-            continue
+    values = {e: sign * row[monitor] for e, row in _validation_log(run_dir).items() if monitor in row}
     if not values:
         return 0
     best = max(values.values())
